@@ -1,0 +1,108 @@
+"""Differentiable fixed points of nonlinear Bellman operators (DESIGN 5.2).
+
+`v* = T(v*, params)` is found forward by any solver, and differentiated by the implicit
+function theorem: `dv* = (I - dT/dv)^{-1} dT/dparams . dparams`, one linear solve at the
+solution, never backpropagation through the iterations. For the optimality operator
+`dT/dv = gamma P_{pi*}` (greedy pi*); for the soft operator `dT/dv = gamma P_{pi*_tau}`.
+"""
+from functools import partial
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl import _checks
+from dsorl.mdp import MDP, reference_measure
+
+Array = jax.Array
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def implicit_fixed_point(operator: Callable, solver: Callable, params):
+    """The fixed point of `v -> operator(v, params)` with implicit derivatives.
+
+    `solver(params) -> (v*, aux)` finds it (aux: e.g. an iteration count, not
+    differentiated). Tangents: `(I - J)^{-1} (dT/dparams . dparams)` with
+    `J = d operator / dv` at `v*` (a dense `[S, S]` Jacobian by forward mode). Both
+    forward and reverse mode work, and so do higher derivatives where `operator` is smooth.
+    Returns `(v*, aux)`.
+    """
+    return solver(params)
+
+
+@implicit_fixed_point.defjvp
+def _implicit_fixed_point_jvp(operator, solver, primals, tangents):
+    (params,), (dparams,) = primals, tangents
+    v, aux = implicit_fixed_point(operator, solver, params)
+    _, dT = jax.jvp(lambda p: operator(v, p), (params,), (dparams,))
+    J = jax.jacfwd(operator)(v, params)
+    dv = jnp.linalg.solve(jnp.eye(v.shape[-1], dtype=v.dtype) - J, dT)
+    return (v, aux), (dv, jax.tree_util.tree_map(_zero_tangent, aux))
+
+
+def bellman_optimality_operator(v: Array, params) -> Array:
+    """`(T v)(s) = max_{a available} R[s, a] + gamma P[s, a] . v`; params `(mdp, gamma)`."""
+    mdp, gamma = params
+    return jnp.max(_masked_q(mdp, mdp.R + gamma * mdp.P @ v), axis=-1)
+
+
+def soft_bellman_operator(v: Array, params) -> Array:
+    """`(T v)(s) = tau log sum_a mu(a|s) exp(Q(s, a) / tau)`, `Q = R + gamma P v`.
+
+    params `(mdp, gamma, tau, mu)` with `mu[S, A]` the reference measure (zero on masked
+    actions). Its fixed point is the soft-optimal value `V*_tau`, and
+    `pi*_tau(a|s) = mu(a|s) exp((Q*_tau(s, a) - V*_tau(s)) / tau)` (Kerimkulov et al.,
+    ICML 2022; Haarnoja et al. 2017).
+    """
+    mdp, gamma, tau, mu = params
+    q = _masked_q(mdp, mdp.R + gamma * mdp.P @ v)
+    return tau * jax.nn.logsumexp(q / tau, axis=-1, b=mu)
+
+
+def optimal_value(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Array:
+    """Optimal discounted value `v*[S]`, differentiable by the implicit function theorem.
+
+    Forward: policy iteration (exact after finitely many steps). Derivative: at a state
+    where several actions tie, `jnp.max` splits the derivative evenly among them.
+    """
+    from dsorl.planning import policy_iteration_solver
+
+    _checks.check_discount(gamma)
+    v, _ = implicit_fixed_point(bellman_optimality_operator,
+                                partial(policy_iteration_solver, max_iter=max_iter),
+                                (mdp, gamma))
+    return v
+
+
+def soft_optimal_value(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
+                       tol: Optional[float] = None, max_iter: int = 1_000) -> Array:
+    """Soft-optimal (entropy-regularised) value `V*_tau[S]`, differentiable implicitly.
+
+    Maximises `E sum_t gamma^t [r - tau log(pi / mu)]`; `mu` defaults to the uniform law
+    on available actions. Forward: soft policy iteration (Newton's method on the soft
+    Bellman equation). Differentiable in `mdp`, `gamma`, `tau` and `mu`.
+    """
+    from dsorl.planning import soft_policy_iteration_solver
+
+    _checks.check_discount(gamma)
+    _checks.check_positive("tau", tau)
+    mu = reference_measure(mdp, mu)
+    v, _ = implicit_fixed_point(soft_bellman_operator,
+                                partial(soft_policy_iteration_solver, tol=tol,
+                                        max_iter=max_iter),
+                                (mdp, gamma, tau, mu))
+    return v
+
+
+def _masked_q(mdp: MDP, q: Array) -> Array:
+    if mdp.action_mask is None:
+        return q
+    return jnp.where(mdp.action_mask, q, -jnp.inf)
+
+
+def _zero_tangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)

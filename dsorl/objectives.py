@@ -1,0 +1,71 @@
+"""Criteria of a policy, as differentiable functions of `pi[S, A]`.
+
+Compose them with a parameterisation to get an objective of parameters:
+`jax.grad(lambda th: discounted_return(mdp, policy.probs(th), gamma))(theta)`.
+Gradients flow through the linear solves of `dsorl.markov` implicitly. The
+policy-gradient-theorem forms below are independent cross-checks of those gradients.
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from dsorl.markov import bias, discounted_value, gain, occupancy, stationary_distribution
+from dsorl.mdp import (MDP, action_values, bias_action_values, entropy_regularised_chain,
+                       induced_chain)
+
+Array = jax.Array
+
+
+def discounted_return(mdp: MDP, pi: Array, gamma) -> Array:
+    """`J(pi) = rho . v_pi`, the expected discounted return from `s_0 ~ rho` (scalar)."""
+    return mdp.rho @ discounted_value(induced_chain(mdp, pi), gamma)
+
+
+def entropy_regularised_return(mdp: MDP, pi: Array, gamma, tau,
+                               mu: Optional[Array] = None) -> Array:
+    """`rho . V_tau^pi` with `V_tau^pi = E sum_t gamma^t [r - tau log(pi / mu)]` (scalar).
+
+    Kerimkulov, Leahy, Šiška, Szpruch (ICML 2022, arXiv 2201.07296), the regularised
+    value; `mu[S, A]` defaults to the uniform law on available actions.
+    """
+    return mdp.rho @ discounted_value(entropy_regularised_chain(mdp, pi, tau, mu), gamma)
+
+
+def policy_gain(mdp: MDP, pi: Array) -> Array:
+    """Gain (average reward) of `pi`'s chain, a scalar (unichain required)."""
+    return gain(induced_chain(mdp, pi))
+
+
+def policy_bias(mdp: MDP, pi: Array) -> Array:
+    """Bias `h[S]` of `pi`'s chain (unichain required); `policy_bias(mdp, pi)[s0]` is the
+    nearly-Blackwell objective of Dewanto & Gallagher (arXiv 2105.13609)."""
+    return bias(induced_chain(mdp, pi))
+
+
+def discounted_policy_gradient(mdp: MDP, policy: Callable, params, gamma):
+    """Policy-gradient theorem (Sutton et al. 2000, Thm 1), discounted form.
+
+    `grad J = sum_s m(s) sum_a grad pi(a|s) Q(s, a)` with `m = rho^T (I - gamma P_pi)^{-1}`
+    the unnormalised occupancy; `policy(params) -> pi[S, A]`. Returns a pytree like `params`.
+    Equal to `jax.grad` of `discounted_return(mdp, policy(params), gamma)`.
+    """
+    pi, pullback = jax.vjp(policy, params)
+    pi, m, Q = jax.lax.stop_gradient((pi, occupancy(induced_chain(mdp, pi), mdp.rho, gamma),
+                                      action_values(mdp, pi, gamma)))
+    (grad,) = pullback(m[:, None] * Q)
+    return grad
+
+
+def gain_policy_gradient(mdp: MDP, policy: Callable, params):
+    """Policy-gradient theorem, average-reward form (Sutton et al. 2000, Thm 1).
+
+    `grad g = sum_s p*(s) sum_a grad pi(a|s) q_b(s, a)` with `q_b = R - g + P h`.
+    Returns a pytree like `params`; equal to `jax.grad` of `policy_gain`.
+    """
+    pi, pullback = jax.vjp(policy, params)
+    pi = jax.lax.stop_gradient(pi)
+    p, q = jax.lax.stop_gradient((stationary_distribution(induced_chain(mdp, pi)),
+                                  bias_action_values(mdp, pi)))
+    (grad,) = pullback(p[:, None] * q)
+    return grad
