@@ -1,0 +1,1 @@
+"""Jobs that `dsorl run CONFIG` runs: one module per job, with `DEFAULTS` and `run(config)`."""

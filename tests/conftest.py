@@ -1,0 +1,20 @@
+"""Test configuration: float64 everywhere, a fast hypothesis profile, shared fixtures."""
+import os
+
+os.environ.setdefault("JAX_ENABLE_X64", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile("dsorl", max_examples=20, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dsorl"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
