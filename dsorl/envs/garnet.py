@@ -26,7 +26,7 @@ def garnet(key: jax.Array, n_states: int, n_actions: int, branching: int,
     cuts = jnp.sort(jax.random.uniform(k_prob, (pairs, branching - 1), dtype), axis=-1)
     edges = jnp.concatenate([jnp.zeros((pairs, 1), dtype), cuts, jnp.ones((pairs, 1), dtype)], -1)
     probs = jnp.diff(edges, axis=-1)
-    P = jnp.zeros((pairs, n_states), dtype).at[jnp.arange(pairs)[:, None], successors].set(probs)
+    P = jnp.einsum("pb,pbs->ps", probs, jax.nn.one_hot(successors, n_states, dtype=dtype))
     R = jax.random.uniform(k_reward, (n_states, n_actions), dtype)
     rho = jnp.full(n_states, 1 / n_states, dtype)
     return MDP(P.reshape(n_states, n_actions, n_states), R, rho)

@@ -46,7 +46,7 @@ def from_gymnasium(env_id: str, *, dtype=np.float64, **make_kwargs) -> MDP:
     """Build `gymnasium.make(env_id, **make_kwargs)` and import its transition table.
 
     E.g. `from_gymnasium("FrozenLake-v1", is_slippery=True)`, `"CliffWalking-v1"`,
-    `"Taxi-v3"`. Requires `pip install dsorl[gymnasium]`.
+    `"Taxi-v4"`. Requires `pip install dsorl[gymnasium]`.
     """
     try:
         import gymnasium
