@@ -35,6 +35,8 @@ def rollout(key: Array, mdp: MDP, pi: Array, horizon: int, *, initial_state=None
           else jnp.asarray(initial_state, jnp.int32))
     log_pi = jnp.log(pi)
     log_P = jnp.log(mdp.P)
+    if reward_std is not None:
+        reward_std = jnp.asarray(reward_std, mdp.R.dtype)
 
     def step(s, k):
         ka, ks, kr = jax.random.split(k, 3)

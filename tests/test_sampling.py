@@ -1,0 +1,66 @@
+"""Sampled trajectories: empirical laws against exact ones, within standard errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dsorl
+from dsorl import sampling
+from helpers import random_mdp, random_policy
+
+N = 4000
+
+
+def _binomial_z(counts, probs, n):
+    """Largest |z|-score of observed frequencies against exact probabilities."""
+    se = np.sqrt(np.maximum(probs * (1 - probs), 1e-300) / n)
+    return np.max(np.abs(counts / n - probs) / se)
+
+
+def test_state_action_laws_match_the_exact_marginals():
+    mdp = random_mdp(0, 4, 3)
+    pi = random_policy(1, 4, 3)
+    T = 5
+    traj = jax.jit(lambda k: sampling.rollouts(k, mdp, pi, T, N))(jax.random.key(0))
+    assert traj.states.shape == (N, T + 1) and traj.actions.shape == (N, T)
+    chain = dsorl.induced_chain(mdp, pi)
+    law = np.asarray(mdp.rho)
+    for t in range(T + 1):
+        counts = np.bincount(np.asarray(traj.states[:, t]), minlength=4)
+        # 16 cells x 6 times ~ 100 z-scores: 4.5 standard errors rarely trips by chance
+        assert _binomial_z(counts, law, N) < 4.5
+        if t < T:
+            joint = law[:, None] * pi
+            pairs = np.asarray(traj.states[:, t] * 3 + traj.actions[:, t])
+            assert _binomial_z(np.bincount(pairs, minlength=12), joint.ravel(), N) < 4.5
+        law = law @ np.asarray(chain.P)
+    # rewards are the expected rewards of the visited pairs
+    np.testing.assert_allclose(traj.rewards, np.asarray(mdp.R)[traj.states[:, :-1], traj.actions])
+
+
+def test_reward_noise_has_the_requested_mean_and_spread():
+    mdp = random_mdp(2, 2, 2)
+    pi = np.array([[1.0, 0.0], [1.0, 0.0]])
+    std = np.full((2, 2), 3.0)
+    traj = sampling.rollouts(jax.random.key(1), mdp, pi, 1, N, initial_state=0, reward_std=std)
+    noise = np.asarray(traj.rewards[:, 0]) - float(mdp.R[0, 0])
+    assert abs(noise.mean()) < 4.5 * 3.0 / np.sqrt(N)
+    assert abs(noise.std() - 3.0) < 4.5 * 3.0 / np.sqrt(2 * N)
+
+
+def test_masked_actions_are_never_drawn():
+    mdp = random_mdp(3, 3, 3)
+    mask = np.array([[True, False, True]] * 3)
+    masked = dsorl.MDP(mdp.P, mdp.R, mdp.rho, mask)
+    pi = dsorl.policies.tabular_softmax(3, 3, mask)(jnp.zeros((3, 3)))
+    traj = sampling.rollouts(jax.random.key(2), masked, pi, 10, 500)
+    assert not np.any(np.asarray(traj.actions) == 1)
+
+
+def test_chain_rollout_law_and_keys():
+    chain = dsorl.induced_chain(random_mdp(4, 3, 2), random_policy(4, 3, 2))
+    x0 = np.array([0.2, 0.5, 0.3])
+    xs = jax.vmap(lambda k: sampling.chain_rollout(k, chain, 3, x0))(jax.random.split(jax.random.key(3), N))
+    law = x0 @ np.linalg.matrix_power(np.asarray(chain.P), 3)
+    assert _binomial_z(np.bincount(np.asarray(xs[:, 3]), minlength=3), law, N) < 4.5
+    same = jax.vmap(lambda k: sampling.chain_rollout(k, chain, 3, x0))(jax.random.split(jax.random.key(3), N))
+    np.testing.assert_array_equal(xs, same)
