@@ -1,0 +1,1 @@
+"""Sampled gradient estimators (REINFORCE-type and others), one module per family."""
