@@ -41,7 +41,7 @@ def rollout(key: Array, mdp: MDP, pi: Array, horizon: int, *, initial_state=None
     def step(s, k):
         ka, ks, kr = jax.random.split(k, 3)
         a = jax.random.categorical(ka, log_pi[s])
-        s_next = jax.random.categorical(ks, log_P[s, a])
+        s_next = jax.random.categorical(ks, log_P[s, a]).astype(s.dtype)
         r = mdp.R[s, a]
         if reward_std is not None:
             r = r + reward_std[s, a] * jax.random.normal(kr, dtype=mdp.R.dtype)
