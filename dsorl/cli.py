@@ -1,7 +1,12 @@
 """The `dsorl` command.
 
-    dsorl run CONFIG [--set key=value ...]   run a job, print its tables, save results
-    dsorl list                               jobs and environments
+    dsorl run CONFIG [--set key=value ...]     run a job, print its tables, save results
+    dsorl sweep CONFIG [--set key=value ...]   run a sweep job: one row per member, resumable
+    dsorl plot RESULTS [--out DIR]             PNG figures of a sweep's results
+    dsorl list                                 jobs, algorithms and environments
+
+Several processes run one sweep together when each is started with the same command plus
+`--coordinator HOST:PORT --num-processes N --process-id I` (jax.distributed).
 """
 import argparse
 import sys
@@ -13,16 +18,36 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dsorl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="run the job a config names")
-    run_p.add_argument("config", help="YAML config file (see configs/)")
-    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    for name, what in (("run", "run the job a config names"),
+                       ("sweep", "run a sweep job (resumes from its output directory)")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value (dotted keys for nesting)")
-    run_p.add_argument("--output-dir", help="where to write results (default: the config's)")
-    sub.add_parser("list", help="list jobs and environments")
+        p.add_argument("--output-dir", help="where to write results (default: the config's)")
+    sweep_p = sub.choices["sweep"]
+    sweep_p.add_argument("--overwrite", action="store_true",
+                         help="discard results of a different sweep in the output directory")
+    sweep_p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                         help="progress bar on stderr (default: when stderr is a terminal)")
+    sweep_p.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="jax.distributed coordinator address (several processes)")
+    sweep_p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    sweep_p.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+    plot_p = sub.add_parser("plot", help="draw PNG figures of a sweep's results")
+    plot_p.add_argument("results", help="a result directory written by `dsorl sweep`")
+    plot_p.add_argument("--out", help="where to write the PNGs (default: RESULTS/plots)")
+    plot_p.add_argument("--metric", action="append", default=None,
+                        help="metric to plot (repeatable; default: all)")
+    sub.add_parser("list", help="list jobs, algorithms and environments")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "plot":
+            return _plot(args)
         return _list()
     except ValueError as err:
         print(f"dsorl: error: {err}", file=sys.stderr)
@@ -31,13 +56,16 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     cfg = config_lib.load_config(args.config, args.set)
+    module = config_lib.job_module(cfg["job"])
+    if not callable(getattr(module, "run", None)):
+        return _sweep(args, cfg)
     import jax
 
     jax.config.update("jax_enable_x64", True)  # exact analysis and references need float64
     from dsorl.results import format_table, write_results
 
     out = args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}")
-    result = config_lib.job_module(cfg["job"]).run(cfg)
+    result = module.run(cfg)
     for name, rows in result.get("tables", {}).items():
         print(f"\n== {name} ==\n{format_table(rows)}")
     path = write_results(out, cfg, tables=result.get("tables"), arrays=result.get("arrays"),
@@ -46,13 +74,113 @@ def _run(args) -> int:
     return 0
 
 
+def _sweep(args, cfg=None) -> int:
+    cfg = cfg or config_lib.load_config(args.config, args.set)
+    module = config_lib.job_module(cfg["job"])
+    if not config_lib.is_sweep_job(module):
+        sweeps = [n for n, kinds, _ in config_lib.job_summaries() if "sweep" in kinds]
+        raise ValueError(f"job {cfg['job']!r} is not a sweep (it has no sweep_spec); sweep jobs:"
+                         f" {', '.join(sweeps) or 'none'}. Use `dsorl run` for it.")
+    coordinator = getattr(args, "coordinator", None)
+    if coordinator is not None or getattr(args, "num_processes", None) is not None:
+        if coordinator is None or args.num_processes is None or args.process_id is None:
+            raise ValueError("several processes need --coordinator, --num-processes and --process-id.")
+    import jax
+
+    if coordinator is not None:
+        jax.distributed.initialize(coordinator_address=coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    jax.config.update("jax_enable_x64", True)
+    from dsorl import sweep as sweep_lib
+    from dsorl.results import format_table, write_results
+
+    settings = cfg["sweep"]
+    out = args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}")
+    spec = dict(module.sweep_spec(cfg))
+    traces = settings["traces"]
+    progress = getattr(args, "progress", None)
+    result = sweep_lib.sweep(
+        **spec, traces=True if "all" in traces else list(traces),
+        trace_every=settings["trace_every"], chunk_size=settings["chunk_size"],
+        memory_budget=settings["memory_budget_mb"] * 2 ** 20, out_dir=out,
+        overwrite=getattr(args, "overwrite", False),
+        progress=settings["progress"] if progress is None else progress,
+        record=_sweep_record(cfg))
+    if jax.process_index() != 0:
+        return 0
+    grid = spec["grid"]
+    seeds = grid.axes["seed"].values.tolist() if "seed" in grid.axes else None
+    write_results(out, cfg, tables={"table": result.table}, arrays=result.traces, seeds=seeds,
+                  extra={"sweep": result.meta})
+    print(f"\n== {cfg['job']}: {len(result)} members ==\n{format_table(result.table, max_rows=20)}")
+    m = result.meta
+    rate = m["members_per_second"]
+    print(f"\n{m['members_computed']} members computed in {m['chunks']} chunk(s)"
+          f" ({m['members'] - m['members_computed']} were on disk) on {len(m['devices'])}"
+          f" device(s) x {m['processes']} process(es);"
+          f" compile {sum(m['compile_seconds'].values()):.2f} s, run {m['run_seconds']:.2f} s"
+          + (f", {rate:.4g} members/s" if rate else ""))
+    print(f"results written to {out}/")
+    return 0
+
+
+def _sweep_record(cfg: dict) -> dict:
+    """What identifies a sweep's results: its config without the settings that only
+    change how it runs (chunking, progress, output place)."""
+    record = {k: v for k, v in cfg.items() if k != "output_dir"}
+    record["sweep"] = {k: v for k, v in cfg["sweep"].items()
+                       if k in ("traces", "trace_every")}
+    return record
+
+
+def _plot(args) -> int:
+    from dsorl import plots
+
+    paths = plots.plot_results(args.results, out_dir=args.out, metrics=args.metric)
+    for p in paths:
+        print(p)
+    if not paths:
+        print("nothing to plot", file=sys.stderr)
+    return 0
+
+
 def _list() -> int:
     from dsorl import envs
 
-    print("jobs:", ", ".join(config_lib.available_jobs()))
+    print("jobs (dsorl run / dsorl sweep CONFIG):")
+    for name, kinds, summary in config_lib.job_summaries():
+        print(f"  {name:24s} [{kinds}] {summary}")
+    print("algorithms (run(mdp, params0, hparams, key, *, config), for dsorl.sweep):")
+    algorithms = _algorithms()
+    for name, summary in algorithms:
+        print(f"  {name:24s} {summary}")
+    if not algorithms:
+        print("  (none yet)")
     print("environments: garnet (random), nbw:", ", ".join(envs.NBW_NAMES),
           "| gymnasium toy-text: FrozenLake-v1, CliffWalking-v1, Taxi-v3")
     return 0
+
+
+def _algorithms() -> list:
+    """`(name, first docstring line)` of each module of `dsorl.algorithms` with a `run`."""
+    import importlib
+    import pkgutil
+
+    import dsorl.algorithms
+
+    out = []
+    for m in sorted(pkgutil.iter_modules(dsorl.algorithms.__path__), key=lambda m: m.name):
+        if m.name.startswith("_"):
+            continue
+        try:
+            module = importlib.import_module(f"dsorl.algorithms.{m.name}")
+        except Exception as err:  # an algorithm under construction must not break `dsorl list`
+            out.append((m.name, f"(cannot import: {type(err).__name__})"))
+            continue
+        if callable(getattr(module, "run", None)):
+            doc = (module.__doc__ or "").strip().splitlines()
+            out.append((m.name, doc[0] if doc else ""))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Job configs: YAML files with a `job` key, merged over the job's defaults and checked.
 
-A job is a module `dsorl.jobs.<name>` with `DEFAULTS` (a dict of every key it accepts,
-with its default) and `run(config) -> dict` . Unknown keys list the valid ones; a value of
-the wrong type names its key.
+A job is a module `dsorl.jobs.<name>` (or any importable module, named by its dotted
+path) with `DEFAULTS` (a dict of every key it accepts, with its default) and
+`run(config) -> dict` (`dsorl run`), or `sweep_spec(config) -> dict` of keyword arguments
+of `dsorl.sweep.sweep` (`dsorl sweep`), or both. A sweep job's config also has a `sweep`
+mapping (`SWEEP_DEFAULTS`: chunking, traces, progress). Unknown keys list the valid ones;
+a value of the wrong type names its key.
 """
 import importlib
 import pkgutil
@@ -14,6 +17,17 @@ import yaml
 import dsorl.jobs
 
 
+# Settings of every sweep job (the `sweep` mapping of its config); a job's DEFAULTS may
+# give other defaults under its own "sweep" key.
+SWEEP_DEFAULTS = {
+    "chunk_size": None,       # members per compiled call; None: fit memory_budget_mb
+    "memory_budget_mb": 1024.0,  # device memory for two chunks in flight
+    "traces": [],             # trace names to keep per step; [all] keeps every trace
+    "trace_every": 1,         # keep every n-th step of the traces
+    "progress": None,         # progress bar on stderr; None: when stderr is a terminal
+}
+
+
 def available_jobs() -> list:
     """Names of the jobs `dsorl run` knows."""
     return sorted(m.name for m in pkgutil.iter_modules(dsorl.jobs.__path__)
@@ -21,9 +35,42 @@ def available_jobs() -> list:
 
 
 def job_module(name: str):
-    if name not in available_jobs():
-        raise ValueError(f"unknown job {name!r}; available jobs: {', '.join(available_jobs())}.")
-    return importlib.import_module(f"dsorl.jobs.{name}")
+    """The module of job `name`: `dsorl.jobs.<name>`, else the importable module `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"job must be a name, got {name!r}; available jobs:"
+                         f" {', '.join(available_jobs())}.")
+    if name in available_jobs():
+        return importlib.import_module(f"dsorl.jobs.{name}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = None
+    if module is None or not hasattr(module, "DEFAULTS") or not (
+            hasattr(module, "run") or hasattr(module, "sweep_spec")):
+        raise ValueError(f"unknown job {name!r}; available jobs: {', '.join(available_jobs())}"
+                         " (or an importable module with DEFAULTS and run/sweep_spec).")
+    return module
+
+
+def is_sweep_job(module) -> bool:
+    """Whether `dsorl sweep` can run the job (it defines `sweep_spec`)."""
+    return callable(getattr(module, "sweep_spec", None))
+
+
+def job_summaries() -> list:
+    """`(name, kinds, first docstring line)` of every built-in job, for `dsorl list`."""
+    out = []
+    for name in available_jobs():
+        try:
+            module = job_module(name)
+        except Exception as err:  # a job under construction must not break `dsorl list`
+            out.append((name, "broken", f"cannot import: {type(err).__name__}: {err}"))
+            continue
+        kinds = "/".join(k for k, ok in (("run", callable(getattr(module, "run", None))),
+                                         ("sweep", is_sweep_job(module))) if ok)
+        doc = (module.__doc__ or "").strip().splitlines()
+        out.append((name, kinds, doc[0] if doc else ""))
+    return out
 
 
 def load_config(path, overrides: Iterable[str] = ()) -> dict:
@@ -44,8 +91,29 @@ def load_config(path, overrides: Iterable[str] = ()) -> dict:
 def resolve(raw: Mapping) -> dict:
     """Merge `raw` over its job's `DEFAULTS` and check keys and types."""
     module = job_module(raw["job"])
-    config = _merge(module.DEFAULTS, {k: v for k, v in raw.items() if k != "job"}, prefix="")
+    defaults = dict(module.DEFAULTS)
+    if is_sweep_job(module):
+        defaults["sweep"] = {**SWEEP_DEFAULTS, **defaults.get("sweep", {})}
+    config = _merge(defaults, {k: v for k, v in raw.items() if k != "job"}, prefix="")
+    if "sweep" in config and is_sweep_job(module):
+        _check_sweep_settings(config["sweep"])
     return {"job": raw["job"], **config}
+
+
+def _check_sweep_settings(settings: Mapping) -> None:
+    """Keys whose default is None accept null or one type: check that type here."""
+    chunk, progress = settings["chunk_size"], settings["progress"]
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"config key 'sweep.chunk_size' must be a positive integer or null,"
+                         f" got {chunk!r}.")
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"config key 'sweep.progress' must be true, false or null, got {progress!r}.")
+    if not all(isinstance(t, str) for t in settings["traces"]):
+        raise ValueError(f"config key 'sweep.traces' must be a list of trace names (or [all]),"
+                         f" got {settings['traces']!r}.")
+    if settings["trace_every"] < 1 or settings["memory_budget_mb"] <= 0:
+        raise ValueError("config keys 'sweep.trace_every' and 'sweep.memory_budget_mb' must be"
+                         f" positive, got {settings['trace_every']!r} and {settings['memory_budget_mb']!r}.")
 
 
 def _merge(defaults: Mapping, given: Mapping, prefix: str) -> dict:

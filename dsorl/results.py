@@ -2,7 +2,9 @@
 
 Every result directory holds `meta.json` with the config, the package versions, the
 seeds, the devices, the git commit (if any) and the time, so a number can be traced back
-to what produced it.
+to what produced it. A table is always written as `<name>.csv` (floats written exactly,
+loadable with `pandas.read_csv`) and also as `<name>.parquet` when pyarrow is installed;
+`read_results` reads a directory back.
 """
 import csv
 import datetime
@@ -12,9 +14,11 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+Table = Union[Sequence[Mapping], Mapping[str, Sequence]]  # rows, or columns of equal length
 
 
 def environment_record() -> dict:
@@ -43,18 +47,21 @@ def environment_record() -> dict:
     return record
 
 
-def write_results(out_dir, config: Mapping, *, tables: Optional[Mapping[str, Sequence[Mapping]]] = None,
+def write_results(out_dir, config: Mapping, *, tables: Optional[Mapping[str, Table]] = None,
                   arrays: Optional[Mapping[str, np.ndarray]] = None, seeds=None,
                   extra: Optional[Mapping] = None) -> Path:
     """Write `meta.json`, one `<name>.csv` per table and `arrays.npz` into `out_dir`.
 
-    Each file is written to a temporary name and renamed, so a killed run never leaves a
+    A table is a list of rows (dicts with the same keys) or a mapping of columns. Each
+    file is written to a temporary name and renamed, so a killed run never leaves a
     half-written file behind. Returns the directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (tables or {}).items():
-        _atomic_write(out / f"{name}.csv", _csv_text(rows))
+    for name, table in (tables or {}).items():
+        columns = _columns(table)
+        _atomic_write(out / f"{name}.csv", _csv_text(columns))
+        _write_parquet(out / f"{name}.parquet", columns)
     if arrays:
         with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as f:
             np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -72,15 +79,44 @@ def write_results(out_dir, config: Mapping, *, tables: Optional[Mapping[str, Seq
     return out
 
 
-def format_table(rows: Sequence[Mapping], floatfmt: str = ".6g") -> str:
-    """A plain-text table of `rows` (dicts with the same keys)."""
+def read_results(out_dir) -> tuple:
+    """`(tables, arrays, meta)` of a result directory: tables as `{name: {column: array}}`
+    (read from CSV; integer, float and bool columns typed, others str), arrays from
+    `arrays.npz`, `meta` from `meta.json`."""
+    out = Path(out_dir)
+    if not (out / "meta.json").exists():
+        raise ValueError(f"{out} is not a result directory (no meta.json).")
+    meta = json.loads((out / "meta.json").read_text())
+    tables = {name: _read_csv(out / f"{name}.csv") for name in meta.get("tables", [])}
+    arrays = {}
+    if (out / "arrays.npz").exists():
+        with np.load(out / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+    return tables, arrays, meta
+
+
+def format_table(rows: Table, floatfmt: str = ".6g", max_rows: Optional[int] = None) -> str:
+    """A plain-text table of `rows` (dicts with the same keys, or columns); with `max_rows`,
+    the first and last rows around an ellipsis."""
+    if isinstance(rows, Mapping):
+        cols = {k: np.asarray(v).tolist() for k, v in rows.items()}
+        rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
     if not rows:
         return "(empty)"
+    skipped = 0
+    if max_rows is not None and len(rows) > max_rows:
+        head = max_rows - max_rows // 2
+        skipped = len(rows) - max_rows
+        rows = list(rows[:head]) + [None] + list(rows[len(rows) - max_rows // 2:])
+    if skipped:
+        dots = dict.fromkeys(next(r for r in rows if r is not None), "...")
+        rows = [dots if r is None else r for r in rows]
     keys = list(rows[0])
     cells = [[_fmt(r[k], floatfmt) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
-    return "\n".join([line(keys), line(["-" * w for w in widths])] + [line(c) for c in cells])
+    text = "\n".join([line(keys), line(["-" * w for w in widths])] + [line(c) for c in cells])
+    return text + (f"\n({skipped} more rows)" if skipped else "")
 
 
 def _fmt(x, floatfmt):
@@ -89,17 +125,60 @@ def _fmt(x, floatfmt):
     return str(x)
 
 
-def _csv_text(rows: Sequence[Mapping]) -> str:
+def _columns(table: Table) -> dict:
+    """`{column: list}` from rows or columns (NumPy scalars become Python numbers)."""
+    if isinstance(table, Mapping):
+        cols = {str(k): np.asarray(v).tolist() for k, v in table.items()}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"table columns differ in length: {sorted(lengths)}.")
+        return cols
+    rows = list(table)
+    keys = list(rows[0]) if rows else []
+    return {k: [_jsonable(r[k]) if isinstance(r[k], np.generic) else r[k] for r in rows]
+            for k in keys}
+
+
+def _csv_text(columns: Mapping[str, list]) -> str:
     import io
 
     buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _jsonable(v) if isinstance(v, np.generic) else v
-                             for k, v in row.items()})
+    if columns:
+        writer = csv.writer(buf)
+        writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values()))  # str(float) round-trips exactly
     return buf.getvalue()
+
+
+def _read_csv(path: Path) -> dict:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        values = list(zip(*reader)) or [()] * len(header)
+    return {k: _typed(list(v)) for k, v in zip(header, values)}
+
+
+def _typed(cells: list) -> np.ndarray:
+    if cells and all(c in ("True", "False") for c in cells):
+        return np.array([c == "True" for c in cells])
+    for dtype in (np.int64, np.float64):
+        try:
+            return np.array(cells, dtype=dtype)
+        except ValueError:
+            pass
+    return np.array(cells, dtype=str)
+
+
+def _write_parquet(path: Path, columns: Mapping[str, list]) -> None:
+    """`<name>.parquet` beside the CSV when pyarrow is installed (optional)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.table(dict(columns)), tmp)
+    os.replace(tmp, path)
 
 
 def _atomic_write(path: Path, text: str) -> None:

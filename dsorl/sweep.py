@@ -1,0 +1,637 @@
+"""Batch sweeps: one algorithm run for every point of a grid (γ × seed × start × ...).
+
+An algorithm is `run(mdp, params0, hparams, key, *, config) -> (final_state, trace)`
+(DESIGN §4). A `Grid` is a product of named axes; its points are flattened in C order
+(first axis slowest) into members `0 .. B-1`. `sweep` compiles one program that runs a
+chunk of members with `vmap`, shards the chunk over a one-axis device mesh
+(`NamedSharding`; with `jax.distributed.initialize` the mesh spans every process), runs
+the chunks in turn, drops the padding and returns a tidy table: one row per member with
+its grid coordinates and final metrics (per seed, never only aggregates).
+
+- Axis names `mdp`, `params0` and `seed` are reserved: a `seed` axis gives each member the
+  key `jax.random.key(seed)`, an `mdp` or `params0` axis holds stacked pytrees (leading
+  axis = points). Every other axis is a hyperparameter, a traced argument, so `vmap` sweeps
+  it. Keys depend on the seed only: members that differ in γ or start share their random
+  numbers (common random numbers), and the table does not depend on how members are split
+  over chunks, devices or processes.
+- Inside the compiled program a member only receives its flat index; its coordinates are
+  gathered from the (replicated) axis values, so the host never materialises the product.
+- Chunks: at most `chunk_size` members per call, a multiple of the device count (the last
+  chunk is padded with copies of its last member, computed and dropped). By default the
+  largest chunk whose compiled footprint (XLA's memory analysis) keeps two chunks in flight
+  within `memory_budget` bytes, capped at `MAX_CHUNK_PER_DEVICE` members per device.
+- Resumable: with `out_dir`, each finished chunk is written atomically to
+  `out_dir/chunks/`; a rerun skips the members already on disk, and a sweep whose
+  description differs from the one on disk is refused (`ValueError` naming what differs).
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+RESERVED = ("mdp", "params0", "seed")
+MAX_CHUNK_PER_DEVICE = 8192
+MESH_AXIS = "members"
+_FORMAT = 1  # version of the on-disk chunk layout
+
+
+class Axis(NamedTuple):
+    """One grid axis: `values` (a pytree whose leaves share a leading axis of points) and
+    `labels`, the table columns that name each point (`{column: array[n]}`)."""
+
+    values: Any
+    labels: Mapping[str, np.ndarray]
+
+
+def axis(values, **labels) -> Axis:
+    """An axis of pytree `values` (leading axis = points) with table columns `labels`.
+
+    Without labels a pytree axis `name` gets the column `name_index` (0 .. n-1); e.g.
+    `axis(starts, w_x=starts[:, 0], w_y=starts[:, 1])` labels the nBw paper's grid of
+    initial parameters by its coordinates.
+    """
+    leaves = jax.tree_util.tree_leaves(values)
+    if not leaves:
+        raise ValueError("an axis needs at least one array of values.")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every leaf of an axis needs the same leading axis of points;"
+                         f" got leading sizes {sorted(map(str, sizes))}.")
+    (n,) = sizes
+    if n == 0:
+        raise ValueError("an axis needs at least one point.")
+    cols = {}
+    for name, col in labels.items():
+        col = np.asarray(col)
+        if col.shape != (n,):
+            raise ValueError(f"label {name!r} must have shape ({n},) like the axis, got {col.shape}.")
+        cols[name] = col
+    return Axis(values, cols)
+
+
+class Grid:
+    """The product of named axes, flattened in C order (the first axis varies slowest).
+
+    `Grid(gamma=[0.9, 0.99], seed=range(8), params0=axis(starts, ...))`: a list, tuple,
+    range or 1-D array is a scalar axis (its column is its name); an `Axis` is a pytree axis.
+    """
+
+    def __init__(self, **axes):
+        if not axes:
+            raise ValueError("a grid needs at least one axis.")
+        self.axes = {}
+        for name, ax in axes.items():
+            if not isinstance(ax, Axis):
+                vals = np.asarray(list(ax) if isinstance(ax, (range, tuple, list)) else ax)
+                if vals.ndim != 1 or vals.size == 0:
+                    raise ValueError(f"grid axis {name!r} must be a non-empty 1-D list of numbers"
+                                     f" (or dsorl.sweep.axis(...) for arrays); got shape {vals.shape}.")
+                if not (np.issubdtype(vals.dtype, np.number) or vals.dtype == bool):
+                    raise ValueError(f"grid axis {name!r} must hold numbers, got {vals.dtype}.")
+                if name == "seed" and not np.issubdtype(vals.dtype, np.integer):
+                    raise ValueError(f"grid axis 'seed' must hold integers, got {vals.tolist()}.")
+                ax = Axis(vals, {name: vals})
+            elif not ax.labels:
+                n = _axis_size(ax)
+                ax = Axis(ax.values, {f"{name}_index": np.arange(n)})
+            self.axes[name] = ax
+        self.names = tuple(self.axes)
+        self.sizes = tuple(_axis_size(a) for a in self.axes.values())
+        self.size = int(np.prod(self.sizes))
+        columns = [c for a in self.axes.values() for c in a.labels]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"grid columns must be distinct, got {columns}.")
+
+    def __repr__(self):
+        return "Grid(" + ", ".join(f"{n}[{s}]" for n, s in zip(self.names, self.sizes)) + ")"
+
+    def coordinates(self, members: np.ndarray) -> np.ndarray:
+        """Per-axis point indices of flat member indices, shape `[len(members), n_axes]`."""
+        return np.stack(np.unravel_index(np.asarray(members), self.sizes), axis=-1)
+
+    def columns(self, members: np.ndarray) -> dict:
+        """The label columns of flat member indices (host side, NumPy)."""
+        coords = self.coordinates(members)
+        return {col: np.asarray(values)[coords[:, i]]
+                for i, ax in enumerate(self.axes.values()) for col, values in ax.labels.items()}
+
+
+class Member(NamedTuple):
+    """The inputs of one member's run, handed to `metrics` with its outputs."""
+
+    mdp: Any
+    params0: Any
+    hparams: Any
+    key: jax.Array
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """`table`: columns of equal length, one row per member; `traces`: `[B, T]` arrays
+    (when kept); `meta`: how the sweep ran (sizes, chunks, devices, timings)."""
+
+    table: dict
+    traces: dict
+    meta: dict
+
+    def __len__(self):
+        return len(next(iter(self.table.values()))) if self.table else 0
+
+    def rows(self) -> list:
+        """The table as a list of dicts (for `dsorl.results.format_table`)."""
+        cols = {k: np.asarray(v).tolist() for k, v in self.table.items()}
+        return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+
+    def to_pandas(self):
+        """The table as a `pandas.DataFrame` (pandas must be installed)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+
+def last_values(final_state, trace, member: Member) -> dict:
+    """Default metrics: the last entry of every trace leaf, named by its path."""
+    del final_state, member
+    return {name: leaf[-1] for name, leaf in _named_leaves(trace).items()}
+
+
+def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=None,
+          metrics: Callable = last_values, traces: Union[bool, Sequence[str]] = False,
+          trace_every: int = 1, chunk_size: Optional[int] = None,
+          memory_budget: float = 2 ** 30, out_dir=None, overwrite: bool = False,
+          devices: Optional[Sequence] = None, progress: Optional[bool] = None,
+          record: Optional[Mapping] = None) -> SweepResult:
+    """Run `run` for every member of `grid`; one table row per member.
+
+    Args:
+      run: `run(mdp, params0, hparams, key, *, config) -> (final_state, trace)`.
+      mdp: one MDP, or `{name: MDP}` (an outer `env` axis; one compiled program per entry,
+        so the MDPs may differ in size). Ignored when the grid has an `mdp` axis.
+      grid: the swept axes (see `Grid`).
+      config: the static `config` handed to `run` (sizes, step counts, choices).
+      hparams: how a member's hyperparameters are built from its non-reserved axis values
+        `point` (a dict of traced scalars or pytrees): `None` gives `point` itself, a
+        mapping gives `{**hparams, **point}`, a callable gives `hparams(point)`.
+      params0: initial parameters when the grid has no `params0` axis: a pytree, or a
+        callable `params0(mdp)` (useful with several MDPs).
+      metrics: `metrics(final_state, trace, member) -> {name: scalar}` per member; the
+        default takes the last value of every trace leaf.
+      traces: keep every trace leaf (`True`) or the named ones, subsampled every
+        `trace_every` steps, as `[B, T]` arrays in `SweepResult.traces`.
+      chunk_size: members per compiled call (rounded up to a multiple of the device count);
+        default: fit `memory_budget` bytes (see the module docstring).
+      out_dir: write chunks as they finish and the final table there; rerunning resumes.
+      overwrite: discard results of a different sweep found in `out_dir` instead of failing.
+      devices: the mesh (default `jax.devices()`, every process's devices).
+      progress: a progress bar on stderr per chunk (default: when stderr is a terminal).
+      record: a JSON-able description of the sweep (e.g. the CLI's config), stored with the
+        results and part of the resume check.
+    Returns:
+      `SweepResult` with columns `member`, (`env`), the grid's label columns, the metrics.
+    """
+    if not isinstance(grid, Grid):
+        raise ValueError(f"grid must be a dsorl.sweep.Grid, got {type(grid).__name__}.")
+    if "params0" not in grid.axes and params0 is None:
+        raise ValueError("give initial parameters: a 'params0' grid axis or params0=...")
+    if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 1:
+        raise ValueError(f"trace_every must be a positive integer, got {trace_every!r}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    if not memory_budget > 0:
+        raise ValueError(f"memory_budget must be > 0 bytes, got {memory_budget!r}.")
+    if "mdp" in grid.axes:
+        envs = {None: None}
+    elif isinstance(mdp, Mapping):
+        if not mdp:
+            raise ValueError("mdp mapping is empty.")
+        envs = dict(mdp)
+    else:
+        envs = {None: mdp}
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.array(devices), (MESH_AXIS,))
+    multi = jax.process_count() > 1
+    lead = jax.process_index() == 0
+
+    spec = _describe(run, envs, grid, config, hparams, params0, metrics, traces, trace_every, record)
+    store = _Store(out_dir, spec, overwrite) if out_dir is not None else None
+    done = store.done_members(len(envs) * grid.size) if store else np.zeros(len(envs) * grid.size, bool)
+    if multi:  # one truth about what is left, whatever each process sees on disk
+        from jax.experimental import multihost_utils
+
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done)).astype(bool)
+        multihost_utils.sync_global_devices("dsorl.sweep:start")
+    if store and lead:
+        store.write_spec()
+
+    pieces, stats = [], {"compile_seconds": {}, "chunk_size": {}, "chunks": 0}
+    plans = []  # (offset, todo mask, program, chunk size, pending chunk starts) per MDP
+    for e, (env_name, env) in enumerate(envs.items()):
+        offset = e * grid.size
+        todo = ~done[offset:offset + grid.size]
+        if not todo.any():
+            continue  # everything on disk: nothing to compile
+        p0 = params0(env) if callable(params0) else params0
+        program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh)
+        size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
+        program.compiled(size)
+        label = "all" if env_name is None else str(env_name)
+        stats["chunk_size"][label] = size
+        stats["compile_seconds"][label] = program.compile_seconds
+        pending = [s for s in range(0, grid.size, size) if todo[s:s + size].any()]
+        stats["chunks"] += len(pending)
+        plans.append((offset, todo, program, size, pending))
+    bar = _Progress(int((~done).sum()), enabled=lead and (sys.stderr.isatty() if progress is None
+                                                          else progress))
+    start_time = time.perf_counter()
+    for offset, todo, program, size, pending in plans:
+        in_flight = None
+        for s in pending + [None]:  # dispatch chunk k+1 before fetching chunk k
+            launched = None if s is None else (s, min(s + size, grid.size), program(s, size))
+            if in_flight is not None:
+                a, b, out = in_flight
+                out = _to_host(out, multi)
+                piece = {k: v[: b - a] for k, v in out.items()}
+                if store and lead:
+                    store.write_chunk(offset + a, offset + b, piece)
+                pieces.append((offset + a, offset + b, piece))
+                bar.update(int(todo[a:b].sum()))
+            in_flight = launched
+    run_seconds = time.perf_counter() - start_time
+    bar.close()
+    if multi:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("dsorl.sweep:done")
+    if store:
+        pieces = store.read_chunks()
+    data = _assemble(pieces, len(envs) * grid.size)
+    members = np.arange(len(envs) * grid.size)
+    table = {"member": members}
+    if None not in envs:
+        table["env"] = np.repeat(np.array(list(envs)), grid.size)
+    table.update(grid.columns(members % grid.size))
+    metric_names = [k for k in data if k.startswith("metric:")]
+    table.update({k[len("metric:"):]: data[k] for k in metric_names})
+    trace_arrays = {k[len("trace:"):]: data[k] for k in data if k.startswith("trace:")}
+    computed = int((~done).sum())
+    meta = {
+        "members": int(len(members)),
+        "grid": [{"name": n, "size": s, "columns": list(grid.axes[n].labels)}
+                 for n, s in zip(grid.names, grid.sizes)],
+        "envs": [e for e in envs if e is not None],
+        "metrics": [k[len("metric:"):] for k in metric_names],
+        "traces": sorted(trace_arrays),
+        "trace_every": trace_every,
+        "devices": [str(d) for d in devices],
+        "processes": jax.process_count(),
+        "members_computed": computed,
+        "run_seconds": run_seconds,
+        "members_per_second": computed / run_seconds if computed and run_seconds > 0 else None,
+        **stats,
+        "fingerprint": spec["fingerprint"],
+    }
+    return SweepResult(table, trace_arrays, meta)
+
+
+def load(out_dir) -> SweepResult:
+    """The result of a finished sweep written by `sweep(..., out_dir=...)` or `dsorl sweep`."""
+    from dsorl.results import read_results
+
+    tables, arrays, meta = read_results(out_dir)
+    if "table" not in tables:
+        raise ValueError(f"{out_dir} holds no sweep table (table.csv).")
+    return SweepResult(tables["table"], arrays, meta.get("sweep", {}))
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled program
+
+
+class _Program:
+    """`program(start, size)`: the outputs of members `start .. start+size-1` (clamped)."""
+
+    def __init__(self, run, mdp, params0, grid, config, hparams, metrics, traces, trace_every, mesh):
+        self.mesh = mesh
+        self.sharded = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.grid_size = grid.size
+        values = {n: a.values for n, a in grid.axes.items()}
+        self.values = self._replicate(values)
+        self.mdp = None if mdp is None else self._replicate(mdp)
+        self.params0 = None if params0 is None else self._replicate(params0)
+        sizes = grid.sizes
+
+        def member(index, mdp, params0, values):
+            point = {}
+            for name, n in reversed(list(zip(grid.names, sizes))):
+                point[name] = jax.tree_util.tree_map(lambda v: v[index % n], values[name])
+                index = index // n
+            mdp = point.pop("mdp", mdp)
+            params0 = point.pop("params0", params0)
+            key = jax.random.key(point.pop("seed", 0))
+            point = {n: point[n] for n in grid.names if n in point}
+            if hparams is None:
+                hp = point
+            elif callable(hparams):
+                hp = hparams(point)
+            else:
+                hp = {**hparams, **point}
+            final_state, trace = run(mdp, params0, hp, key, config=config)
+            out = {f"metric:{k}": v for k, v in
+                   _check_metrics(metrics(final_state, trace, Member(mdp, params0, hp, key))).items()}
+            if traces:
+                named = _named_leaves(trace)
+                keep = named if traces is True else _pick(named, traces)
+                out.update({f"trace:{k}": v[::trace_every] for k, v in keep.items()})
+            return out
+
+        batched = jax.vmap(member, in_axes=(0, None, None, None))
+        self._jitted = jax.jit(batched, in_shardings=(self.sharded, self.replicated,
+                                                      self.replicated, self.replicated),
+                               out_shardings=self.sharded)
+        self._compiled = {}
+        self.compile_seconds = 0.0
+
+    def _replicate(self, tree):
+        def put(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])
+        return jax.tree_util.tree_map(put, tree)
+
+    def compiled(self, size):
+        if size not in self._compiled:
+            t0 = time.perf_counter()
+            spec = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.sharded)
+            try:
+                lowered = self._jitted.lower(spec, self.mdp, self.params0, self.values)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"the algorithm cannot be batched over this grid: {err}") from err
+            self._compiled[size] = lowered.compile()
+            self.compile_seconds += time.perf_counter() - t0
+        return self._compiled[size]
+
+    def footprint(self, size) -> int:
+        """Bytes XLA reports for one call on `size` members (arguments, outputs, scratch)."""
+        mem = self.compiled(size).memory_analysis()
+        if mem is None:
+            return 0
+        return int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
+
+    def __call__(self, start, size):
+        index = np.minimum(np.arange(start, start + size), self.grid_size - 1).astype(np.int32)
+        arr = jax.make_array_from_callback((size,), self.sharded, lambda idx: index[idx])
+        return self.compiled(size)(arr, self.mdp, self.params0, self.values)
+
+
+def _chunk_size(program, requested, budget, total, n_devices) -> int:
+    round_up = lambda n: -(-n // n_devices) * n_devices
+    if requested is not None:
+        return round_up(min(requested, total))
+    size = round_up(min(total, MAX_CHUNK_PER_DEVICE * n_devices))
+    for _ in range(3):  # memory grows linearly in the chunk: one correction usually suffices
+        need = 2 * program.footprint(size)  # two chunks in flight
+        if need <= budget or size == n_devices:
+            return size
+        size = max(n_devices, int(size * budget / need) // n_devices * n_devices)
+    return size
+
+
+def _to_host(out, multi) -> dict:
+    if multi:
+        from jax.experimental import multihost_utils
+
+        out = multihost_utils.process_allgather(out, tiled=True)
+    return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def _check_metrics(values) -> dict:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"metrics must return a mapping name -> scalar, got {type(values).__name__}.")
+    out = {}
+    for name, v in values.items():
+        v = jnp.asarray(v)
+        if v.shape != ():
+            raise ValueError(f"metric {name!r} has shape {v.shape}; a metric is one scalar per"
+                             " member (keep per-step values with traces=...).")
+        out[str(name)] = v
+    return out
+
+
+def _named_leaves(tree) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {(jax.tree_util.keystr(p, simple=True, separator=".") or "value"): x for p, x in leaves}
+
+
+def _pick(named, wanted) -> dict:
+    missing = sorted(set(wanted) - set(named))
+    if missing:
+        raise ValueError(f"unknown trace {missing[0]!r}; the trace has: {', '.join(sorted(named))}.")
+    return {k: named[k] for k in wanted}
+
+
+def _axis_size(ax: Axis) -> int:
+    return int(np.shape(jax.tree_util.tree_leaves(ax.values)[0])[0])
+
+
+def _assemble(pieces, total) -> dict:
+    """One array per output over all members, each member taken from exactly one piece."""
+    have = np.zeros(total, bool)
+    data = {}
+    for a, b, piece in sorted(pieces, key=lambda p: p[0]):
+        new = ~have[a:b]
+        if not new.any():
+            continue
+        for k, v in piece.items():
+            if k not in data:
+                data[k] = np.zeros((total,) + v.shape[1:], v.dtype)
+            data[k][a:b][new] = v[new]
+        have[a:b] = True
+    if not have.all():
+        raise RuntimeError(f"sweep results are missing members {np.flatnonzero(~have)[:10].tolist()}...")
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming: the sweep's description and its chunks on disk
+
+
+def _describe(run, envs, grid, config, hparams, params0, metrics, traces, trace_every, record):
+    """A JSON description of everything that determines the results, and its hash."""
+    spec = {
+        "format": _FORMAT,
+        "run": _canonical(run),
+        "config": _canonical(config),
+        "hparams": _canonical(hparams),
+        "params0": _canonical(params0),
+        "metrics": _canonical(metrics),
+        "traces": traces if isinstance(traces, bool) else sorted(traces),
+        "trace_every": trace_every,
+        "envs": {str(k): _canonical(v) for k, v in envs.items()},
+        "grid": {n: {"values": _canonical(a.values), "labels": _canonical(dict(a.labels))}
+                 for n, a in grid.axes.items()},
+        "record": _canonical(record),
+    }
+    spec["fingerprint"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return spec
+
+
+def _canonical(x):
+    """A JSON-able stand-in for `x`: arrays by shape, dtype and hash; functions by name."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, Mapping):
+        return {str(k): _canonical(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return {"type": type(x).__qualname__, **{f: _canonical(getattr(x, f)) for f in x._fields}}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {"type": type(x).__qualname__,
+                **{f.name: _canonical(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+    if isinstance(x, (list, tuple)):
+        return [_canonical(v) for v in x]
+    if isinstance(x, (np.ndarray, jax.Array)) or hasattr(x, "__array__"):
+        a = np.asarray(x)
+        return {"shape": list(a.shape), "dtype": str(a.dtype),
+                "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]}
+    if isinstance(x, functools.partial):
+        return {"partial": _canonical(x.func), "args": _canonical(list(x.args)),
+                "keywords": _canonical(x.keywords)}
+    if callable(x):
+        name = f"{getattr(x, '__module__', '?')}.{getattr(x, '__qualname__', type(x).__qualname__)}"
+        return {"callable": name}
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    if leaves and treedef.num_nodes > 1:  # a registered pytree (e.g. an MDP)
+        return {"pytree": type(x).__qualname__, "leaves": [_canonical(v) for v in leaves]}
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(x))
+
+
+def _differences(a, b, prefix="") -> list:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                sub = _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+                out.extend(sub if sub else [f"{prefix}{k}"])
+        return out
+    return [] if a == b else [prefix[:-1]]
+
+
+class _Store:
+    """`out_dir/sweep.json` (the description) and `out_dir/chunks/<start>-<stop>.npz`."""
+
+    def __init__(self, out_dir, spec, overwrite):
+        self.dir = Path(out_dir)
+        self.chunks = self.dir / "chunks"
+        self.spec = spec
+        path = self.dir / "sweep.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("fingerprint") != spec["fingerprint"]:
+                if not overwrite:
+                    what = sorted({".".join(d.split(".")[:2]) for d in _differences(old, spec)
+                                   if d != "fingerprint"})
+                    raise ValueError(
+                        f"{self.dir} holds results of a different sweep (differs in: "
+                        f"{', '.join(what) or 'its description'}); use another output"
+                        " directory, or overwrite (--overwrite, overwrite=True) to discard them.")
+                self._clear()
+
+    def _clear(self):
+        if self.chunks.exists():
+            for f in self.chunks.iterdir():
+                f.unlink()
+        (self.dir / "sweep.json").unlink()
+
+    def write_spec(self):
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "sweep.json"
+        if not path.exists():
+            _atomic_bytes(path, json.dumps(self.spec, indent=1, sort_keys=True).encode())
+
+    def _files(self):
+        if not self.chunks.exists():
+            return []
+        out = []
+        for f in sorted(self.chunks.glob("*.npz")):
+            m = re.fullmatch(r"(\d+)-(\d+)\.npz", f.name)
+            if m:
+                out.append((int(m.group(1)), int(m.group(2)), f))
+        return out
+
+    def done_members(self, total) -> np.ndarray:
+        done = np.zeros(total, bool)
+        for a, b, _ in self._files():
+            done[a:b] = True
+        return done
+
+    def write_chunk(self, a, b, piece):
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **piece)
+        _atomic_bytes(self.chunks / f"{a:010d}-{b:010d}.npz", buf.getvalue())
+
+    def read_chunks(self):
+        out = []
+        for a, b, f in self._files():
+            with np.load(f) as z:
+                out.append((a, b, {k: z[k] for k in z.files}))
+        return out
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, flush to disk, rename over `path`."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Progress
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn after each chunk."""
+
+    def __init__(self, total: int, enabled: bool, stream=None, width: int = 24):
+        self.total, self.enabled, self.width = total, enabled and total > 0, width
+        self.stream = stream or sys.stderr
+        self.done, self.t0 = 0, time.perf_counter()
+        if self.enabled:
+            self._draw()
+
+    def update(self, n: int):
+        self.done += n
+        if self.enabled:
+            self._draw()
+
+    def _draw(self):
+        frac = self.done / self.total
+        fill = int(round(frac * self.width))
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        eta = f"{(self.total - self.done) / rate:6.0f}s" if rate else "     ?s"
+        self.stream.write(f"\rsweep [{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}%"
+                          f" {self.done}/{self.total} members {rate:9.3g}/s eta {eta}")
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
