@@ -14,9 +14,12 @@ them: `p*^T B = e_S^T` and `B [w; g] = r` (relative values `w` with `w_S = 0` in
 S-1 slots, the gain in the last). `B` is nonsingular exactly when `P` is unichain.
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 import scipy.sparse.csgraph
 from jax import lax
 
@@ -75,7 +78,7 @@ def discounted_value(chain: Chain, gamma) -> Array:
     The condition number of `I - gamma P` grows like 1/(1 - gamma): use float64 near 1.
     """
     _checks.check_discount(gamma)
-    return jnp.linalg.solve(_eye_like(chain.P) - gamma * chain.P, chain.r)
+    return _discounted_value(chain, gamma)
 
 
 def occupancy(chain: Chain, rho: Array, gamma, *, normalised: bool = False) -> Array:
@@ -87,8 +90,7 @@ def occupancy(chain: Chain, rho: Array, gamma, *, normalised: bool = False) -> A
     _checks.check_discount(gamma)
     if _checks.is_concrete(rho):
         _checks.check_shape("rho", rho, (chain.n_states,), "[S]")
-    m = jnp.linalg.solve((_eye_like(chain.P) - gamma * chain.P).T, jnp.asarray(rho, chain.P.dtype))
-    return (1 - gamma) * m if normalised else m
+    return _occupancy(chain, jnp.asarray(rho, chain.P.dtype), gamma, normalised)
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,8 +104,7 @@ def stationary_distribution(chain: Chain) -> Array:
     multichain chain (the stationary law is not unique there).
     """
     _require_unichain(chain, "stationary_distribution")
-    _, solve_t = _lu_solvers(_gain_matrix(chain.P))
-    return solve_t(_last_unit(chain.P))
+    return _stationary_distribution(chain.P)
 
 
 def gain(chain: Chain) -> Array:
@@ -112,8 +113,7 @@ def gain(chain: Chain) -> Array:
     Raises `ValueError` on a concrete multichain chain, whose gain depends on the state.
     """
     _require_unichain(chain, "gain")
-    solve, _ = _lu_solvers(_gain_matrix(chain.P))
-    return solve(chain.r)[-1]
+    return _gain(chain)
 
 
 def bias(chain: Chain) -> Array:
@@ -149,8 +149,18 @@ def mixing_time(chain: Chain, eps, *, state=None, max_steps: int = 10_000) -> Ar
     `max_steps + 1`. Cost: one `[S, S]` product per step (`[S]` with `state`).
     """
     _checks.check_positive("eps", eps)
-    p = stationary_distribution(chain)
-    X0 = _eye_like(chain.P)
+    _require_unichain(chain, "mixing_time")
+    t = _mixing_time(chain.P, eps, state, max_steps)
+    if _checks.is_concrete(t) and int(t) > max_steps:
+        raise ValueError(f"the chain did not mix to eps = {eps} within {max_steps} steps"
+                         " (periodic or slowly mixing; raise max_steps or eps).")
+    return t
+
+
+@partial(jax.jit, static_argnames=("max_steps",))
+def _mixing_time(P, eps, state, max_steps):
+    p = _stationary_distribution(P)
+    X0 = _eye_like(P)
     if state is not None:
         X0 = X0[state][None]
 
@@ -163,14 +173,10 @@ def mixing_time(chain: Chain, eps, *, state=None, max_steps: int = 10_000) -> Ar
 
     def step(carry):
         t, X = carry
-        return t + 1, X @ chain.P
+        return t + 1, X @ P
 
     t, X = lax.while_loop(not_mixed, step, (jnp.int32(0), X0))
-    t = jnp.where(error(X) <= eps, t, max_steps + 1)
-    if _checks.is_concrete(t) and int(t) > max_steps:
-        raise ValueError(f"the chain did not mix to eps = {eps} within {max_steps} steps"
-                         " (periodic or slowly mixing; raise max_steps or eps).")
-    return t
+    return jnp.where(error(X) <= eps, t, max_steps + 1)
 
 
 def is_unichain(chain: Chain) -> Array:
@@ -187,15 +193,16 @@ def is_unichain(chain: Chain) -> Array:
 
 def closed_classes(P) -> list:
     """Closed communicating (recurrent) classes of a concrete chain, as arrays of states."""
-    adjacency = np.asarray(P) > 0
-    n, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=True,
+    src, dst = np.nonzero(np.asarray(P) > 0)
+    graph = scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
+    n, labels = scipy.sparse.csgraph.connected_components(graph, directed=True,
                                                           connection="strong")
-    src, dst = np.nonzero(adjacency)
     leaks = np.zeros(n, bool)
     leaks[labels[src][labels[src] != labels[dst]]] = True
     return [np.flatnonzero(labels == c) for c in range(n) if not leaks[c]]
 
 
+@jax.jit
 def _is_unichain_traced(P: Array) -> Array:
     S = P.shape[-1]
     reach = ((P > 0) | jnp.eye(S, dtype=bool)).astype(P.dtype)
@@ -216,11 +223,39 @@ def _require_unichain(chain: Chain, what: str) -> None:
                          " quantities depend on the initial state.")
 
 
+# Jitted kernels: the public functions validate concrete input, then call these (one
+# compiled call instead of an op-by-op dispatch; inlined when traced from outside).
+
+
+@jax.jit
+def _discounted_value(chain: Chain, gamma) -> Array:
+    return jnp.linalg.solve(_eye_like(chain.P) - gamma * chain.P, chain.r)
+
+
+@partial(jax.jit, static_argnums=3)
+def _occupancy(chain: Chain, rho: Array, gamma, normalised: bool) -> Array:
+    m = jnp.linalg.solve((_eye_like(chain.P) - gamma * chain.P).T, rho)
+    return (1 - gamma) * m if normalised else m
+
+
+@jax.jit
+def _stationary_distribution(P: Array) -> Array:
+    _, solve_t = _lu_solvers(_gain_matrix(P))
+    return solve_t(_last_unit(P))
+
+
+@jax.jit
+def _gain(chain: Chain) -> Array:
+    solve, _ = _lu_solvers(_gain_matrix(chain.P))
+    return solve(chain.r)[-1]
+
+
 def _gain_matrix(P: Array) -> Array:
     """`I - P` with its last column replaced by ones (nonsingular iff unichain)."""
     return (_eye_like(P) - P).at[:, -1].set(1)
 
 
+@jax.jit
 def _centred_relative_values(P: Array, r: Array) -> Array:
     """Bias for reward `r` (`[S]` or one column per reward `[S, K]`) from one LU."""
     solve, solve_t = _lu_solvers(_gain_matrix(P))
