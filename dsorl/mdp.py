@@ -131,13 +131,15 @@ def reference_measure(mdp: MDP, mu: Optional[Array] = None) -> Array:
         allowed = mdp.allowed.astype(mdp.R.dtype)
         return allowed / allowed.sum(-1, keepdims=True)
     mu = jnp.asarray(mu, mdp.R.dtype)
-    if _checks.is_concrete(mu):
+    # the mask must be concrete too: `mdp.allowed` is staged (a tracer) under a jit trace
+    if _checks.is_concrete(mu, mdp.action_mask):
         m = np.asarray(mu)
         _checks.check_shape("mu", m, (mdp.n_states, mdp.n_actions), "[S, A]")
         _checks.check_finite("mu", m)
         _checks.check_nonnegative("mu", m)
         _checks.check_rows_sum_to_one("mu", m, what="reference-measure row")
-        bad = np.argwhere((m <= 0) & np.asarray(mdp.allowed))
+        allowed = np.ones(m.shape, bool) if mdp.action_mask is None else np.asarray(mdp.action_mask)
+        bad = np.argwhere((m <= 0) & allowed)
         if bad.size:
             s, a = bad[0]
             raise ValueError(f"mu[{s}, {a}] = 0 on an available action: the reference measure"

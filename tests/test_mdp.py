@@ -127,3 +127,14 @@ def test_reference_measure_must_charge_available_actions():
     mdp = random_mdp(0, 3, 2)
     with pytest.raises(ValueError, match=r"mu\[0, 1\] = 0"):
         dsorl.reference_measure(mdp, np.array([[1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]))
+
+
+def test_reference_measure_closed_over_inside_jit():
+    # a concrete MDP and a concrete jax-array mu captured by a traced function: mu stays
+    # concrete, so it is validated, and that must not touch the (staged) default mask
+    mdp = random_mdp(0, 3, 2)
+    mu = jnp.asarray([[0.3, 0.7], [0.5, 0.5], [0.9, 0.1]])
+    pi = jnp.asarray([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    f = lambda p: dsorl.entropy_regularised_return(mdp, p, 0.9, 0.5, mu)
+    np.testing.assert_allclose(jax.jit(f)(pi), f(pi), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(pi), jax.grad(f)(pi), rtol=1e-12)
