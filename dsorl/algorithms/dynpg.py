@@ -1,0 +1,318 @@
+"""Dynamic policy gradient (DynPG): dynamic programming over horizons, policy gradient inside.
+
+Klein, Zhang, Başar, Weissmann, Döring, "Structure Matters: Dynamic Policy Gradient"
+(arXiv 2411.04913); DESIGN 5.5. Epoch `h = 0, 1, ...` lengthens the horizon to `h + 1`:
+a fresh tabular softmax policy `pi_theta` acts at `t = 0`, the policies learned earlier
+act at `t = 1..h` (the newest first) and stay frozen. Epoch `h` solves the contextual bandit
+
+    J_h(theta) = sum_s mu(s) sum_a pi_theta(a|s) Q_h(s, a),   Q_h = R + gamma P V_h,
+
+with `V_0 = 0` and, after the epoch, `V_{h+1}(s) = sum_a pi_h(a|s) Q_h(s, a)` (`pi_h`: the
+policy the epoch ends with). The context law `mu` is the MDP's initial law `rho` and must
+charge every non-terminal state. The output is the newest policy, used stationarily.
+
+Schedule (the authors' code; `schedule="adaptive"`, the default): `theta` restarts at
+`params0` (zeros: uniform) each epoch, step size `eta_h = 2 s / c_h` and
+`N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))` steps, `c_h = (1 - gamma^(h+1)) / (1 - gamma)`
+(the bandit's reward scale), with `s = step_scale = 1` and `k = steps_coefficient = 45`.
+`schedule="constant"`: `eta_h = step_scale`, `N_h = steps_coefficient`.
+
+Error bounds checked by the tests (approximate dynamic programming, e.g. Bertsekas &
+Tsitsiklis 1996, §6.2, the error propagation behind Klein et al.'s analysis): with the
+bandit gaps `delta_h(s) = max_a Q_h(s, a) - V_{h+1}(s) >= 0` and `V*` the optimal value,
+    ||V* - V_{h+1}||_inf <= gamma ||V* - V_h||_inf + ||delta_h||_inf,
+    ||V* - V^{pi_h}||_inf <= (2 gamma ||V* - V_h||_inf + ||delta_h||_inf) / (1 - gamma).
+
+Gradients: `estimator="exact"` uses the closed form of `softmax_bandit_gradient`;
+`estimator="reinforce"` samples `batch_size` episodes per step (`s_0 ~ mu`,
+`a_0 ~ pi_theta`, later actions from the frozen policies) and uses
+`grad log pi_theta(a_0|s_0) sum_{t<=h} gamma^t r_t`, counting environment interactions
+exactly (steps taken from non-terminal states).
+"""
+import dataclasses
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from dsorl import _checks
+from dsorl.estimators.reinforce import absorbing_states, interactions, sample_episode
+from dsorl.algorithms.pg import policy_objective
+from dsorl.mdp import MDP
+from dsorl.policies import tabular_softmax
+
+Array = jax.Array
+
+
+class HParams(NamedTuple):
+    """Swept numbers (traced): discount `gamma`, `step_scale` and `steps_coefficient` of
+    the schedule (see the module docstring)."""
+
+    gamma: Array
+    step_scale: Array = 1.0
+    steps_coefficient: Array = 45.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static choices. `max_epochs`: number of epochs (horizon of the output policy);
+    `schedule`: "adaptive" (authors) or "constant"; `optimizer`: `lr -> optax
+    GradientTransformation` (applied to the negated gradient, so it ascends);
+    `estimator`: "exact" or "reinforce"; `solver`: "gradient" or "greedy" (each bandit
+    solved exactly by argmax: DynPG is then backward induction); `evaluate`: trace the
+    exact stationary value of the newest policy. Sampled runs only: `batch_size`
+    episodes per step, `max_steps_per_epoch` (static scan length; steps past `N_h` are
+    masked; must be >= every `N_h`), `episode_length` (static rollout length, default
+    `max_epochs`; an episodic MDP needs no more than its longest episode).
+    `evaluation_sweeps`: evaluate by that many Bellman sweeps instead of a solve (exact
+    when every episode ends within that many steps; much cheaper in large vmaps)."""
+
+    max_epochs: int
+    schedule: str = "adaptive"
+    optimizer: Callable = optax.sgd
+    estimator: str = "exact"
+    solver: str = "gradient"
+    evaluate: bool = True
+    batch_size: int = 1
+    max_steps_per_epoch: int = 0
+    episode_length: Optional[int] = None
+    evaluation_sweeps: Optional[int] = None
+
+
+class State(NamedTuple):
+    """After `epoch` epochs: `params` of the newest policy (the output), `tail_value`
+    `V_epoch[S]`, `log_tail[max_epochs, S, A]` (log-policies of the frozen epochs, oldest
+    first), gradient `steps` and environment `interactions` so far, the PRNG `key`."""
+
+    epoch: Array
+    params: Array
+    tail_value: Array
+    log_tail: Array
+    steps: Array
+    interactions: Array
+    key: Array
+
+
+class EpochTrace(NamedTuple):
+    """One row per epoch `h`: cumulative `steps` and `interactions` at its end, the
+    step size `eta` and step count `n_steps` used, `objective` = `mu . V^{pi_h}` (the
+    newest policy used stationarily; NaN unless `evaluate`), `bandit_gap[S]` = `delta_h`,
+    `tail_value[S]` = `V_{h+1}`."""
+
+    steps: Array
+    interactions: Array
+    eta: Array
+    n_steps: Array
+    objective: Array
+    bandit_gap: Array
+    tail_value: Array
+
+
+class StepTrace(NamedTuple):
+    """Sampled runs, shape `[max_epochs, max_steps_per_epoch]`: `valid` (step taken),
+    `interactions` used before the step, and the `objective` of `pi_theta` (stationary)
+    before the step (NaN unless `evaluate`); the policy after an epoch's last step is in
+    the `EpochTrace`."""
+
+    valid: Array
+    interactions: Array
+    objective: Array
+
+
+def epoch_schedule(epoch, hparams: HParams, kind: str = "adaptive", xp=jnp):
+    """`(eta_h, N_h)` of epoch `h` (0-based). Adaptive (Klein et al.'s code):
+    `eta_h = 2 s (1 - gamma) / (1 - gamma^(h+1))`, `N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))`;
+    constant: `(s, ceil(k))`. `xp=numpy` evaluates it on the host (for validation)."""
+    gamma = xp.asarray(hparams.gamma)
+    if kind == "constant":
+        steps = xp.ceil(xp.asarray(hparams.steps_coefficient, gamma.dtype))
+        return xp.asarray(hparams.step_scale, gamma.dtype) + 0 * epoch, steps.astype(xp.int32)
+    if kind != "adaptive":
+        raise ValueError(f"schedule must be 'adaptive' or 'constant', got {kind!r}.")
+    span = 1 - gamma ** (epoch + 1)
+    eta = 2 * hparams.step_scale * (1 - gamma) / span
+    # ceil of the exact number: shave the rounding error of the division (45 (1 - g) / (1 - g)
+    # evaluates to 45.00000000000001 for g = 0.99)
+    n = xp.ceil(hparams.steps_coefficient * span / (1 - gamma) * (1 - 1e-12))
+    return eta, n.astype(xp.int32)
+
+
+def softmax_bandit_gradient(theta: Array, q: Array, mu: Array, mask: Optional[Array] = None):
+    """Exact gradient of `J(theta) = sum_s mu(s) sum_a pi_theta(a|s) q(s, a)` for the
+    tabular softmax: `dJ/dtheta[s, a] = mu(s) pi(a|s) (q(s, a) - sum_b pi(b|s) q(s, b))`
+    (Klein et al., arXiv 2411.04913; Mei et al. 2020, Lemma 1, bandit case). `[S, A]`."""
+    pi = tabular_softmax(*theta.shape, mask).probs(theta)
+    q = jnp.where(pi > 0, q, 0)
+    v = jnp.sum(pi * q, axis=-1, keepdims=True)
+    return mu[:, None] * pi * (q - v)
+
+
+def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
+    """Raise `ValueError` for bad concrete inputs: gamma outside [0, 1), a context law
+    (`mdp.rho`) without full support on the non-terminal states, an action mask that
+    leaves a state without actions, bad static choices."""
+    _checks.check_discount(hparams.gamma)
+    _checks.check_positive("step_scale", hparams.step_scale)
+    _checks.check_positive("steps_coefficient", hparams.steps_coefficient)
+    if config.max_epochs < 1:
+        raise ValueError(f"max_epochs = {config.max_epochs} must be >= 1.")
+    for name, value, allowed in (("schedule", config.schedule, ("adaptive", "constant")),
+                                 ("estimator", config.estimator, ("exact", "reinforce")),
+                                 ("solver", config.solver, ("gradient", "greedy"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+    if not _checks.is_concrete(mdp):
+        return
+    allowed = np.asarray(mdp.allowed)
+    empty = np.flatnonzero(~allowed.any(axis=1))
+    if empty.size:
+        raise ValueError(f"the action mask leaves state {empty[0]} without actions; only a"
+                         " terminal state may lose its actions, and it must keep one"
+                         " absorbing zero-reward action.")
+    P, R = np.asarray(mdp.P), np.asarray(mdp.R)
+    stay = np.diagonal(P, axis1=0, axis2=2).T
+    terminal = np.all(((stay == 1) & (R == 0)) | ~allowed, axis=-1)  # as absorbing_states
+    rho = np.asarray(mdp.rho)
+    uncovered = np.flatnonzero((rho <= 0) & ~terminal)
+    if uncovered.size:
+        raise ValueError(f"the context law mu = mdp.rho gives non-terminal state"
+                         f" {uncovered[0]} probability {rho[uncovered[0]]}: DynPG needs"
+                         " full support on the non-terminal states.")
+    if config.estimator == "reinforce" and _checks.is_concrete(hparams):
+        epochs = np.arange(config.max_epochs)[:, None]
+        batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
+        need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
+        if config.max_steps_per_epoch < need:
+            raise ValueError(f"max_steps_per_epoch = {config.max_steps_per_epoch} is below"
+                             f" the schedule's largest epoch ({need} steps).")
+
+
+def init(mdp: MDP, params0: Array, key: Array, config: Config) -> State:
+    """The state before epoch 0: `V_0 = 0`, no step taken (unused `log_tail` rows hold
+    the uniform policy)."""
+    S, A = mdp.R.shape
+    dtype = mdp.R.dtype
+    uniform = tabular_softmax(S, A, mdp.action_mask).log_probs(jnp.zeros((S, A), dtype))
+    return State(epoch=jnp.int32(0), params=jnp.asarray(params0, dtype),
+                 tail_value=jnp.zeros(S, dtype),
+                 log_tail=jnp.broadcast_to(uniform, (config.max_epochs, S, A)),
+                 steps=jnp.int32(0), interactions=jnp.int32(0), key=key)
+
+
+def run(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, config: Config,
+        reward_std: Optional[Array] = None):
+    """A whole DynPG run: `max_epochs` epochs as one `lax.scan` -> `(State, trace)`.
+
+    `params0[S, A]`: the logits each epoch restarts from (zeros in the paper);
+    `reward_std[S, A]`: Gaussian reward noise of sampled episodes (default none).
+    `trace` is an `EpochTrace` (rows = epochs), plus a `StepTrace` for sampled runs
+    (`(EpochTrace, StepTrace)`). Jittable; vmap over `params0`, `hparams`, `key`.
+    """
+    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
+    validate(mdp, hparams, config)
+    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
+    epoch_fn = _exact_epoch if config.estimator == "exact" else _sampled_epoch
+
+    def body(state, _):
+        return epoch_fn(mdp, params0, hparams, config, std, state)
+
+    return lax.scan(body, init(mdp, params0, key, config), None, length=config.max_epochs)
+
+
+def _bandit_q(mdp: MDP, gamma, tail_value):
+    return jnp.where(mdp.allowed, mdp.R + gamma * mdp.P @ tail_value, 0)
+
+
+def _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps, interactions_):
+    """Freeze `pi_theta`, update `V`, and write the epoch's trace row."""
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+    if config.solver == "greedy":
+        best = jnp.argmax(jnp.where(mdp.allowed, q, -jnp.inf), axis=-1)
+        log_pi = jnp.where(jax.nn.one_hot(best, q.shape[-1], dtype=q.dtype) > 0, 0,
+                           jnp.finfo(q.dtype).min / 2)
+    else:
+        log_pi = policy.log_probs(theta)
+    pi = jnp.exp(log_pi)
+    value = jnp.sum(pi * q, axis=-1)
+    gap = jnp.max(jnp.where(mdp.allowed, q, -jnp.inf), axis=-1) - value
+    objective = _objective(mdp, pi, hparams.gamma, config)
+    new = State(epoch=state.epoch + 1, params=theta, tail_value=value,
+                log_tail=state.log_tail.at[state.epoch].set(log_pi),
+                steps=state.steps + n_steps, interactions=interactions_, key=state.key)
+    row = EpochTrace(new.steps, new.interactions, eta, n_steps, objective, gap, value)
+    return new, row
+
+
+def _exact_epoch(mdp, params0, hparams, config, std, state):
+    del std
+    q = _bandit_q(mdp, hparams.gamma, state.tail_value)
+    eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
+    if config.solver == "greedy":
+        n_steps = jnp.int32(0)
+    tx = config.optimizer(eta)
+    theta = jnp.asarray(params0, q.dtype)
+
+    def step(_, carry):
+        theta, opt_state = carry
+        grad = softmax_bandit_gradient(theta, q, mdp.rho, mdp.action_mask)
+        updates, opt_state = tx.update(-grad, opt_state, theta)
+        return optax.apply_updates(theta, updates), opt_state
+
+    theta, _ = lax.fori_loop(0, n_steps, step, (theta, tx.init(theta)))
+    return _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps,
+                         state.interactions)
+
+
+def _sampled_epoch(mdp, params0, hparams, config, std, state):
+    q = _bandit_q(mdp, hparams.gamma, state.tail_value)
+    eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
+    tx = config.optimizer(eta)
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+    terminal = absorbing_states(mdp)
+    horizon = state.epoch + 1
+    T = config.episode_length or config.max_epochs
+    tail = jnp.exp(state.log_tail)
+    discounts = hparams.gamma ** jnp.arange(T, dtype=q.dtype)
+
+    def step(carry, k):
+        theta, opt_state, count, key = carry
+        key, sub = jax.random.split(key)
+        pi = policy.probs(theta)
+
+        def policy_at(t, s):  # pi_theta at t = 0, then the frozen policies, newest first
+            return jnp.where(t == 0, pi[s], tail[jnp.maximum(state.epoch - t, 0), s])
+
+        episodes = jax.vmap(lambda kk: sample_episode(kk, mdp, policy_at, T, reward_std=std)
+                            )(jax.random.split(sub, config.batch_size))
+        alive = jnp.arange(T) < horizon
+        returns = jnp.sum(jnp.where(alive, discounts * episodes.rewards, 0), axis=-1)
+        s0, a0 = episodes.states[:, 0], episodes.actions[:, 0]
+        # bandit_gradient in closed form: grad log pi(a0|s0) = e_{s0} (e_{a0} - pi(.|s0))
+        score = jax.nn.one_hot(a0, pi.shape[-1], dtype=pi.dtype) - pi[s0]
+        grad = jnp.zeros_like(theta).at[s0].add(returns[:, None] * score) / config.batch_size
+        used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, horizon))(episodes),
+                       dtype=jnp.int32)
+        live = k < n_steps
+        row = StepTrace(live, count, _objective(mdp, pi, hparams.gamma, config))
+        updates, new_opt = tx.update(-grad, opt_state, theta)
+        theta = jnp.where(live, optax.apply_updates(theta, updates), theta)
+        opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,
+                                           opt_state)
+        return (theta, opt_state, count + jnp.where(live, used, 0), key), row
+
+    theta = jnp.asarray(params0, q.dtype)
+    carry = (theta, tx.init(theta), state.interactions, state.key)
+    (theta, _, count, key), steps = lax.scan(step, carry,
+                                             jnp.arange(config.max_steps_per_epoch))
+    new, row = _finish_epoch(mdp, hparams, config, state._replace(key=key), theta, q, eta,
+                             n_steps, count)
+    return new, (row, steps)
+
+
+def _objective(mdp, pi, gamma, config):
+    if not config.evaluate:
+        return jnp.full((), jnp.nan, pi.dtype)
+    return policy_objective(mdp, pi, gamma, config.evaluation_sweeps)
