@@ -24,6 +24,7 @@ its grid coordinates and final metrics (per seed, never only aggregates).
   `out_dir/chunks/`; a rerun skips the members already on disk, and a sweep whose
   description differs from the one on disk is refused (`ValueError` naming what differs).
 """
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -358,11 +359,21 @@ class _Program:
                 out.update({f"trace:{k}": v[::trace_every] for k, v in keep.items()})
             return out
 
-        batched = jax.vmap(member, in_axes=(0, None, None, None))
-        self._jitted = jax.jit(batched, in_shardings=(self.sharded, self.replicated,
-                                                      self.replicated, self.replicated),
-                               out_shardings=self.sharded)
-        self._compiled = {}
+        # programs are cached across sweeps (a rerun, or a grid of another size, reuses the
+        # compiled executable): the key holds everything `member` closes over
+        key = (_token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
+               trace_every, grid.names, sizes, tuple(mesh.devices.flat))
+        if key not in _PROGRAMS:
+            batched = jax.vmap(member, in_axes=(0, None, None, None))
+            _PROGRAMS[key] = (jax.jit(batched, in_shardings=(self.sharded, self.replicated,
+                                                             self.replicated, self.replicated),
+                                      out_shardings=self.sharded), {})
+            while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
+                _PROGRAMS.popitem(last=False)
+        _PROGRAMS.move_to_end(key)
+        self._jitted, self._compiled = _PROGRAMS[key]
+        self._signature = jax.tree_util.tree_structure((self.mdp, self.params0, self.values)), tuple(
+            (x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves((self.mdp, self.params0, self.values)))
         self.compile_seconds = 0.0
 
     def _replicate(self, tree):
@@ -372,16 +383,17 @@ class _Program:
         return jax.tree_util.tree_map(put, tree)
 
     def compiled(self, size):
-        if size not in self._compiled:
+        key = (size, self._signature)
+        if key not in self._compiled:
             t0 = time.perf_counter()
             spec = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.sharded)
             try:
                 lowered = self._jitted.lower(spec, self.mdp, self.params0, self.values)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"the algorithm cannot be batched over this grid: {err}") from err
-            self._compiled[size] = lowered.compile()
+            self._compiled[key] = lowered.compile()
             self.compile_seconds += time.perf_counter() - t0
-        return self._compiled[size]
+        return self._compiled[key]
 
     def footprint(self, size) -> int:
         """Bytes XLA reports for one call on `size` members (arguments, outputs, scratch)."""
@@ -394,6 +406,29 @@ class _Program:
         index = np.minimum(np.arange(start, start + size), self.grid_size - 1).astype(np.int32)
         arr = jax.make_array_from_callback((size,), self.sharded, lambda idx: index[idx])
         return self.compiled(size)(arr, self.mdp, self.params0, self.values)
+
+
+_PROGRAMS = collections.OrderedDict()  # cache key -> (jitted program, {(size, signature): compiled})
+_PROGRAM_CACHE_SIZE = 16
+
+
+def _token(x):
+    """A hashable stand-in for `x` that is equal only for equal contents (functions by
+    identity, arrays by content); an object it cannot judge gets a fresh token (no reuse)."""
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        pass
+    if isinstance(x, Mapping):
+        return ("map",) + tuple((str(k), _token(v)) for k, v in sorted(x.items(), key=lambda kv: str(kv[0])))
+    if isinstance(x, (list, tuple)):
+        return (type(x).__qualname__,) + tuple(_token(v) for v in x)
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return json.dumps(_canonical(x))
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return (type(x).__qualname__,) + tuple(_token(getattr(x, f.name)) for f in dataclasses.fields(x))
+    return object()
 
 
 def _chunk_size(program, requested, budget, total, n_devices) -> int:
