@@ -152,20 +152,21 @@ def mean_estimates(samples: EpisodeEstimates) -> EpisodeEstimates:
     return jax.tree_util.tree_map(lambda x: x.mean(axis=0), samples)
 
 
-def check_mixing(mdp: MDP) -> None:
+def check_mixing(mdp: MDP, *, aperiodic: bool = True) -> None:
     """Raise `ValueError` unless a policy using every available action mixes from any state.
 
     Such (randomised) policies all induce the chain structure of the union of the actions'
     supports, so one check covers every sigmoid or softmax policy: it must be unichain (one
-    closed class; multichain MDPs have state-dependent gains) and its closed class
-    aperiodic (else `P^t` has no limit and the last state of an episode is no draw from
-    `p*`). Deciding whether every deterministic policy is unichain is NP-hard (Tsitsiklis
+    closed class; multichain MDPs have state-dependent gains) and, if `aperiodic`, its
+    closed class aperiodic (else `P^t` has no limit and the last state of an episode is no
+    draw from `p*`). Deciding whether every deterministic policy is unichain is NP-hard (Tsitsiklis
     2007); the randomised iterates of a policy gradient never need it. Skipped for traced
     MDPs.
     """
-    if not _checks.is_concrete(mdp.P):
+    if not _checks.is_concrete(mdp.P, mdp.action_mask):
         return
-    allowed = np.asarray(mdp.allowed)
+    allowed = (np.ones(mdp.R.shape, bool) if mdp.action_mask is None
+               else np.asarray(mdp.action_mask))
     support = (np.asarray(mdp.P) * allowed[..., None]).sum(axis=1) > 0
     classes = closed_classes(support)
     if len(classes) != 1:
@@ -173,7 +174,7 @@ def check_mixing(mdp: MDP) -> None:
         raise ValueError(f"the MDP is multichain: a policy using every action has"
                          f" {len(classes)} closed recurrent classes ({shown}), so gain and"
                          " bias depend on the initial state.")
-    period = _period(support, classes[0])
+    period = _period(support, classes[0]) if aperiodic else 1
     if period != 1:
         raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} is periodic (period"
                          f" {period}): P^t never converges, so episodes never mix.")

@@ -1,0 +1,412 @@
+"""Nearly Blackwell-optimal policy gradient: the gain-then-bias barrier method, exact and sampled,
+and the natural discounted-reward policy gradient it is compared with.
+
+Dewanto & Gallagher, "A nearly Blackwell-optimal policy gradient method" (arXiv 2105.13609),
+§5 (Algorithms 1 and 2) and §6.4. One iteration at parameters theta:
+
+* gain phase: ascend the gain g with the natural gradient `F_g^+ grad g` until
+  `||grad g|| < eps`; then record `g_ref = g(theta)` and switch, with `beta = beta0`;
+* barrier phase: ascend `B(theta) = h(s0) + beta log(g - g_ref + delta)` (eq. 23) preconditioned
+  by eq. 26, `F_b + (beta / Delta) F_g + (beta / Delta^2) grad g grad g^T`, `Delta = g - g_ref +
+  delta`; `beta` is divided by `barrier_divisor` after each outer iteration.
+
+The step length is Armijo backtracking (Boyd & Vandenberghe 2004, Alg. 9.2: alpha0 = 1,
+c = 1e-4, halving, at most 100 tries, 0 if none is accepted; `armijo_backtracking`, an optax
+transformation that also stops once the required increase is below the objective's
+rounding level); the direction by `dsorl.optim.natural_direction` (pseudo-inverse by
+default, as the authors' code). Differences from the authors' code: the
+iteration that ends the gain phase also takes the first barrier step (theirs skips it), and
+`F_b` is always eq. 19 with `tau = 2`.
+
+`run` (Algorithm 1) uses exact gradients and Fishers. `run_sampled` (Algorithm 2) estimates
+every gradient and Fisher from `n_episodes` episodes in **both** phases (the authors' code used
+exact ones in the gain phase and in the line search), including the gain-phase stopping test
+and the slope `c alpha grad.d` of the Armijo test; the objective values that the Armijo test
+compares come from the critic, which the paper's sampled experiments take to be exact
+("all policy evaluations are exact", §6.3) and which `dsorl.estimators.average_reward` also
+uses for `q_b`. `discounted_run` is the baseline: natural gradient ascent on
+`(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
+
+Each `run` is one `lax.scan` (outer iterations of inner iterations), jittable end to end and
+`vmap`pable over `params0`, `hparams`, `key` and over MDPs of equal size.
+"""
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from dsorl import _checks
+from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.estimators.average_reward import (check_mixing, mean_estimates, oracle_critic,
+                                             sample_estimates)
+from dsorl.fisher import barrier_preconditioner, bias_fisher, discounted_fisher, gain_fisher
+from dsorl.markov import bias, discounted_value, gain
+from dsorl.mdp import MDP, induced_chain
+from dsorl.optim import natural_direction
+
+Array = jax.Array
+
+
+class BarrierHyperparams(NamedTuple):
+    """Traced numbers of Algorithm 1 (sweepable with `vmap`).
+
+    `barrier_init` beta0 > 0, `barrier_divisor` > 0 (beta /= it per outer iteration),
+    `slack` delta > 0, `gain_tolerance` eps > 0 (the gain phase ends when `||grad g|| < eps`).
+    """
+
+    barrier_init: Any = 100.0
+    barrier_divisor: Any = 10.0
+    slack: Any = 1.0
+    gain_tolerance: Any = 1e-4
+
+
+class BarrierConfig(NamedTuple):
+    """Static settings of Algorithms 1 and 2 (sizes, counts and choices of method).
+
+    `inner_iterations` x `outer_iterations` steps in all (the authors ran 100 x 1);
+    `state` s0, the state whose bias is maximised; `absorption_time` tau of eq. 19;
+    Armijo settings; the natural direction's `damping`, `pseudo_inverse` and `rcond`;
+    `keep_params` adds the parameters to the trace. Algorithm 2 only: `episode_length` T,
+    `n_episodes` N per iteration, `baseline` and `post_mixing` of the estimators.
+    """
+
+    inner_iterations: int = 100
+    outer_iterations: int = 1
+    state: int = 0
+    absorption_time: int = 2
+    max_backtracking: int = 100
+    armijo_c: float = 1e-4
+    armijo_shrink: float = 0.5
+    damping: float = 0.0
+    pseudo_inverse: bool = True
+    rcond: Optional[float] = None
+    keep_params: bool = False
+    episode_length: int = 0
+    n_episodes: int = 16
+    baseline: bool = True
+    post_mixing: str = "score"
+
+
+class BarrierState(NamedTuple):
+    """`params` (pytree like `params0`), phase flag, `gain_ref` (g_hat*), `beta`, and the
+    line search's optax state."""
+
+    params: Any
+    in_barrier: Array
+    gain_ref: Array
+    beta: Array
+    line_search: Any
+
+
+class Trace(NamedTuple):
+    """Per iteration, before its step: objective, gain, bias at s0, norm of the (sampled)
+    gradient of the objective, accepted step length, phase; `params` if kept."""
+
+    objective: Array
+    gain: Array
+    bias: Array
+    grad_norm: Array
+    step_size: Array
+    in_barrier: Array
+    params: Any = None
+
+
+class _Evaluation(NamedTuple):
+    gain: Array
+    bias: Array
+    grad_gain: Array
+    grad_bias: Array
+    gain_fisher: Array
+    bias_fisher: Array
+
+
+def paper_hyperparams(env_name: str) -> BarrierHyperparams:
+    """Algorithm 1's settings in the paper's experiments (§6.3) for env `A1`..`B3`."""
+    kind = env_name.removeprefix("Env-")[0]
+    return BarrierHyperparams(PAPER_SETTINGS["barrier_init"][kind],
+                              PAPER_SETTINGS["barrier_divisor"], PAPER_SETTINGS["barrier_slack"],
+                              PAPER_SETTINGS["gain_phase_tolerance"])
+
+
+def init(mdp: MDP, params0, hparams: BarrierHyperparams, *, policy, config: BarrierConfig,
+         gain_reference=None) -> BarrierState:
+    """Initial state: gain phase, or the barrier phase at once if `gain_reference` is given.
+
+    With `gain_reference` (a known or previously reached g_hat*), the barrier method needs a
+    strictly feasible start, `g(params0) - gain_reference + slack > 0`; concrete input that
+    has none (the environment has no reachable gain-optimal interior from here) raises
+    `ValueError`.
+    """
+    _validate(mdp, hparams, config)
+    dtype = ravel_pytree(params0)[0].dtype
+    if gain_reference is None:
+        in_barrier, gain_ref, beta = False, jnp.zeros((), dtype), jnp.zeros((), dtype)
+    else:
+        in_barrier, gain_ref = True, jnp.asarray(gain_reference, dtype)
+        beta = jnp.asarray(hparams.barrier_init, dtype)
+        gap = gain(induced_chain(mdp, policy.probs(params0))) - gain_ref + hparams.slack
+        if _checks.is_concrete(gap) and not float(gap) > 0:
+            raise ValueError(f"no strictly feasible start for the barrier: g(params0) -"
+                             f" gain_reference + slack = {float(gap):.6g} <= 0 (the"
+                             " constraint set g >= gain_reference - slack has no interior"
+                             " point here).")
+    return BarrierState(params0, jnp.asarray(in_barrier), gain_ref, beta,
+                        _line_search(config).init(ravel_pytree(params0)[0]))
+
+
+def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, policy,
+         config: BarrierConfig, sampled: bool = False):
+    """One iteration of Algorithm 1 (`sampled=False`) or 2: returns `(state, Trace row)`."""
+    flat, unravel = ravel_pytree(state.params)
+    s0 = config.state
+    if sampled:
+        ev = _sampled_evaluation(mdp, policy, state.params, key, config)
+    else:
+        ev = _exact_evaluation(mdp, policy, state.params, s0, config.absorption_time)
+    switch = ~state.in_barrier & (jnp.linalg.norm(ev.grad_gain) < hparams.gain_tolerance)
+    in_barrier = state.in_barrier | switch
+    gain_ref = jnp.where(switch, ev.gain, state.gain_ref)
+    beta = jnp.where(switch, jnp.asarray(hparams.barrier_init, flat.dtype), state.beta)
+    gap = ev.gain - gain_ref + hparams.slack
+
+    # In the gain phase the barrier quantities are unused; keep them finite with gap = 1.
+    safe_gap = jnp.where(in_barrier, gap, 1.0)
+    grad = jnp.where(in_barrier, ev.grad_bias + beta / safe_gap * ev.grad_gain, ev.grad_gain)
+    precond = jnp.where(in_barrier,
+                        barrier_preconditioner(ev.bias_fisher, ev.gain_fisher, ev.grad_gain,
+                                               beta, safe_gap),
+                        ev.gain_fisher)
+    objective = jnp.where(in_barrier, ev.bias + beta * jnp.log(safe_gap), ev.gain)
+
+    def value(theta):  # the objective at trial parameters, from the critic (exact values)
+        chain = induced_chain(mdp, policy.probs(unravel(theta)))
+        g = gain(chain)
+        barrier = bias(chain)[s0] + beta * jnp.log(g - gain_ref + hparams.slack)
+        return jnp.where(in_barrier, barrier, g)
+
+    update, line_search, step_size = _natural_armijo_step(
+        flat, grad, precond, objective, value, state.line_search, config)
+    new = BarrierState(unravel(flat + update), in_barrier, gain_ref, beta, line_search)
+    row = Trace(objective, ev.gain, ev.bias, jnp.linalg.norm(grad), step_size, in_barrier,
+                state.params if config.keep_params else None)
+    return new, row
+
+
+def run(mdp: MDP, params0, hparams: BarrierHyperparams, key=None, *, policy,
+        config: BarrierConfig = BarrierConfig(), gain_reference=None):
+    """Algorithm 1 with exact gradients and Fishers: `(final BarrierState, Trace[iterations])`.
+
+    `key` is unused (kept for the common `run` signature). Concrete input is checked: the
+    MDP's randomised policies unichain (`check_mixing`, periodicity allowed), `beta0`,
+    `slack`, `gain_tolerance`, `barrier_divisor` > 0.
+    """
+    return _run(mdp, params0, hparams, key, policy, config, gain_reference, sampled=False)
+
+
+def run_sampled(mdp: MDP, params0, hparams: BarrierHyperparams, key, *, policy,
+                config: BarrierConfig, gain_reference=None):
+    """Algorithm 2: Algorithm 1 with gradients and Fishers estimated from episodes.
+
+    Each iteration draws `config.n_episodes` episodes of `config.episode_length` steps from
+    `config.state` (key folded with the iteration number) and uses the means of
+    `dsorl.estimators.average_reward.sample_estimates` with the exact critic. Concrete input
+    is also checked for aperiodicity, `n_episodes > 0` and `episode_length >= absorption_time`.
+    """
+    return _run(mdp, params0, hparams, key, policy, config, gain_reference, sampled=True)
+
+
+def _run(mdp, params0, hparams, key, policy, config, gain_reference, *, sampled):
+    if sampled:
+        _validate_sampling(mdp, config)
+    state = init(mdp, params0, hparams, policy=policy, config=config,
+                 gain_reference=gain_reference)
+    key = jax.random.key(0) if key is None else key
+    one_step = partial(step, mdp, hparams=hparams, policy=policy, config=config,
+                       sampled=sampled)
+
+    def inner(state, k):
+        return one_step(state, key=jax.random.fold_in(key, k))
+
+    def outer(state, ks):
+        state, rows = lax.scan(inner, state, ks)
+        beta = jnp.where(state.in_barrier, state.beta / hparams.barrier_divisor, state.beta)
+        return state._replace(beta=beta), rows
+
+    ks = jnp.arange(config.outer_iterations * config.inner_iterations).reshape(
+        config.outer_iterations, config.inner_iterations)
+    state, rows = lax.scan(outer, state, ks)
+    return state, jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), rows)
+
+
+# ----------------------------------------------------------------------------------------
+# Baseline: natural discounted-reward policy gradient (§6.4)
+
+
+class DiscountedHyperparams(NamedTuple):
+    """`gamma` in [0, 1); `tolerance`: stop at a local maximum, `||grad|| <= tolerance` with
+    a negative semi-definite Hessian (the authors' rule)."""
+
+    gamma: Any = 0.99
+    tolerance: Any = 1e-4
+
+
+class DiscountedState(NamedTuple):
+    params: Any
+    stopped: Array
+    line_search: Any
+
+
+def discounted_run(mdp: MDP, params0, hparams: DiscountedHyperparams, key=None, *, policy,
+                   config: BarrierConfig = BarrierConfig()):
+    """Natural discounted PG maximising `(1 - gamma) v_gamma(s0)`: `(final state, Trace)`.
+
+    `v_gamma(s0) = rho . (I - gamma P_pi)^{-1} r_pi` (`mdp.rho`), gradient by autodiff,
+    preconditioner the discounted Fisher `sum_s d_gamma(s) F(s)` (eq. 33), Armijo steps as in
+    `run`; `config.inner_iterations x outer_iterations` iterations. The trace's `bias` and
+    `gain` are those of the current policy (`in_barrier` is always False). The Hessian of
+    the stopping rule costs `d` gradient evaluations. `key` is unused.
+    """
+    _checks.check_discount(hparams.gamma)
+    _checks.check_positive("tolerance", hparams.tolerance, allow_zero=True)
+    flat0, unravel = ravel_pytree(params0)
+    s0, gamma = config.state, hparams.gamma
+
+    def objective(theta):
+        chain = induced_chain(mdp, policy.probs(unravel(theta)))
+        return (1 - gamma) * (mdp.rho @ discounted_value(chain, gamma))
+
+    def one_step(state, _):
+        flat = ravel_pytree(state.params)[0]
+        f, grad = jax.value_and_grad(objective)(flat)
+        curvature = jnp.linalg.eigvalsh(jax.hessian(objective)(flat))
+        stopped = state.stopped | ((jnp.linalg.norm(grad) <= hparams.tolerance)
+                                   & jnp.all(curvature <= 0))
+        precond = discounted_fisher(mdp, policy, unravel(flat), gamma)
+        update, line_search, step_size = _natural_armijo_step(
+            flat, grad, precond, f, objective, state.line_search, config)
+        update, step_size = jnp.where(stopped, 0, update), jnp.where(stopped, 0, step_size)
+        chain = induced_chain(mdp, policy.probs(state.params))
+        row = Trace(f, gain(chain), bias(chain)[s0], jnp.linalg.norm(grad), step_size,
+                    jnp.asarray(False), state.params if config.keep_params else None)
+        return DiscountedState(unravel(flat + update), stopped, line_search), row
+
+    state = DiscountedState(params0, jnp.asarray(False), _line_search(config).init(flat0))
+    n = config.outer_iterations * config.inner_iterations
+    return lax.scan(one_step, state, None, length=n)
+
+
+# ----------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _exact_evaluation(mdp, policy, params, s0, absorption_time) -> _Evaluation:
+    flat, unravel = ravel_pytree(params)
+
+    def values(theta):
+        chain = induced_chain(mdp, policy.probs(unravel(theta)))
+        v = jnp.stack([gain(chain), bias(chain)[s0]])
+        return v, v
+
+    jac, (g, h) = jax.jacrev(values, has_aux=True)(flat)
+    return _Evaluation(g, h, jac[0], jac[1], gain_fisher(mdp, policy, params),
+                       bias_fisher(mdp, policy, params, s0, absorption_time=absorption_time))
+
+
+def _sampled_evaluation(mdp, policy, params, key, config) -> _Evaluation:
+    critic = oracle_critic(mdp, policy, params)
+    est = mean_estimates(sample_estimates(
+        key, mdp, policy, params, config.state, episode_length=config.episode_length,
+        n_episodes=config.n_episodes, critic=critic, absorption_time=config.absorption_time,
+        baseline=config.baseline, post_mixing=config.post_mixing))
+    return _Evaluation(critic.gain, critic.bias[config.state], est.gain_gradient,
+                       est.bias_gradient, est.gain_fisher, est.bias_fisher)
+
+
+def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5,
+                        max_tries: int = 100) -> optax.GradientTransformationExtraArgs:
+    """Armijo backtracking for maximisation, as an optax transformation.
+
+    `update(direction, state, params, value=f(x), grad=g, value_fn=f)` returns
+    `alpha * direction` for the first `alpha = alpha0 shrink^k`, `k < max_tries`, with
+    `f(x + alpha d) >= f(x) + c alpha g.d` and a finite `f(x + alpha d)` (Boyd & Vandenberghe
+    2004, Alg. 9.2; Dewanto & Gallagher §6.3), and 0 when none qualifies or `g.d <= 0`
+    (a non-ascent direction, possible with sampled gradients). The search also gives up
+    (step 0) once the first-order increase `alpha g.d` falls below the rounding level of
+    `f`, `4 eps max(1, |f|)`: past it the test compares rounding errors (at a converged point it
+    would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
+    long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
+    scalar function of the flat parameters. The state keeps the last `step_size` and the
+    number of `evaluations`. The numbers may be traced.
+    """
+
+    def init(params):
+        dtype = ravel_pytree(params)[0].dtype
+        return ArmijoState(jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params, *, value, grad, value_fn, **extra):
+        del state, extra
+        x, d = ravel_pytree(params)[0], ravel_pytree(updates)[0]
+        slope = jnp.vdot(ravel_pytree(grad)[0], d)
+        resolution = 4 * jnp.finfo(x.dtype).eps * jnp.maximum(1, jnp.abs(value))
+
+        def searching(carry):
+            k, alpha, accepted = carry
+            return ~accepted & (k < max_tries) & (alpha * slope > resolution)
+
+        def trial(carry):
+            k, alpha, _ = carry
+            f = value_fn(x + alpha * d)
+            accepted = jnp.isfinite(f) & (f >= value + c * alpha * slope)
+            return k + 1, jnp.where(accepted, alpha, alpha * shrink), accepted
+
+        start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False))
+        k, alpha, accepted = lax.while_loop(searching, trial, start)
+        alpha = jnp.where(accepted, alpha, 0)
+        return ravel_pytree(updates)[1](alpha * d), ArmijoState(alpha, k)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class ArmijoState(NamedTuple):
+    step_size: Array
+    evaluations: Array
+
+
+def _line_search(config):
+    return armijo_backtracking(c=config.armijo_c, shrink=config.armijo_shrink,
+                               max_tries=config.max_backtracking)
+
+
+def _natural_armijo_step(flat, grad, precond, value, value_fn, ls_state, config):
+    """Natural direction `precond^+ grad` (or damped solve), then Armijo backtracking."""
+    nd = natural_direction(config.damping, pseudo_inverse=config.pseudo_inverse,
+                           rcond=config.rcond)
+    direction, _ = nd.update(grad, nd.init(flat), flat, fisher=precond)
+    update, ls_state = _line_search(config).update(direction, ls_state, flat, value=value,
+                                                   grad=grad, value_fn=value_fn)
+    return update, ls_state, ls_state.step_size
+
+
+def _validate(mdp, hparams, config) -> None:
+    check_mixing(mdp, aperiodic=False)
+    for name in ("barrier_init", "barrier_divisor", "slack", "gain_tolerance"):
+        _checks.check_positive(name, getattr(hparams, name))
+    if config.inner_iterations < 1 or config.outer_iterations < 1:
+        raise ValueError("inner_iterations and outer_iterations must be >= 1.")
+
+
+def _validate_sampling(mdp, config) -> None:
+    check_mixing(mdp)
+    _checks.check_positive("n_episodes", config.n_episodes)
+    if config.episode_length < max(config.absorption_time, 1):
+        raise ValueError(f"episode_length = {config.episode_length} must be >= max(1,"
+                         f" absorption_time = {config.absorption_time}).")
+
+
+__all__ = ["BarrierHyperparams", "BarrierConfig", "BarrierState", "Trace", "paper_hyperparams",
+           "init", "step", "run", "run_sampled", "armijo_backtracking", "ArmijoState", "DiscountedHyperparams", "DiscountedState",
+           "discounted_run"]
