@@ -28,6 +28,11 @@ SWEEP_DEFAULTS = {
 }
 
 
+class Free(dict):
+    """A mapping default that a config replaces wholesale (its keys are free and the job
+    checks them), e.g. a sweep's `grid` of axis name -> values."""
+
+
 def available_jobs() -> list:
     """Names of the jobs `dsorl run` knows."""
     return sorted(m.name for m in pkgutil.iter_modules(dsorl.jobs.__path__)
@@ -124,10 +129,14 @@ def _merge(defaults: Mapping, given: Mapping, prefix: str) -> dict:
     out = {}
     for key, default in defaults.items():
         if key not in given:
-            out[key] = default
+            out[key] = dict(default) if isinstance(default, Free) else default
             continue
         value = given[key]
-        if isinstance(default, Mapping):
+        if isinstance(default, Free):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config key {prefix + key!r} must be a mapping, got {value!r}.")
+            out[key] = dict(value)
+        elif isinstance(default, Mapping):
             if not isinstance(value, Mapping):
                 raise ValueError(f"config key {prefix + key!r} must be a mapping, got {value!r}.")
             out[key] = _merge(default, value, prefix=f"{prefix}{key}.")

@@ -163,9 +163,10 @@ class SweepResult:
 
 
 def last_values(final_state, trace, member: Member) -> dict:
-    """Default metrics: the last entry of every trace leaf, named by its path."""
+    """Default metrics: the last entry of every per-step scalar trace leaf (shape `[T]`),
+    named by its path; leaves with more axes per step are left to `traces`."""
     del final_state, member
-    return {name: leaf[-1] for name, leaf in _named_leaves(trace).items()}
+    return {name: leaf[-1] for name, leaf in _named_leaves(trace).items() if jnp.ndim(leaf) == 1}
 
 
 def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=None,
