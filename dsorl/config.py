@@ -7,6 +7,7 @@ of `dsorl.sweep.sweep` (`dsorl sweep`), or both. A sweep job's config also has a
 mapping (`SWEEP_DEFAULTS`: chunking, traces, progress). Unknown keys list the valid ones;
 a value of the wrong type names its key.
 """
+import copy
 import importlib
 import pkgutil
 from pathlib import Path
@@ -129,7 +130,7 @@ def _merge(defaults: Mapping, given: Mapping, prefix: str) -> dict:
     out = {}
     for key, default in defaults.items():
         if key not in given:
-            out[key] = dict(default) if isinstance(default, Free) else default
+            out[key] = copy.deepcopy(dict(default) if isinstance(default, Free) else default)
             continue
         value = given[key]
         if isinstance(default, Free):

@@ -14,7 +14,8 @@ import pytest
 
 import dsorl
 from dsorl import sweep as sw
-from test_sweep_toy import Config, run
+from test_sweep_toy import Config
+from test_sweep_toy import softmax_pg as run
 
 MDP = dsorl.envs.garnet(jax.random.key(0), 5, 3, 3)
 THETA0 = jnp.zeros((5, 3))

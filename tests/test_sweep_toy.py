@@ -1,5 +1,6 @@
 """A small algorithm to sweep, and a sweep job built on it (importable as a job module
-`test_sweep_toy` with the tests directory on the path).
+`test_sweep_toy` with the tests directory on the path; the algorithm is `softmax_pg`,
+since a job module's `run` is `run(config)`).
 
 Exact softmax policy gradient on a garnet: `theta <- theta + lr * grad J(theta)` with
 `J = rho . v_pi` (`dsorl.discounted_return`, gradient through the linear solve) as an
@@ -21,7 +22,7 @@ class Config(NamedTuple):
     n_steps: int = 20
 
 
-def run(mdp, params0, hparams, key, *, config):
+def softmax_pg(mdp, params0, hparams, key, *, config):
     """`run(mdp, theta0[S, A], {"gamma", "lr"}, key, config=Config) -> (theta, trace)`."""
     optimiser = optax.sgd(hparams["lr"])
     theta0 = params0 + 0.1 * jax.random.normal(key, params0.shape, params0.dtype)
@@ -51,7 +52,7 @@ def sweep_spec(config):
     env = config["env"]
     mdp = dsorl.envs.garnet(jax.random.key(env["seed"]), env["n_states"], env["n_actions"],
                             env["branching"])
-    return {"run": run, "mdp": mdp, "grid": Grid(**config["grid"]), "config": Config(config["n_steps"]),
+    return {"run": softmax_pg, "mdp": mdp, "grid": Grid(**config["grid"]), "config": Config(config["n_steps"]),
             "params0": jnp.zeros((env["n_states"], env["n_actions"]))}
 
 
@@ -68,7 +69,7 @@ def test_toy_run_is_gradient_ascent_on_the_exact_return():
     from helpers import central_difference
 
     mdp = sweep_spec({**DEFAULTS, "sweep": {}})["mdp"]
-    theta, trace = jax.jit(run, static_argnames="config")(
+    theta, trace = jax.jit(softmax_pg, static_argnames="config")(
         mdp, jnp.zeros((5, 3)), {"gamma": 0.9, "lr": 0.5}, jax.random.key(3), config=Config(3))
     # replay the three steps with a NumPy return and central differences
     th = 0.1 * np.asarray(jax.random.normal(jax.random.key(3), (5, 3), jnp.float64))

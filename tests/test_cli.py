@@ -1,0 +1,82 @@
+"""The `dsorl` command in-process: list, a sweep job run end to end with its plots, every
+shipped config valid, and the errors of bad invocations (exit code 2, a clear message)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsorl import cli
+from dsorl import config as config_lib
+from dsorl import sweep as sw
+from dsorl.results import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_list_names_jobs_algorithms_and_environments(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "nbw_analysis" in out and "sweep_pg" in out and "[sweep]" in out
+    assert "algorithms" in out and "environments: garnet" in out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = config_lib.load_config(path)
+    module = config_lib.job_module(cfg["job"])
+    if config_lib.is_sweep_job(module) and path.name.startswith("sweep_"):
+        spec = module.sweep_spec(cfg)
+        assert isinstance(spec["grid"], sw.Grid) and spec["grid"].size >= 1
+
+
+def test_a_sweep_job_runs_and_plots(tmp_path, capsys):
+    config = tmp_path / "toy.yaml"
+    config.write_text("job: test_sweep_toy\ngrid: {gamma: [0.5, 0.9], lr: [0.5, 2.0], seed: [0, 1]}\n"
+                      "n_steps: 12\nsweep: {traces: [all], trace_every: 2}\n")
+    out = tmp_path / "out"
+    # `dsorl run` on a job that only sweeps runs the sweep
+    assert cli.main(["run", str(config), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 members computed" in printed and "results written" in printed
+    result = sw.load(out)
+    assert len(result) == 8 and result.traces["objective"].shape == (8, 6)
+    assert result.meta["fingerprint"] and (out / "table.csv").exists()
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "png")]) == 0
+    names = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert names == ["convergence_grad_norm.png", "convergence_objective.png",
+                     "gamma_grad_norm.png", "gamma_objective.png"]
+    assert all((tmp_path / "png" / n).read_bytes()[:8] == PNG for n in names)
+    assert cli.main(["plot", str(out), "--metric", "nope"]) == 2
+    assert "unknown metric 'nope'; the table has: grad_norm, objective" in capsys.readouterr().err
+
+
+def test_landscape_of_a_two_coordinate_axis(tmp_path):
+    wx, wy = (a.ravel() for a in np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-2, 2, 4),
+                                             indexing="ij"))
+    table = {"member": np.arange(40), "env": np.repeat(["A1", "B2"], 20),
+             "w_x": np.tile(wx, 2), "w_y": np.tile(wy, 2), "gap": np.tile(wx ** 2 + wy, 2)}
+    meta = {"grid": [{"name": "params0", "size": 20, "columns": ["w_x", "w_y"]}],
+            "metrics": ["gap"], "traces": [], "trace_every": 1}
+    write_results(tmp_path, {}, tables={"table": table}, extra={"sweep": meta})
+    from dsorl.plots import plot_results
+
+    paths = plot_results(tmp_path)
+    assert [p.name for p in paths] == ["landscape_gap.png"] and paths[0].read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", str(ROOT / "configs" / "default.yaml")], "job 'nbw_analysis' is not a sweep"),
+    (["sweep", str(ROOT / "configs" / "sweep_pg.yaml"), "--coordinator", "127.0.0.1:1"],
+     "need --coordinator, --num-processes and --process-id"),
+    (["sweep", str(ROOT / "configs" / "sweep_pg.yaml"), "--set", "grid.beta=[1]"],
+     "config key 'grid' for pg takes gamma, seed, step_size"),
+    (["sweep", str(ROOT / "configs" / "sweep_pg.yaml"), "--set", "algorithm=ppo"],
+     "'algorithm' must be pg or dynpg"),
+    (["sweep", str(ROOT / "configs" / "sweep_pg.yaml"), "--set", "env.name=mars"],
+     "'env.name' must be garnet, sutton_extended or one of"),
+    (["plot", str(ROOT / "configs")], "not a result directory"),
+])
+def test_bad_invocations_exit_2_with_a_message(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
