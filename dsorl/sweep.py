@@ -185,7 +185,9 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
       config: the static `config` handed to `run` (sizes, step counts, choices).
       hparams: how a member's hyperparameters are built from its non-reserved axis values
         `point` (a dict of traced scalars or pytrees): `None` gives `point` itself, a
-        mapping gives `{**hparams, **point}`, a callable gives `hparams(point)`.
+        mapping gives `{**hparams, **point}`, a callable gives `hparams(point)`; with a
+        mapping of MDPs, a callable also finds the entry's name in `point["env"]` (a
+        Python string: settings may differ per MDP).
       params0: initial parameters when the grid has no `params0` axis: a pytree, or a
         callable `params0(mdp)` (useful with several MDPs).
       metrics: `metrics(final_state, trace, member) -> {name: scalar}` per member; the
@@ -246,7 +248,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         if not todo.any():
             continue  # everything on disk: nothing to compile
         p0 = params0(env) if callable(params0) else params0
-        program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh)
+        program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh,
+                           env_name)
         size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
         program.compiled(size)
         label = "all" if env_name is None else str(env_name)
@@ -325,7 +328,8 @@ def load(out_dir) -> SweepResult:
 class _Program:
     """`program(start, size)`: the outputs of members `start .. start+size-1` (clamped)."""
 
-    def __init__(self, run, mdp, params0, grid, config, hparams, metrics, traces, trace_every, mesh):
+    def __init__(self, run, mdp, params0, grid, config, hparams, metrics, traces, trace_every, mesh,
+                 env_name=None):
         self.mesh = mesh
         self.sharded = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -348,7 +352,7 @@ class _Program:
             if hparams is None:
                 hp = point
             elif callable(hparams):
-                hp = hparams(point)
+                hp = hparams(point if env_name is None else {**point, "env": env_name})
             else:
                 hp = {**hparams, **point}
             final_state, trace = run(mdp, params0, hp, key, config=config)
@@ -363,7 +367,8 @@ class _Program:
         # programs are cached across sweeps (a rerun, or a grid of another size, reuses the
         # compiled executable): the key holds everything `member` closes over
         key = (_token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
-               trace_every, grid.names, sizes, tuple(mesh.devices.flat))
+               trace_every, grid.names, sizes, tuple(mesh.devices.flat),
+               env_name if callable(hparams) else None)
         if key not in _PROGRAMS:
             batched = jax.vmap(member, in_axes=(0, None, None, None))
             _PROGRAMS[key] = (jax.jit(batched, in_shardings=(self.sharded, self.replicated,
