@@ -266,37 +266,55 @@ def _exact_epoch(mdp, params0, hparams, config, std, state):
                          state.interactions)
 
 
+def sampled_bandit_gradient(key: Array, mdp: MDP, theta: Array, log_tail: Array, epoch,
+                            gamma, *, batch_size: int, episode_length: int,
+                            reward_std: Optional[Array] = None):
+    """DynPG's REINFORCE estimate of `grad J_h(theta)` at epoch `h = epoch` (0-based).
+
+    Mean over `batch_size` episodes (`s_0 ~ rho`, `a_0 ~ pi_theta`, the action at
+    `t >= 1` from the policy frozen at epoch `h - t`, i.e. `exp(log_tail[h - t])`) of
+    `grad log pi_theta(a_0|s_0) sum_{t<=h} gamma^t r_t` (`estimators.reinforce.bandit_gradient`,
+    in closed form for the tabular softmax: `grad log pi(a|s) = e_s (e_a - pi(.|s))`).
+    Returns `(grad[S, A], interactions used)`; unbiased for `softmax_bandit_gradient`.
+    """
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+    pi = policy.probs(theta)
+    tail = jnp.exp(log_tail)
+    T = episode_length
+
+    def policy_at(t, s):  # pi_theta at t = 0, then the frozen policies, newest first
+        return jnp.where(t == 0, pi[s], tail[jnp.maximum(epoch - t, 0), s])
+
+    episodes = jax.vmap(lambda k: sample_episode(k, mdp, policy_at, T, reward_std=reward_std)
+                        )(jax.random.split(key, batch_size))
+    horizon = epoch + 1
+    alive = jnp.arange(T) < horizon
+    discounts = gamma ** jnp.arange(T, dtype=pi.dtype)
+    returns = jnp.sum(jnp.where(alive, discounts * episodes.rewards, 0), axis=-1)
+    s0, a0 = episodes.states[:, 0], episodes.actions[:, 0]
+    score = jax.nn.one_hot(a0, pi.shape[-1], dtype=pi.dtype) - pi[s0]
+    grad = jnp.zeros_like(theta).at[s0].add(returns[:, None] * score) / batch_size
+    terminal = absorbing_states(mdp)
+    used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, horizon))(episodes),
+                   dtype=jnp.int32)
+    return grad, used
+
+
 def _sampled_epoch(mdp, params0, hparams, config, std, state):
     q = _bandit_q(mdp, hparams.gamma, state.tail_value)
     eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
     tx = config.optimizer(eta)
     policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
-    terminal = absorbing_states(mdp)
-    horizon = state.epoch + 1
-    T = config.episode_length or config.max_epochs
-    tail = jnp.exp(state.log_tail)
-    discounts = hparams.gamma ** jnp.arange(T, dtype=q.dtype)
 
     def step(carry, k):
         theta, opt_state, count, key = carry
         key, sub = jax.random.split(key)
-        pi = policy.probs(theta)
-
-        def policy_at(t, s):  # pi_theta at t = 0, then the frozen policies, newest first
-            return jnp.where(t == 0, pi[s], tail[jnp.maximum(state.epoch - t, 0), s])
-
-        episodes = jax.vmap(lambda kk: sample_episode(kk, mdp, policy_at, T, reward_std=std)
-                            )(jax.random.split(sub, config.batch_size))
-        alive = jnp.arange(T) < horizon
-        returns = jnp.sum(jnp.where(alive, discounts * episodes.rewards, 0), axis=-1)
-        s0, a0 = episodes.states[:, 0], episodes.actions[:, 0]
-        # bandit_gradient in closed form: grad log pi(a0|s0) = e_{s0} (e_{a0} - pi(.|s0))
-        score = jax.nn.one_hot(a0, pi.shape[-1], dtype=pi.dtype) - pi[s0]
-        grad = jnp.zeros_like(theta).at[s0].add(returns[:, None] * score) / config.batch_size
-        used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, horizon))(episodes),
-                       dtype=jnp.int32)
+        grad, used = sampled_bandit_gradient(
+            sub, mdp, theta, state.log_tail, state.epoch, hparams.gamma,
+            batch_size=config.batch_size,
+            episode_length=config.episode_length or config.max_epochs, reward_std=std)
         live = k < n_steps
-        row = StepTrace(live, count, _objective(mdp, pi, hparams.gamma, config))
+        row = StepTrace(live, count, _objective(mdp, policy.probs(theta), hparams.gamma, config))
         updates, new_opt = tx.update(-grad, opt_state, theta)
         theta = jnp.where(live, optax.apply_updates(theta, updates), theta)
         opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,

@@ -108,6 +108,7 @@ def sample_episode(key: Array, mdp: MDP, policy_at: Callable, length: int, *,
     when actions are many (300 in Sutton-extended). Zero-probability entries are never drawn.
     """
     k_u, k_n = jax.random.split(key)
+    reward_std = None if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
     u = jax.random.uniform(k_u, (length + 1, 2), mdp.R.dtype)
     noise = (jnp.zeros(length, mdp.R.dtype) if reward_std is None
              else jax.random.normal(k_n, (length,), mdp.R.dtype))

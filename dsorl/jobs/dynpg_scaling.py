@@ -1,0 +1,162 @@
+"""Scaling study: exact-gradient steps to epsilon-optimality, DynPG against vanilla softmax PG.
+
+On `dsorl.envs.chains.committal_chain(n, gamma)`, as the effective horizon `1 / (1 - gamma)`
+grows (with the chain length tied to it, `n = max(2, round(horizon * chain_per_horizon))`)
+and as the chain grows at a fixed `gamma`. A policy is epsilon-optimal when its mean gap
+over the initial law is small, `rho . (V* - V^pi) <= epsilon` (the metric of Klein et al.'s
+experiment).
+
+- DynPG: the authors' adaptive schedule with steps coefficient `k` (45 in the paper; the
+  bandits must be solved more accurately for a smaller epsilon, so `k` is swept like
+  vanilla PG's step size), `n + extra_epochs` epochs; its count is the cumulative number
+  of gradient steps at the end of the first epoch whose newest policy is
+  epsilon-optimal. Runs planning more than `dynpg_budget` steps are skipped.
+- Vanilla PG: exact gradients, plain gradient ascent, one run per step size in
+  `pg_step_sizes` (one vmapped program), at most `pg_budget` steps; its count is the
+  first step whose policy is epsilon-optimal, or "> budget" (censored).
+
+Each program is jitted once per setting; compile time is reported apart from run time
+(median of `repeats` runs). Exponents are least-squares slopes of log(count) against
+log(horizon) or log(n) over the uncensored points.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl.algorithms import dynpg, pg
+from dsorl.envs.chains import committal_chain, committal_chain_optimum
+
+DEFAULTS = {
+    "horizons": [10, 20, 50, 100, 200, 500],
+    "chain_per_horizon": 0.2,
+    "chain_lengths": [2, 4, 8, 16, 32, 64],
+    "chain_gamma": 0.99,
+    "epsilon": 0.01,
+    "extra_epochs": 10,
+    "dynpg_steps_coefficients": [45.0, 450.0, 4500.0],
+    "dynpg_budget": 20000000,
+    "pg_step_sizes": [1.0, 10.0, 100.0],
+    "pg_theory_step": True,
+    "pg_budget": 100000,
+    "repeats": 3,
+    "output_dir": "benchmarks/results/dynpg_scaling",
+}
+
+
+def _timed(fn, repeats):
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower().compile()
+    compile_s = time.perf_counter() - start
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled())
+        times.append(time.perf_counter() - start)
+    return out, compile_s, float(np.median(times))
+
+
+def measure(n: int, gamma: float, config: dict) -> list:
+    """Rows for DynPG and each vanilla-PG step size on `committal_chain(n, gamma)`."""
+    env = committal_chain(n, gamma)
+    mdp = env.mdp
+    v_star, _ = committal_chain_optimum(n, gamma)
+    j_star = float(np.asarray(mdp.rho) @ v_star)
+    eps = config["epsilon"]
+    zeros = jnp.zeros(mdp.R.shape)
+    horizon = 1 / (1 - gamma)
+    base = {"horizon": round(horizon, 6), "gamma": gamma, "n": n, "epsilon": eps}
+
+    rows = []
+    cfg = dynpg.Config(max_epochs=n + config["extra_epochs"])
+    for k in config["dynpg_steps_coefficients"]:
+        hp = dynpg.HParams(gamma, 1.0, float(k))
+        planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.max_epochs), hp, xp=np)[1]))
+        row = dict(base, method="dynpg", step_size=f"adaptive k={k:g}", epochs_to_eps=None,
+                   run_s=None, compile_s=None, seconds_to_eps=None)
+        if planned > config["dynpg_budget"]:
+            rows.append(dict(row, steps_to_eps=f"skipped ({planned} planned)", censored=True))
+            continue
+        (_, trace), c_s, r_s = _timed(
+            lambda: dynpg.run(mdp, zeros, hp, jax.random.key(0), config=cfg), config["repeats"])
+        gaps = j_star - np.asarray(trace.objective)
+        hit = np.flatnonzero(gaps <= eps)
+        steps = int(trace.steps[hit[0]]) if hit.size else None
+        rows.append(dict(row, steps_to_eps=steps if steps is not None else f"> {planned}",
+                         censored=steps is None,
+                         epochs_to_eps=int(hit[0]) + 1 if hit.size else None,
+                         run_s=r_s, compile_s=c_s,
+                         seconds_to_eps=r_s * steps / planned if steps else None))
+
+    # the smoothness step 1/L, L = 8 / (1 - gamma)^3 (Agarwal et al. 2021, Lemma D.4)
+    step_sizes = list(config["pg_step_sizes"]) + (
+        [(1 - gamma) ** 3 / 8] if config["pg_theory_step"] else [])
+    etas = jnp.asarray(step_sizes, jnp.float64)
+    pcfg = pg.Config(n_steps=config["pg_budget"])
+
+    def pg_runs():
+        return jax.vmap(lambda eta: pg.run(mdp, zeros, pg.HParams(gamma, eta),
+                                           jax.random.key(0), config=pcfg)[1].objective)(etas)
+
+    objectives, c_s, r_s = _timed(pg_runs, config["repeats"])
+    for eta, obj in zip(step_sizes, np.asarray(objectives)):
+        hit = np.flatnonzero(j_star - obj <= eps)
+        steps = int(hit[0]) if hit.size else None
+        rows.append(dict(base, method="pg", step_size=eta if eta in config["pg_step_sizes"]
+                         else "1/L",
+                         steps_to_eps=steps if steps is not None else f"> {config['pg_budget']}",
+                         censored=steps is None, epochs_to_eps=None,
+                         run_s=r_s / len(etas), compile_s=c_s,
+                         seconds_to_eps=(r_s / len(etas)) * steps / config["pg_budget"]
+                         if steps is not None else None))
+    return rows
+
+
+def fit_exponent(x, y) -> float:
+    """Least-squares slope of log y against log x (NaN with fewer than two points)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def exponents(rows: list, axis: str) -> list:
+    """One row per method and step size: the fitted exponent of steps against `axis`."""
+    out = []
+    keys = sorted({(r["method"], str(r["step_size"])) for r in rows})
+    for method, eta in keys:
+        sel = [r for r in rows if r["method"] == method and str(r["step_size"]) == eta]
+        ok = [r for r in sel if not r["censored"] and r["steps_to_eps"] > 0]
+        out.append({"study": axis, "method": method, "step_size": eta,
+                    "exponent": fit_exponent([r[axis] for r in ok],
+                                             [r["steps_to_eps"] for r in ok]),
+                    "points": len(ok), "censored": len(sel) - len(ok)})
+    return out
+
+
+def run(config: dict) -> dict:
+    """Returns the tables `horizon`, `chain` and `exponents`."""
+    jax.config.update("jax_enable_x64", True)
+    horizon_rows, chain_rows = [], []
+    for h in config["horizons"]:
+        n = max(2, int(round(h * config["chain_per_horizon"])))
+        horizon_rows += measure(n, 1 - 1 / h, config)
+        _progress(horizon_rows[-_per_setting(config):])
+    for n in config["chain_lengths"]:
+        chain_rows += measure(n, config["chain_gamma"], config)
+        _progress(chain_rows[-_per_setting(config):])
+    table = exponents(horizon_rows, "horizon") + exponents(chain_rows, "n")
+    return {"tables": {"horizon": horizon_rows, "chain": chain_rows, "exponents": table},
+            "arrays": {}, "seeds": [0]}
+
+
+def _per_setting(config):
+    return (len(config["dynpg_steps_coefficients"]) + len(config["pg_step_sizes"])
+            + bool(config["pg_theory_step"]))
+
+
+def _progress(rows):
+    for r in rows:
+        print(f"  horizon {r['horizon']:g} n {r['n']} {r['method']} eta {r['step_size']}:"
+              f" steps {r['steps_to_eps']}  run {r['run_s']}s", flush=True)
