@@ -240,7 +240,7 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     if store and lead:
         store.write_spec()
 
-    pieces, stats = [], {"compile_seconds": {}, "chunk_size": {}, "chunks": 0}
+    stats = {"compile_seconds": {}, "chunk_size": {}, "chunks": 0}
     plans = []  # (offset, todo mask, program, chunk size, pending chunk starts) per MDP
     for e, (env_name, env) in enumerate(envs.items()):
         offset = e * grid.size
@@ -261,19 +261,7 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     bar = _Progress(int((~done).sum()), enabled=lead and (sys.stderr.isatty() if progress is None
                                                           else progress))
     start_time = time.perf_counter()
-    for offset, todo, program, size, pending in plans:
-        in_flight = None
-        for s in pending + [None]:  # dispatch chunk k+1 before fetching chunk k
-            launched = None if s is None else (s, min(s + size, grid.size), program(s, size))
-            if in_flight is not None:
-                a, b, out = in_flight
-                out = _to_host(out, multi)
-                piece = {k: v[: b - a] for k, v in out.items()}
-                if store and lead:
-                    store.write_chunk(offset + a, offset + b, piece)
-                pieces.append((offset + a, offset + b, piece))
-                bar.update(int(todo[a:b].sum()))
-            in_flight = launched
+    pieces = _execute(plans, grid.size, store if lead else None, store is None, multi, bar)
     run_seconds = time.perf_counter() - start_time
     bar.close()
     if multi:
@@ -282,22 +270,14 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         multihost_utils.sync_global_devices("dsorl.sweep:done")
     if store:
         pieces = store.read_chunks()
-    data = _assemble(pieces, len(envs) * grid.size)
-    members = np.arange(len(envs) * grid.size)
-    table = {"member": members}
-    if None not in envs:
-        table["env"] = np.repeat(np.array(list(envs)), grid.size)
-    table.update(grid.columns(members % grid.size))
-    metric_names = [k for k in data if k.startswith("metric:")]
-    table.update({k[len("metric:"):]: data[k] for k in metric_names})
-    trace_arrays = {k[len("trace:"):]: data[k] for k in data if k.startswith("trace:")}
+    table, trace_arrays = _tidy(_assemble(pieces, len(envs) * grid.size), envs, grid)
     computed = int((~done).sum())
     meta = {
-        "members": int(len(members)),
+        "members": len(envs) * grid.size,
         "grid": [{"name": n, "size": s, "columns": list(grid.axes[n].labels)}
                  for n, s in zip(grid.names, grid.sizes)],
         "envs": [e for e in envs if e is not None],
-        "metrics": [k[len("metric:"):] for k in metric_names],
+        "metrics": [k for k in table if k not in ("member", "env", *grid_columns(grid))],
         "traces": sorted(trace_arrays),
         "trace_every": trace_every,
         "devices": [str(d) for d in devices],
@@ -309,6 +289,42 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         "fingerprint": spec["fingerprint"],
     }
     return SweepResult(table, trace_arrays, meta)
+
+
+def grid_columns(grid: Grid) -> list:
+    """The label columns of `grid`, in table order."""
+    return [c for a in grid.axes.values() for c in a.labels]
+
+
+def _execute(plans, grid_size, store, keep, multi, bar) -> list:
+    """Run the pending chunks, writing each to `store` as it finishes; returns
+    `(first member, end, outputs)` per chunk when `keep`."""
+    pieces = []
+    for offset, todo, program, size, pending in plans:
+        in_flight = None
+        for s in pending + [None]:  # dispatch chunk k+1 before fetching chunk k
+            launched = None if s is None else (s, min(s + size, grid_size), program(s, size))
+            if in_flight is not None:
+                a, b, out = in_flight
+                piece = {k: v[: b - a] for k, v in _to_host(out, multi).items()}  # drop padding
+                if store:
+                    store.write_chunk(offset + a, offset + b, piece)
+                if keep:
+                    pieces.append((offset + a, offset + b, piece))
+                bar.update(int(todo[a:b].sum()))
+            in_flight = launched
+    return pieces
+
+
+def _tidy(data, envs, grid):
+    """The table (member, env, grid labels, metrics) and the trace arrays."""
+    members = np.arange(len(envs) * grid.size)
+    table = {"member": members}
+    if None not in envs:
+        table["env"] = np.repeat(np.array(list(envs)), grid.size)
+    table.update(grid.columns(members % grid.size))
+    table.update({k[len("metric:"):]: v for k, v in data.items() if k.startswith("metric:")})
+    return table, {k[len("trace:"):]: v for k, v in data.items() if k.startswith("trace:")}
 
 
 def load(out_dir) -> SweepResult:
@@ -334,6 +350,7 @@ class _Program:
         self.sharded = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.grid_size = grid.size
+        self.columns = ["member"] + (["env"] if env_name is not None else []) + grid_columns(grid)
         values = {n: a.values for n, a in grid.axes.items()}
         self.values = self._replicate(values)
         self.mdp = None if mdp is None else self._replicate(mdp)
@@ -397,6 +414,7 @@ class _Program:
                 lowered = self._jitted.lower(spec, self.mdp, self.params0, self.values)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"the algorithm cannot be batched over this grid: {err}") from err
+            _check_names(lowered.out_info, self.columns)
             self._compiled[key] = lowered.compile()
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
@@ -448,6 +466,14 @@ def _chunk_size(program, requested, budget, total, n_devices) -> int:
             return size
         size = max(n_devices, int(size * budget / need) // n_devices * n_devices)
     return size
+
+
+def _check_names(outputs, columns) -> None:
+    """Metrics must not shadow the table's other columns (checked before compiling)."""
+    clash = sorted({k.split(":", 1)[1] for k in outputs if k.startswith("metric:")} & set(columns))
+    if clash:
+        raise ValueError(f"metric {clash[0]!r} has the name of a table column; the grid and"
+                         f" member columns are: {', '.join(columns)}.")
 
 
 def _to_host(out, multi) -> dict:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dsorl import cli
 from dsorl import config as config_lib
@@ -21,7 +22,16 @@ def test_list_names_jobs_algorithms_and_environments(capsys):
     assert "algorithms" in out and "environments: garnet" in out
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+JOB_CONFIGS = [p for p in sorted((ROOT / "configs").glob("*.yaml"))
+               if "job" in (yaml.safe_load(p.read_text()) or {})]  # not benchmark configs
+
+
+def test_job_configs_are_found():
+    names = [p.name for p in JOB_CONFIGS]
+    assert {"default.yaml", "sweep_pg.yaml", "sweep_dynpg.yaml", "sweep_nbw.yaml"} <= set(names)
+
+
+@pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     cfg = config_lib.load_config(path)
     module = config_lib.job_module(cfg["job"])

@@ -14,7 +14,8 @@ import pytest
 
 import dsorl
 from dsorl import sweep as sw
-from test_sweep_toy import Config
+from helpers import random_mdp
+from test_sweep_toy import Config, dense_return
 from test_sweep_toy import softmax_pg as run
 
 MDP = dsorl.envs.garnet(jax.random.key(0), 5, 3, 3)
@@ -110,9 +111,10 @@ def test_a_changed_sweep_is_refused_unless_overwritten(chunked, tmp_path):
     assert len(list((fresh / "chunks").glob("*.npz"))) == 1
 
 
-def test_pytree_axes_mdp_axis_callable_hparams_and_metrics_with_member(single_run):
+def test_pytree_axes_mdp_axis_fixed_hparams_and_metrics_with_member(single_run):
     starts = jnp.stack([jnp.zeros((5, 3)), jnp.ones((5, 3)).at[:, 0].set(-1.0)])
-    mdps = jax.vmap(lambda k: dsorl.envs.garnet(k, 5, 3, 3))(jax.random.split(jax.random.key(4), 2))
+    pair = [random_mdp(seed, 5, 3) for seed in (4, 5)]
+    mdps = jax.tree_util.tree_map(lambda *x: np.stack(x), *pair)
     grid = sw.Grid(mdp=sw.axis(mdps), params0=sw.axis(starts, start=np.array(["zero", "skew"])),
                    gamma=[0.8], seed=[3])
 
@@ -122,31 +124,32 @@ def test_pytree_axes_mdp_axis_callable_hparams_and_metrics_with_member(single_ru
         return {"final": dsorl.discounted_return(member.mdp, pi, member.hparams["gamma"]),
                 "lr": member.hparams["lr"]}
 
-    result = sw.sweep(run, None, grid, config=CONFIG, metrics=metrics,
-                      hparams=lambda point: {"gamma": point["gamma"], "lr": 0.5})
+    # a mapping of fixed hyperparameters joins the grid's
+    result = sw.sweep(run, None, grid, config=CONFIG, metrics=metrics, hparams={"lr": 0.5})
     t = result.table
     assert list(t) == ["member", "mdp_index", "start", "gamma", "seed", "final", "lr"]
     assert t["mdp_index"].tolist() == [0, 0, 1, 1] and t["start"].tolist() == ["zero", "skew"] * 2
     np.testing.assert_array_equal(t["lr"], 0.5)
     for i in range(4):
-        m = jax.tree_util.tree_map(lambda x: x[i // 2], mdps)
-        theta, _ = direct(single_run, m, starts[i % 2], 0.8, 0.5, 3)
-        reference = dsorl.discounted_return(m, jax.nn.softmax(theta), 0.8)
+        theta, _ = direct(single_run, pair[i // 2], starts[i % 2], 0.8, 0.5, 3)
+        reference = dense_return(pair[i // 2], np.asarray(theta), 0.8)
         np.testing.assert_allclose(t["final"][i], reference, rtol=1e-12)
 
 
-def test_several_mdps_of_different_sizes_and_fixed_hparams(single_run):
-    small = dsorl.envs.garnet(jax.random.key(5), 3, 2, 2)
-    # a mapping of fixed hyperparameters is overridden by the grid's axes
+def test_several_mdps_of_different_sizes_and_callable_hparams(single_run):
+    small = random_mdp(5, 3, 2)
+    # a callable builds the hyperparameters, and may depend on the MDP's name
+    scale = {"small": 0.5, "big": 1.0}
     result = sw.sweep(run, {"small": small, "big": MDP}, GRID, config=CONFIG,
-                      params0=lambda mdp: jnp.zeros(mdp.R.shape), hparams={"lr": 99.0})
+                      params0=lambda mdp: jnp.zeros(mdp.R.shape),
+                      hparams=lambda p: {"gamma": p["gamma"], "lr": scale[p["env"]] * p["lr"]})
     t = result.table
     assert t["env"].tolist() == ["small"] * 12 + ["big"] * 12
     np.testing.assert_array_equal(t["member"], np.arange(24))
     for i in (0, 11, 12, 23):
         mdp = small if i < 12 else MDP
-        _, trace = direct(single_run, mdp, jnp.zeros(mdp.R.shape), t["gamma"][i], t["lr"][i],
-                          t["seed"][i])
+        lr = t["lr"][i] * (0.5 if i < 12 else 1.0)
+        _, trace = direct(single_run, mdp, jnp.zeros(mdp.R.shape), t["gamma"][i], lr, t["seed"][i])
         np.testing.assert_allclose(t["objective"][i], trace["objective"][-1], rtol=1e-12)
     assert set(result.meta["compile_seconds"]) == {"small", "big"}
 
@@ -205,6 +208,8 @@ def test_load_reads_a_cli_result(chunked, tmp_path):
     (dict(traces=["objective", "nope"]), "unknown trace 'nope'; the trace has: grad_norm, objective"),
     (dict(metrics=lambda s, t, m: {"theta": s}), r"metric 'theta' has shape \(5, 3\)"),
     (dict(metrics=lambda s, t, m: s), "metrics must return a mapping"),
+    (dict(metrics=lambda s, t, m: {"gamma": t["objective"][-1]}),
+     "metric 'gamma' has the name of a table column; the grid and member columns are: member, gamma, lr, seed"),
 ])
 def test_bad_sweeps_raise_clear_errors(kwargs, message):
     args = dict(run=run, mdp=MDP, grid=sw.Grid(gamma=[0.9], lr=[0.5], seed=[0]), config=CONFIG,
