@@ -179,8 +179,10 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
 
     Args:
       run: `run(mdp, params0, hparams, key, *, config) -> (final_state, trace)`.
-      mdp: one MDP, or `{name: MDP}` (an outer `env` axis; one compiled program per entry,
-        so the MDPs may differ in size). Ignored when the grid has an `mdp` axis.
+      mdp: `run`'s first argument: one MDP (any pytree of arrays is passed as an argument;
+        another object, e.g. a DSO `ChainModel`, is closed over), or `{name: MDP}` (an
+        outer `env` axis; one compiled program per entry, so the MDPs may differ in size).
+        Ignored when the grid has an `mdp` axis.
       grid: the swept axes (see `Grid`).
       config: the static `config` handed to `run` (sizes, step counts, choices).
       hparams: how a member's hyperparameters are built from its non-reserved axis values
@@ -353,7 +355,10 @@ class _Program:
         self.columns = ["member"] + (["env"] if env_name is not None else []) + grid_columns(grid)
         values = {n: a.values for n, a in grid.axes.items()}
         self.values = self._replicate(values)
-        self.mdp = None if mdp is None else self._replicate(mdp)
+        # an MDP of arrays is an argument; anything else (e.g. a DSO ChainModel holding
+        # functions) is closed over as a constant of the program
+        closed = None if mdp is None or _is_arrays(mdp) else mdp
+        self.mdp = None if mdp is None or closed is not None else self._replicate(mdp)
         self.params0 = None if params0 is None else self._replicate(params0)
         sizes = grid.sizes
 
@@ -362,7 +367,7 @@ class _Program:
             for name, n in reversed(list(zip(grid.names, sizes))):
                 point[name] = jax.tree_util.tree_map(lambda v: v[index % n], values[name])
                 index = index // n
-            mdp = point.pop("mdp", mdp)
+            mdp = point.pop("mdp", closed if closed is not None else mdp)
             params0 = point.pop("params0", params0)
             key = jax.random.key(point.pop("seed", 0))
             point = {n: point[n] for n in grid.names if n in point}
@@ -385,7 +390,7 @@ class _Program:
         # compiled executable): the key holds everything `member` closes over
         key = (_token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
                trace_every, grid.names, sizes, tuple(mesh.devices.flat),
-               env_name if callable(hparams) else None)
+               env_name if callable(hparams) else None, _token(closed))
         if key not in _PROGRAMS:
             batched = jax.vmap(member, in_axes=(0, None, None, None))
             _PROGRAMS[key] = (jax.jit(batched, in_shardings=(self.sharded, self.replicated,
@@ -466,6 +471,12 @@ def _chunk_size(program, requested, budget, total, n_devices) -> int:
             return size
         size = max(n_devices, int(size * budget / need) // n_devices * n_devices)
     return size
+
+
+def _is_arrays(tree) -> bool:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(leaves) and all(isinstance(x, (np.ndarray, jax.Array, np.generic, int, float))
+                                for x in leaves)
 
 
 def _check_names(outputs, columns) -> None:

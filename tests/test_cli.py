@@ -28,7 +28,8 @@ JOB_CONFIGS = [p for p in sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_job_configs_are_found():
     names = [p.name for p in JOB_CONFIGS]
-    assert {"default.yaml", "sweep_pg.yaml", "sweep_dynpg.yaml", "sweep_nbw.yaml"} <= set(names)
+    assert {"default.yaml", "sweep_pg.yaml", "sweep_dynpg.yaml", "sweep_nbw.yaml",
+            "sweep_dso.yaml"} <= set(names)
 
 
 @pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)
@@ -86,6 +87,12 @@ def test_landscape_of_a_two_coordinate_axis(tmp_path):
     (["sweep", str(ROOT / "configs" / "sweep_pg.yaml"), "--set", "env.name=mars"],
      "'env.name' must be garnet, sutton_extended or one of"),
     (["plot", str(ROOT / "configs")], "not a result directory"),
+    (["sweep", str(ROOT / "configs" / "sweep_dso.yaml"), "--set", "algorithm=newton"],
+     "'algorithm' must be one of ascent, natural, chain_iteration"),
+    (["sweep", str(ROOT / "configs" / "sweep_dso.yaml"), "--set", "algorithm=ascent"],
+     "config key 'grid' for ascent takes damping, gamma, learning_rate, seed"),
+    (["sweep", str(ROOT / "configs" / "sweep_nbw.yaml"), "--set", "envs=[C1]"],
+     "config key 'envs' takes a non-empty list of A1"),
 ])
 def test_bad_invocations_exit_2_with_a_message(argv, message, capsys):
     assert cli.main(argv) == 2

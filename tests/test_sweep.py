@@ -154,6 +154,20 @@ def test_several_mdps_of_different_sizes_and_callable_hparams(single_run):
     assert set(result.meta["compile_seconds"]) == {"small", "big"}
 
 
+def test_a_first_argument_that_is_not_arrays_is_closed_over(single_run):
+    class Model:  # like a DSO ChainModel: an object with functions, not a pytree of arrays
+        def __init__(self, mdp):
+            self.mdp = mdp
+
+    def via_model(model, params0, hparams, key, *, config):
+        return run(model.mdp, params0, hparams, key, config=config)
+
+    grid = sw.Grid(gamma=[0.8], lr=[0.5], seed=[2])
+    result = sw.sweep(via_model, Model(MDP), grid, config=CONFIG, params0=THETA0)
+    _, trace = direct(single_run, MDP, THETA0, 0.8, 0.5, 2)
+    np.testing.assert_allclose(result.table["objective"][0], trace["objective"][-1], rtol=1e-12)
+
+
 def test_chunk_size_from_the_memory_budget(capsys):
     roomy = sw.sweep(run, MDP, GRID, config=CONFIG, params0=THETA0, progress=True)
     assert roomy.meta["chunk_size"] == {"all": 12} and roomy.meta["chunks"] == 1
