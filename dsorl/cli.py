@@ -157,7 +157,7 @@ def _list() -> int:
     if not algorithms:
         print("  (none yet)")
     print("environments: garnet (random), nbw:", ", ".join(envs.NBW_NAMES),
-          "| gymnasium toy-text: FrozenLake-v1, CliffWalking-v1, Taxi-v3")
+          "| dynpg: sutton_extended | gymnasium toy-text: FrozenLake-v1, CliffWalking-v1, Taxi-v4")
     return 0
 
 

@@ -198,7 +198,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         `trace_every` steps, as `[B, T]` arrays in `SweepResult.traces`.
       chunk_size: members per compiled call (rounded up to a multiple of the device count);
         default: fit `memory_budget` bytes (see the module docstring).
-      out_dir: write chunks as they finish and the final table there; rerunning resumes.
+      out_dir: write chunks as they finish and the final table there; rerunning resumes
+        (with several processes: a directory every process sees; process 0 writes).
       overwrite: discard results of a different sweep found in `out_dir` instead of failing.
       devices: the mesh (default `jax.devices()`, every process's devices).
       progress: a progress bar on stderr per chunk (default: when stderr is a terminal).
