@@ -158,7 +158,7 @@ def step(mdp: MDP, state: State, hparams: HParams, config: Config, reward_std=No
                        dtype=jnp.int32)
     objective = (policy_objective(mdp, pi, hparams.gamma, config.evaluation_sweeps)
                  if config.evaluate else jnp.full((), jnp.nan, mdp.R.dtype))
-    row = Trace(objective, state.interactions, optax.global_norm(grad))
+    row = Trace(objective, state.interactions, optax.tree.norm(grad))
     tx = config.optimizer(hparams.step_size)
     neg = jax.tree_util.tree_map(jnp.negative, grad)
     updates, opt_state = tx.update(neg, state.opt_state, state.params)

@@ -1,0 +1,133 @@
+"""Vanilla softmax PG: exact steps against the closed-form softmax gradient, REINFORCE
+steps against their exact expectation, variants, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import dsorl
+from dsorl.algorithms import pg
+from dsorl.envs.chains import committal_chain
+from dsorl.envs.dynpg import sutton_extended
+from dsorl.policies import linear_softmax, tabular_softmax
+from helpers import check_variants, random_mdp
+from test_estimators_reinforce import _finite_horizon_expected_gradient
+
+
+def _softmax_pg_numpy(mdp, theta, gamma):
+    """`m(s) pi(a|s) A(s, a)` (Agarwal et al. 2021, Lemma C.1), dense NumPy."""
+    P, R, rho = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho))
+    z = np.exp(theta - theta.max(1, keepdims=True))
+    pi = z / z.sum(1, keepdims=True)
+    Ppi = np.einsum("sa,sat->st", pi, P)
+    v = np.linalg.solve(np.eye(len(rho)) - gamma * Ppi, (pi * R).sum(1))
+    m = np.linalg.solve((np.eye(len(rho)) - gamma * Ppi).T, rho)
+    q = R + gamma * P @ v
+    return m[:, None] * pi * (q - v[:, None]), rho @ v
+
+
+def test_exact_steps_follow_the_softmax_gradient_formula():
+    mdp = random_mdp(2, 4, 3)
+    gamma, eta = 0.9, 0.7
+    theta0 = np.random.default_rng(0).normal(size=(4, 3))
+    state, trace = pg.run(mdp, jnp.asarray(theta0), pg.HParams(gamma, eta), jax.random.key(0),
+                          config=pg.Config(n_steps=3))
+    theta = theta0.copy()
+    for k in range(3):
+        grad, j = _softmax_pg_numpy(mdp, theta, gamma)
+        assert float(trace.objective[k]) == pytest.approx(j, rel=1e-12)
+        assert float(trace.grad_norm[k]) == pytest.approx(np.linalg.norm(grad), rel=1e-10)
+        theta = theta + eta * grad
+    np.testing.assert_allclose(state.params, theta, rtol=1e-10, atol=1e-12)
+    assert int(state.steps) == 3 and int(state.interactions) == 0
+
+
+def test_exact_pg_converges_and_any_policy_works():
+    mdp = random_mdp(4, 5, 2)
+    gamma = 0.8
+    j_star = float(mdp.rho @ dsorl.policy_iteration(mdp, gamma).value)
+    _, trace = pg.run(mdp, jnp.zeros((5, 2)), pg.HParams(gamma, 5.0), jax.random.key(0),
+                      config=pg.Config(n_steps=2000))
+    assert j_star - float(trace.objective[-1]) < 1e-3
+    assert np.all(np.diff(np.asarray(trace.objective)) > -1e-12)  # ascent is monotone here
+    # a linear-softmax policy through jax.grad, with Adam
+    features = jnp.asarray(np.random.default_rng(1).normal(size=(5, 2, 3)))
+    cfg = pg.Config(n_steps=50, policy=linear_softmax(features), optimizer=optax.adam)
+    _, trace = pg.run(mdp, jnp.zeros(3), pg.HParams(gamma, 0.05), jax.random.key(0), config=cfg)
+    assert float(trace.objective[-1]) > float(trace.objective[0])
+
+
+def test_run_variants_over_gamma_and_step_size():
+    mdp = random_mdp(6, 3, 2)
+
+    def objective(gamma, eta):
+        return pg.run(mdp, jnp.zeros((3, 2)), pg.HParams(gamma, eta), jax.random.key(0),
+                      config=pg.Config(n_steps=5))[1].objective
+
+    check_variants(objective, (0.9, 1.0), (jnp.array([0.5, 0.9]), jnp.array([1.0, 3.0])),
+                   (0, 0), rtol=1e-10)
+
+
+def test_episode_cap_and_reference_step_size():
+    assert [int(pg.episode_cap(g)) for g in (0.99, 0.9, 0.5, 0.0)] == [100, 10, 2, 1]
+    assert float(pg.dynpg_horizon_step_size(0.99)) == pytest.approx(0.02 / (1 - 0.99 ** 6))
+
+
+def test_reinforce_step_mean_matches_its_expectation():
+    """The first REINFORCE update (authors' weighting w_t = 1), averaged over keys, equals
+    eta times the exact finite-horizon expectation (episodes cut at ceil(1/(1-gamma)) = 2
+    steps on a 4-state committal chain, so the cap matters): 5 standard errors."""
+    n, gamma, eta = 4, 0.5, 0.3
+    mdp = committal_chain(n, gamma).mdp
+    theta0 = jnp.asarray(np.random.default_rng(3).normal(size=(n + 1, 2)))
+    cfg = pg.Config(n_steps=1, estimator="reinforce", episode_length=n, evaluate=False)
+    m = 20000
+    states, trace = jax.jit(jax.vmap(lambda k: pg.run(mdp, theta0, pg.HParams(gamma, eta), k,
+                                                      config=cfg)))(
+        jax.random.split(jax.random.key(2), m))
+    steps = (np.asarray(states.params) - np.asarray(theta0)).reshape(m, -1)
+    pi = np.asarray(tabular_softmax(n + 1, 2, mdp.action_mask).probs(theta0))
+    exact = eta * _finite_horizon_expected_gradient(mdp, pi, gamma, 2, False).ravel()
+    se = steps.std(0, ddof=1) / np.sqrt(m)
+    assert np.all(np.abs(steps.mean(0) - exact) <= 5 * se + 1e-12)
+    uncapped = eta * _finite_horizon_expected_gradient(mdp, pi, gamma, n, False).ravel()
+    assert np.any(np.abs(steps.mean(0) - uncapped) > 5 * se)  # the cap is visible
+    used = np.asarray(states.interactions)
+    assert used.min() >= 1 and used.max() <= 2
+
+
+def test_reinforce_on_sutton_extended_counts_interactions():
+    env = sutton_extended()
+    mdp = env.mdp
+    cfg = pg.Config(n_steps=30, estimator="reinforce", episode_length=3, evaluation_sweeps=4)
+    hp = pg.HParams(0.99, pg.dynpg_horizon_step_size(0.99))
+    state, trace = jax.jit(lambda k: pg.run(mdp, jnp.zeros(mdp.R.shape), hp, k, config=cfg,
+                                            reward_std=env.reward_std))(jax.random.key(0))
+    inter = np.asarray(trace.interactions)
+    assert inter[0] == 0 and np.all(np.diff(inter) >= 1) and np.all(np.diff(inter) <= 3)
+    assert int(state.interactions) >= inter[-1] + 1
+    assert float(trace.objective[0]) == pytest.approx(0.89021875, abs=1e-12)
+
+
+def test_bad_input():
+    mdp = random_mdp(1, 3, 2)
+    zeros = jnp.zeros((3, 2))
+    for gamma in (1.0, -0.5):
+        with pytest.raises(ValueError, match="gamma"):
+            pg.run(mdp, zeros, pg.HParams(gamma, 1.0), jax.random.key(0),
+                   config=pg.Config(n_steps=1))
+    with pytest.raises(ValueError, match="step_size"):
+        pg.run(mdp, zeros, pg.HParams(0.9, 0.0), jax.random.key(0), config=pg.Config(n_steps=1))
+    with pytest.raises(ValueError, match="estimator"):
+        pg.run(mdp, zeros, pg.HParams(0.9, 1.0), jax.random.key(0),
+               config=pg.Config(n_steps=1, estimator="td"))
+    with pytest.raises(ValueError, match="episode_length"):
+        pg.run(mdp, zeros, pg.HParams(0.9, 1.0), jax.random.key(0),
+               config=pg.Config(n_steps=1, estimator="reinforce"))
+    from dsorl._struct import unchecked
+    broken = unchecked(dsorl.MDP, P=mdp.P, R=mdp.R, rho=mdp.rho,
+                       action_mask=jnp.array([[True, True], [False, False], [True, False]]))
+    with pytest.raises(ValueError, match="leaves state 1 without actions"):
+        pg.run(broken, zeros, pg.HParams(0.9, 1.0), jax.random.key(0),
+               config=pg.Config(n_steps=1))
