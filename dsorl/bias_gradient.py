@@ -108,13 +108,13 @@ def bias_gradient_decomposition(mdp: MDP, policy, params, state, *, eps=1e-10,
     flat, unravel = ravel_pytree(params)
     pi = policy.probs(params)
     chain = induced_chain(mdp, pi)
+    t_mix = mixing_time(chain, eps, state=state, max_steps=max_terms)
     p = stationary_distribution(chain)
     psi = score_table(policy, params)
     u = jnp.einsum("sa,sa,sad->sd", pi, bias_action_values(mdp, pi), psi)
     grad_g = p @ u  # policy-gradient theorem for the gain (Sutton et al. 2000)
     _, q_w = bias_offset_values(mdp, pi)
     post = jnp.einsum("s,sa,sa,sad->d", p, pi, q_w, psi)
-    t_mix = mixing_time(chain, eps, state=state, max_steps=max_terms)
 
     def step(carry, t):
         row, row_at_mix = carry

@@ -98,10 +98,7 @@ def episode_estimates(episode: Trajectory, scores: Array, critic: Critic, *,
     not exceed T.
     """
     T = episode.actions.shape[-1] - 1
-    if not 0 <= absorption_time <= T:
-        raise ValueError(f"absorption_time = {absorption_time} must lie in [0, T = {T}].")
-    if post_mixing not in POST_MIXING_FORMS:
-        raise ValueError(f"post_mixing = {post_mixing!r}; choose one of {POST_MIXING_FORMS}.")
+    _check_options(T, absorption_time, post_mixing)
     s, a = episode.states[:T + 1], episode.actions
     psi = scores[s, a]
     adv = critic.q_bias[s, a] - (critic.bias[s] if baseline else 0)
@@ -136,7 +133,7 @@ def sample_estimates(key: Array, mdp: MDP, policy, params, state, *, episode_len
     randomised policies induce aperiodic unichain chains (`check_mixing`).
     """
     _checks.check_positive("n_episodes", n_episodes)
-    _checks.check_positive("episode_length", episode_length)
+    _check_options(episode_length, absorption_time, post_mixing)
     check_mixing(mdp)
     pi = policy.probs(params)
     critic = oracle_critic(mdp, policy, params) if critic is None else critic
@@ -178,6 +175,14 @@ def check_mixing(mdp: MDP, *, aperiodic: bool = True) -> None:
     if period != 1:
         raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} is periodic (period"
                          f" {period}): P^t never converges, so episodes never mix.")
+
+
+def _check_options(T: int, absorption_time: int, post_mixing: str) -> None:
+    if not 0 <= absorption_time <= T:
+        raise ValueError(f"absorption_time = {absorption_time} must lie in [0, T = {T}]"
+                         " (T: the episode length).")
+    if post_mixing not in POST_MIXING_FORMS:
+        raise ValueError(f"post_mixing = {post_mixing!r}; choose one of {POST_MIXING_FORMS}.")
 
 
 def _period(support: np.ndarray, states: np.ndarray) -> int:
