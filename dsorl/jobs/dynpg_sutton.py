@@ -1,0 +1,250 @@
+"""Reproduction of Klein et al.'s experiment (arXiv 2411.04913): sampled DynPG against
+REINFORCE on Sutton-extended, success probability against environment interactions.
+
+For each `gamma`, each algorithm runs `runs` times in one jitted, vmapped program (one key
+per run). A run succeeds within `c` interactions when some policy it has output after at
+most `c` interactions has mean gap `rho . (V* - V^pi) <= epsilon` over the initial states
+(the first hitting time). DynPG's output is its newest policy (during epoch `h`, the one
+being trained); REINFORCE's is its current policy.
+
+- DynPG: one episode per step, the authors' adaptive schedule, parameters restarted at 0
+  each epoch, as many epochs as the interaction budget can use.
+- REINFORCE: loss `-sum_t log pi(a_t|s_t) G_t`, one episode per step, episodes capped at
+  `ceil(1 / (1 - gamma))` steps, step size equal to DynPG's at horizon 6.
+
+Speed: the same two algorithms written as a per-run NumPy loop (what a user would write
+without JAX) run on `baseline_runs` runs in the same process; the table reports the time
+per run of both and their ratio, with jit compile time apart.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl.algorithms import dynpg, pg
+from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
+
+DEFAULTS = {
+    "gammas": [0.99, 0.9],
+    "epsilon": 0.01,
+    "interactions": 1200,
+    "runs": 2000,
+    "seed": 0,
+    "baseline_runs": 20,
+    "repeats": 1,
+    "output_dir": "benchmarks/results/dynpg_sutton",
+}
+
+
+def dynpg_epochs(gamma: float, budget: int) -> tuple:
+    """`(epochs, largest epoch)`: enough epochs for `budget` steps (each step uses at least
+    one interaction), and the static scan length of an epoch."""
+    hp = dynpg.HParams(gamma)
+    counts = []
+    while sum(counts) < budget:
+        counts.append(int(dynpg.epoch_schedule(len(counts), hp, xp=np)[1]))
+    return len(counts), max(counts)
+
+
+def first_success(objective, interactions, valid, j_star, eps):
+    """Per run: interactions used before the first evaluated policy with gap <= eps
+    (`inf` if none). Arrays `[runs, K]`."""
+    hit = valid & (j_star - objective <= eps)
+    used = np.where(hit, interactions, np.inf)
+    return used.min(axis=1)
+
+
+def success_curve(first, budget):
+    """Fraction of runs whose first success came within `c` interactions, c = 0..budget-1."""
+    c = np.arange(budget)
+    return (first[None, :] <= c[:, None]).mean(axis=1)
+
+
+def _programs(env, gamma, config):
+    mdp = env.mdp
+    zeros = jnp.zeros(mdp.R.shape)
+    budget = config["interactions"]
+    sweeps = env.max_episode_length + 1  # exact values for this acyclic MDP
+    epochs, longest = dynpg_epochs(gamma, budget)
+    dcfg = dynpg.Config(max_epochs=epochs, estimator="reinforce", max_steps_per_epoch=longest,
+                        episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
+    rcfg = pg.Config(n_steps=budget, estimator="reinforce",
+                     episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
+    step = float(pg.dynpg_horizon_step_size(gamma, SUTTON_EXTENDED["experiment"]
+                                            ["reinforce_step_horizon"]))
+
+    def run_dynpg(keys):
+        def one(k):
+            state, (ep, st) = dynpg.run(mdp, zeros, dynpg.HParams(gamma), k, config=dcfg,
+                                        reward_std=env.reward_std)
+            runs_obj = jnp.concatenate([st.objective.reshape(-1), ep.objective])
+            runs_int = jnp.concatenate([st.interactions.reshape(-1), ep.interactions])
+            runs_ok = jnp.concatenate([st.valid.reshape(-1), jnp.ones(epochs, bool)])
+            return runs_obj, runs_int, runs_ok
+        return jax.vmap(one)(keys)
+
+    def run_reinforce(keys):
+        def one(k):
+            state, tr = pg.run(mdp, zeros, pg.HParams(gamma, step), k, config=rcfg,
+                               reward_std=env.reward_std)
+            final = pg.policy_objective(mdp, jnp.exp(_log_policy(mdp, state.params)), gamma,
+                                        sweeps)
+            return (jnp.append(tr.objective, final), jnp.append(tr.interactions,
+                                                                state.interactions),
+                    jnp.ones(budget + 1, bool))
+        return jax.vmap(one)(keys)
+
+    return {"dynpg": run_dynpg, "reinforce": run_reinforce}, dict(
+        epochs=epochs, steps_per_epoch=longest, reinforce_step_size=step)
+
+
+def _log_policy(mdp, theta):
+    from dsorl.policies import tabular_softmax
+
+    return tabular_softmax(*mdp.R.shape, mdp.action_mask).log_probs(theta)
+
+
+def run(config: dict) -> dict:
+    """Tables `summary` and `curves`; arrays of first-success interaction counts."""
+    jax.config.update("jax_enable_x64", True)
+    env = sutton_extended()
+    budget = config["interactions"]
+    summary, curves, arrays = [], {"interactions": np.arange(budget)}, {}
+    for gi, gamma in enumerate(config["gammas"]):
+        ref = sutton_extended_reference(gamma)
+        programs, info = _programs(env, gamma, config)
+        keys = jax.random.split(jax.random.key(config["seed"] + gi), config["runs"])
+        for name, program in programs.items():
+            start = time.perf_counter()
+            compiled = jax.jit(program).lower(keys).compile()
+            compile_s = time.perf_counter() - start
+            times = []
+            for _ in range(max(1, config["repeats"])):
+                start = time.perf_counter()
+                out = jax.block_until_ready(compiled(keys))
+                times.append(time.perf_counter() - start)
+            run_s = float(np.median(times))
+            obj, used, ok = (np.asarray(x) for x in out)
+            first = first_success(obj, used, ok, ref["mean_v_star"], config["epsilon"])
+            curve = success_curve(first, budget)
+            base = BASELINES[name]
+            rng = np.random.default_rng(config["seed"] + 1000 + gi)
+            start = time.perf_counter()
+            base_first = [base(env, gamma, budget, config["epsilon"], ref["mean_v_star"], rng,
+                               info) for _ in range(config["baseline_runs"])]
+            base_s = (time.perf_counter() - start) / max(1, config["baseline_runs"])
+            jax_per_run = run_s / config["runs"]
+            summary.append({
+                "gamma": gamma, "algorithm": name, "runs": config["runs"],
+                "success_at_budget": float(curve[-1]),
+                "success_at_300": float(curve[min(300, budget - 1)]),
+                "success_at_600": float(curve[min(600, budget - 1)]),
+                "median_first_success": float(np.median(first)),
+                "compile_s": compile_s, "run_s": run_s, "jax_ms_per_run": 1e3 * jax_per_run,
+                "numpy_ms_per_run": 1e3 * base_s, "speedup_per_run": base_s / jax_per_run,
+                "numpy_success_at_budget": float(np.mean(np.asarray(base_first) < budget)),
+                "numpy_runs": config["baseline_runs"],
+            })
+            curves[f"{name}_gamma{gamma}"] = curve
+            arrays[f"first_success_{name}_gamma{gamma}"] = first
+    curve_rows = [{"interactions": int(c), **{k: float(v[c]) for k, v in curves.items()
+                                              if k != "interactions"}}
+                  for c in range(budget)]
+    return {"tables": {"summary": summary, "curves": curve_rows}, "arrays": arrays,
+            "seeds": [config["seed"] + i for i in range(len(config["gammas"]))]}
+
+
+# ----------------------------------------------------------------------------------------
+# The per-run NumPy loops (the baseline a user would otherwise write), same algorithms.
+
+
+def _numpy_env(env):
+    mdp = env.mdp
+    P, R, std, mask = (np.asarray(x) for x in (mdp.P, mdp.R, env.reward_std, mdp.allowed))
+    starts = np.flatnonzero(np.asarray(mdp.rho) > 0)
+    return P, R, std, mask, starts, np.asarray(env.terminal)
+
+
+def _softmax_rows(theta, mask):
+    z = np.where(mask, theta, -np.inf)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _mean_value(P, R, pi, gamma, starts, sweeps):
+    Ppi = np.einsum("sa,sat->st", pi, P)
+    rpi = (pi * R).sum(1)
+    v = np.zeros(len(rpi))
+    for _ in range(sweeps):
+        v = rpi + gamma * Ppi @ v
+    return v[starts].mean()
+
+
+def _numpy_episode(P, R, std, terminal, policies, s, length, rng):
+    """States, actions, rewards of one episode; `policies[t]` is `pi[S, A]` at step t."""
+    out = []
+    for t in range(length):
+        if terminal[s]:
+            break
+        pi = policies[t]
+        a = rng.choice(pi.shape[1], p=pi[s])
+        r = R[s, a] + std[s, a] * rng.standard_normal()
+        out.append((s, a, r))
+        s = rng.choice(P.shape[2], p=P[s, a])
+    return out
+
+
+def numpy_dynpg(env, gamma, budget, eps, j_star, rng, info):
+    """Sampled DynPG, one run of the whole budget, as a NumPy loop; returns the
+    interactions used before the first epsilon-optimal policy (`inf` if none)."""
+    P, R, std, mask, starts, terminal = _numpy_env(env)
+    sweeps = env.max_episode_length + 1
+    tail, used, first = [], 0, np.inf
+    for h in range(info["epochs"]):
+        eta, n = (float(x) for x in dynpg.epoch_schedule(h, dynpg.HParams(gamma), xp=np))
+        theta = np.zeros(R.shape)
+        for _ in range(int(n)):
+            pi = _softmax_rows(theta, mask)
+            if j_star - _mean_value(P, R, pi, gamma, starts, sweeps) <= eps:
+                first = min(first, used)
+            s0 = rng.choice(starts)
+            ep = _numpy_episode(P, R, std, terminal, [pi] + tail[::-1], s0,
+                                min(h + 1, env.max_episode_length), rng)
+            ret = sum(gamma ** t * r for t, (_, _, r) in enumerate(ep))
+            a0 = ep[0][1]
+            grad = -pi[s0] * ret
+            grad[a0] += ret
+            theta[s0] += eta * grad
+            used += len(ep)
+        tail.append(_softmax_rows(theta, mask))
+        if j_star - _mean_value(P, R, tail[-1], gamma, starts, sweeps) <= eps:
+            first = min(first, used)
+    return first
+
+
+def numpy_reinforce(env, gamma, budget, eps, j_star, rng, info):
+    """The REINFORCE baseline, one run of `budget` steps, as a NumPy loop; returns the
+    interactions used before the first epsilon-optimal policy (`inf` if none)."""
+    P, R, std, mask, starts, terminal = _numpy_env(env)
+    sweeps = env.max_episode_length + 1
+    eta = info["reinforce_step_size"]
+    cap = min(int(np.ceil(1 / (1 - gamma) - 1e-9)), env.max_episode_length)
+    theta = np.zeros(R.shape)
+    used, first = 0, np.inf
+    for _ in range(budget):
+        pi = _softmax_rows(theta, mask)
+        if j_star - _mean_value(P, R, pi, gamma, starts, sweeps) <= eps:
+            first = min(first, used)
+        ep = _numpy_episode(P, R, std, terminal, [pi] * cap, rng.choice(starts), cap, rng)
+        G = 0.0
+        for s, a, r in reversed(ep):  # pi stays that of the step's start
+            G = r + gamma * G
+            grad = -pi[s] * G
+            grad[a] += G
+            theta[s] += eta * grad
+        used += len(ep)
+    return first
+
+
+BASELINES = {"dynpg": numpy_dynpg, "reinforce": numpy_reinforce}
