@@ -1,0 +1,190 @@
+"""Algorithms 1 and 2 of the nBw paper, the discounted baseline, and Armijo backtracking."""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsorl import envs, policies
+from dsorl.algorithms import nbw
+from dsorl.bias_gradient import gain_gradient
+from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.mdp import MDP
+from dsorl.planning import nearly_blackwell_optimal, policy_iteration
+
+POLICY = policies.sigmoid(2)  # Env A1 and Env B1 both have two states
+CONFIG = nbw.BarrierConfig(inner_iterations=30, keep_params=True, episode_length=20,
+                           n_episodes=16)
+STARTS = jnp.array([[-3.0, 2.0], [4.0, -6.0], [0.5, 0.5]])
+
+
+@partial(jax.jit, static_argnames="sampled")
+def _runs(mdp, hparams, starts, key, sampled=False):
+    # One compiled program per (shape, algorithm); vmapped over starts.
+    if sampled:
+        fn = lambda w: nbw.run_sampled(mdp, w, hparams, key, policy=POLICY, config=CONFIG)
+    else:
+        fn = lambda w: nbw.run(mdp, w, hparams, policy=POLICY, config=CONFIG)
+    return jax.vmap(fn)(starts)
+
+
+def checked_runs(name, starts=STARTS, sampled=False, key=jax.random.key(0)):
+    mdp, hp = envs.nbw_env(name), nbw.paper_hyperparams(name)
+    nbw.init(mdp, starts[0], hp, policy=POLICY, config=CONFIG)  # entry checks (concrete)
+    return _runs(mdp, hp, starts, key, sampled=sampled)
+
+
+# ----------------------------------------------------------------------------------------
+# Armijo backtracking
+
+
+def _armijo(x, g, d, f, **kw):
+    tx = nbw.armijo_backtracking(**kw)
+    return tx.update(d, tx.init(x), x, value=f(x), grad=g, value_fn=f)
+
+
+def test_armijo_accepts_first_sufficient_increase():
+    f = lambda x: -jnp.sum((x - 3.0) ** 2)
+    x = jnp.zeros(1)
+    g = jax.grad(f)(x)  # 6: alpha = 1 overshoots to x = 6 (no increase), 1/2 lands on 3
+    update, state = _armijo(x, g, g, f)
+    np.testing.assert_allclose(update, [3.0])
+    assert float(state.step_size) == 0.5 and int(state.evaluations) == 2
+    # c close to 1 rejects alpha = 1/2 too: f(3) - f(0) = 9 < c * 0.5 * 36 for c = 0.6
+    update, state = _armijo(x, g, g, f, c=0.6)
+    assert float(state.step_size) == 0.25
+
+
+def test_armijo_rejects_descent_nonfinite_and_unresolvable_steps():
+    f = lambda x: -jnp.sum((x - 3.0) ** 2)
+    x = jnp.zeros(1)
+    g = jax.grad(f)(x)
+    update, state = _armijo(x, g, -g, f)  # descent direction: step 0, no evaluation
+    assert float(update[0]) == 0 and int(state.evaluations) == 0
+    undefined = lambda x: jnp.where(x[0] == 0, 0.0, jnp.nan)  # e.g. a barrier's log(< 0)
+    update, state = _armijo(x, g, g, undefined, max_tries=7)
+    assert float(update[0]) == 0 and int(state.evaluations) == 7
+    tiny = jnp.full(1, 1e-20)  # increase below f's rounding level: give up at once
+    update, state = _armijo(x, tiny, tiny, f)
+    assert float(update[0]) == 0 and int(state.evaluations) == 0
+
+
+def test_armijo_vmaps_over_traced_settings():
+    f = lambda x: -jnp.sum((x - 3.0) ** 2)
+    x = jnp.zeros(1)
+    g = jax.grad(f)(x)
+    steps = jax.jit(jax.vmap(lambda c: _armijo(x, g, g, f, c=c)[1].step_size))(
+        jnp.array([1e-4, 0.6, 0.8]))
+    np.testing.assert_allclose(steps, [0.5, 0.25, 0.125])
+
+
+# ----------------------------------------------------------------------------------------
+# Algorithm 1 (exact)
+
+
+@pytest.mark.parametrize("name", ["A1", "B1"])
+def test_exact_barrier_method_reaches_nbw_optimum(name):
+    state, trace = checked_runs(name)
+    opt = nearly_blackwell_optimal(envs.nbw_env(name))
+    np.testing.assert_allclose(trace.gain[:, -1], opt.gain, atol=1e-6)
+    np.testing.assert_allclose(trace.bias[:, -1], opt.bias[0], atol=1e-3)
+    assert bool(jnp.all(state.in_barrier))
+    # Armijo: the objective never decreases while the phase (and beta) stay the same
+    same = trace.in_barrier[:, 1:] == trace.in_barrier[:, :-1]
+    increase = np.diff(np.asarray(trace.objective), axis=1)
+    assert np.all(increase[same] >= -1e-12 * np.abs(np.asarray(trace.objective)[:, 1:][same]))
+
+
+def test_gain_phase_ends_at_first_small_gain_gradient():
+    _, trace = checked_runs("B1")
+    mdp, eps = envs.nbw_env("B1"), PAPER_SETTINGS["gain_phase_tolerance"]
+    norms = jax.vmap(jax.vmap(lambda w: jnp.linalg.norm(gain_gradient(mdp, POLICY, w))))(
+        trace.params)
+    first_small = np.argmax(np.asarray(norms) < eps, axis=1)
+    np.testing.assert_array_equal(np.argmax(np.asarray(trace.in_barrier), axis=1), first_small)
+    assert np.all(first_small > 0)  # B1 starts away from gain optimality
+
+
+def test_run_variants_eager_jit_and_vmap_over_equal_size_mdps():
+    names = ("A1", "B1")
+    mdps = [envs.nbw_env(n) for n in names]
+    hps = [nbw.paper_hyperparams(n) for n in names]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *mdps)
+    stacked_hp = jax.tree_util.tree_map(lambda *xs: jnp.asarray(xs), *hps)
+    batched = jax.jit(jax.vmap(_runs.__wrapped__, (0, 0, None, None)))(
+        stacked, stacked_hp, STARTS, jax.random.key(0))[1]
+    small = nbw.BarrierConfig(inner_iterations=3)
+    eager = nbw.run(mdps[1], STARTS[0], hps[1], policy=POLICY, config=small)[1]
+    jitted = jax.jit(lambda w: nbw.run(mdps[1], w, hps[1], policy=POLICY, config=small))(
+        STARTS[0])[1]
+    np.testing.assert_allclose(eager.bias, jitted.bias, rtol=1e-12)
+    for i, name in enumerate(names):
+        single = checked_runs(name)[1]
+        for field in ("objective", "gain", "bias", "step_size"):
+            np.testing.assert_allclose(getattr(batched, field)[i], getattr(single, field),
+                                       rtol=1e-9, atol=1e-12)
+
+
+def test_barrier_warm_start_and_infeasible_start():
+    mdp, hp = envs.nbw_env("B1"), nbw.paper_hyperparams("B1")
+    opt = nearly_blackwell_optimal(mdp)
+    start = jnp.array([-3.0, -3.0])  # mostly a1 (the high-gain action): g > g* - slack
+    state = nbw.init(mdp, start, hp, policy=POLICY, config=CONFIG, gain_reference=opt.gain)
+    assert bool(state.in_barrier) and float(state.beta) == hp.barrier_init
+    far = jnp.array([6.0, 6.0])  # mostly a0, the low-gain action: gain about 0.7
+    with pytest.raises(ValueError, match="strictly feasible"):
+        nbw.run(mdp, far, hp, policy=POLICY, config=CONFIG, gain_reference=opt.gain)
+
+
+def test_entry_point_errors():
+    P = np.zeros((2, 2, 2))
+    P[0, :, 0] = P[1, :, 1] = 1
+    multichain = MDP(P, np.ones((2, 2)), np.array([1.0, 0.0]))
+    hp, w = nbw.paper_hyperparams("B1"), jnp.zeros(2)
+    with pytest.raises(ValueError, match="multichain"):
+        nbw.run(multichain, w, hp, policy=POLICY, config=CONFIG)
+    mdp = envs.nbw_env("B1")
+    for field in ("barrier_init", "slack", "gain_tolerance", "barrier_divisor"):
+        for bad in (0.0, -1.0):
+            with pytest.raises(ValueError, match=field):
+                nbw.run(mdp, w, hp._replace(**{field: bad}), policy=POLICY, config=CONFIG)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="n_episodes"):
+        nbw.run_sampled(mdp, w, hp, key, policy=POLICY, config=CONFIG._replace(n_episodes=0))
+    with pytest.raises(ValueError, match="episode_length"):
+        nbw.run_sampled(mdp, w, hp, key, policy=POLICY, config=CONFIG._replace(episode_length=1))
+    with pytest.raises(ValueError, match="discount"):
+        nbw.discounted_run(mdp, w, nbw.DiscountedHyperparams(gamma=1.0), policy=POLICY)
+
+
+# ----------------------------------------------------------------------------------------
+# Algorithm 2 (sampled) and the discounted baseline
+
+
+def test_sampled_barrier_method_runs_reproducibly_and_improves_bias():
+    key = jax.random.key(7)
+    state, trace = checked_runs("B1", sampled=True, key=key)
+    again = checked_runs("B1", sampled=True, key=key)[1]
+    other = checked_runs("B1", sampled=True, key=jax.random.key(8))[1]
+    np.testing.assert_array_equal(trace.bias, again.bias)
+    assert not np.allclose(trace.params, other.params)
+    assert np.all(np.isfinite(np.asarray(trace.objective)))
+    # B1's gain-optimal policies all keep a1_1 at s1; the sampled method ends at g* = 4
+    # with the optimal bias -1 up to its sampling noise.
+    np.testing.assert_allclose(trace.gain[:, -1], 4.0, atol=1e-3)
+    np.testing.assert_allclose(trace.bias[:, -1], -1.0, atol=0.05)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.95])
+def test_discounted_baseline_approaches_the_discounted_optimum(gamma):
+    mdp = envs.nbw_env("A1")
+    hp = nbw.DiscountedHyperparams(gamma, tolerance=1e-4)
+    state, trace = jax.jit(jax.vmap(lambda w, g: nbw.discounted_run(
+        mdp, w, hp._replace(gamma=g), policy=POLICY, config=CONFIG), (0, None)))(
+        STARTS, gamma)
+    best = (1 - gamma) * float(policy_iteration(mdp, gamma).value[0])
+    objective = np.asarray(trace.objective)
+    assert np.all(np.diff(objective, axis=1) >= -1e-12)
+    assert np.all(objective[:, -1] <= best + 1e-12)
+    np.testing.assert_allclose(objective[:, -1], best, atol=2e-2 * abs(best))
