@@ -104,13 +104,15 @@ class BarrierState(NamedTuple):
 
 class Trace(NamedTuple):
     """Per iteration, before its step: objective, gain, bias at s0, norm of the (sampled)
-    gradient of the objective, accepted step length, phase; `params` if kept."""
+    gradient of the objective, accepted step length, number of objective evaluations of
+    the line search, phase; `params` if kept."""
 
     objective: Array
     gain: Array
     bias: Array
     grad_norm: Array
     step_size: Array
+    evaluations: Array
     in_barrier: Array
     params: Any = None
 
@@ -191,7 +193,8 @@ def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, pol
     update, line_search, step_size = _natural_armijo_step(
         flat, grad, precond, objective, value, state.line_search, config)
     new = BarrierState(unravel(flat + update), in_barrier, gain_ref, beta, line_search)
-    row = Trace(objective, ev.gain, ev.bias, jnp.linalg.norm(grad), step_size, in_barrier,
+    row = Trace(objective, ev.gain, ev.bias, jnp.linalg.norm(grad), step_size,
+                line_search.evaluations, in_barrier,
                 state.params if config.keep_params else None)
     return new, row
 
@@ -291,7 +294,8 @@ def discounted_run(mdp: MDP, params0, hparams: DiscountedHyperparams, key=None, 
         update, step_size = jnp.where(stopped, 0, update), jnp.where(stopped, 0, step_size)
         chain = induced_chain(mdp, policy.probs(state.params))
         row = Trace(f, gain(chain), bias(chain)[s0], jnp.linalg.norm(grad), step_size,
-                    jnp.asarray(False), state.params if config.keep_params else None)
+                    line_search.evaluations, jnp.asarray(False),
+                    state.params if config.keep_params else None)
         return DiscountedState(unravel(flat + update), stopped, line_search), row
 
     state = DiscountedState(params0, jnp.asarray(False), _line_search(config).init(flat0))

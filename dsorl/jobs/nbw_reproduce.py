@@ -1,0 +1,126 @@
+"""Reproduction of Dewanto & Gallagher's Fig. 6 (arXiv 2105.13609, §7.1): nBw PG vs discounted PG.
+
+For each environment (A1..B3) and each start on the sigmoid-parameter grid: the exact
+barrier method (Algorithm 1), the sampled one (Algorithm 2, `sampling.seeds` seeds of
+`sampling.episodes` episodes per step) and natural discounted PG for the paper's three
+discount factors, `iterations` steps each. Every method is one jitted, `vmap`ped call per
+environment (and per seed), timed with the compile apart. Output: per environment and
+method, the mean and standard deviation over starts of `|h_final(s0) - h*(s0)|` and of the
+gain gap `g* - g_final` (sampled: averaged over seeds per start first, as the authors'
+plots do), next to the authors' reported mean bias errors; the final gains/biases and the
+gain and bias landscapes as arrays for the figures (`benchmarks/nbw_reproduce.py`).
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl import envs, policies
+from dsorl.algorithms import nbw
+from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.markov import bias, gain
+from dsorl.mdp import induced_chain
+
+# Mean absolute bias errors of the authors' code (Fig. 6 of arXiv 2105.13609, the numbers
+# printed on its error maps), as quoted in this project's issue #3; B1 sampled not given.
+REFERENCE_BIAS_ERROR = {
+    "nbw_exact": {"A1": 0.000, "A2": 0.059, "A3": 0.147, "B1": 0.000, "B2": 0.634, "B3": 0.751},
+    "nbw_sampled": {"A1": 0.122, "A2": 1.191, "A3": 0.247, "B2": 6.598, "B3": 1.428},
+}
+
+DEFAULTS = {
+    "envs": list(envs.NBW_NAMES),
+    "methods": ["nbw_exact", "nbw_sampled", "discounted"],
+    "grid": {"low": -10.0, "high": 10.0, "step": 0.5},
+    "iterations": 100,
+    "outer_iterations": 1,
+    "sampling": {"seeds": 10, "episodes": 16, "baseline": True, "post_mixing": "score"},
+    "seed": 0,
+    "output_dir": "benchmarks/results/nbw_reproduce",
+}
+
+
+def run(config: dict) -> dict:
+    """`{"tables": {"summary": rows}, "arrays": final values and landscapes, "seeds": ...}`."""
+    grid = policies.sigmoid_grid(**config["grid"], dtype=jnp.float64)
+    arrays = {"grid": np.asarray(grid)}
+    rows = []
+    for name in config["envs"]:
+        mdp, ref = envs.nbw_env(name), envs.nbw_reference(name)
+        policy = policies.sigmoid(mdp.n_states)
+        arrays[f"{name}/gain_landscape"], arrays[f"{name}/bias_landscape"] = _landscapes(
+            mdp, policy, grid)
+        for method, label, fn, n_seeds in _methods(name, mdp, policy, config):
+            finals, compile_s, run_s = _timed_runs(fn, grid, n_seeds, config["seed"])
+            g, h = finals  # [seeds, starts]
+            arrays[f"{name}/{label}/gain"], arrays[f"{name}/{label}/bias"] = g, h
+            bias_err = np.abs(h - ref["optimal_bias_s0"]).mean(axis=0)
+            gain_gap = (ref["optimal_gain"] - g).mean(axis=0)
+            rows.append({
+                "env": name, "method": label, "starts": len(grid), "seeds": n_seeds,
+                "bias_err_mean": float(np.mean(bias_err)), "bias_err_std": float(np.std(bias_err)),
+                "reference_bias_err": REFERENCE_BIAS_ERROR.get(method, {}).get(name, float("nan")),
+                "gain_gap_mean": float(np.mean(gain_gap)), "gain_gap_std": float(np.std(gain_gap)),
+                "nonfinite": int(np.sum(~np.isfinite(h))),
+                "compile_s": compile_s, "run_s": run_s,
+            })
+    return {"tables": {"summary": rows}, "arrays": arrays,
+            "seeds": {"base": config["seed"], "sampled": config["sampling"]["seeds"]}}
+
+
+def _methods(name, mdp, policy, config):
+    """`(method, label, fn(starts, key) -> (gain[N], bias[N]), seeds)` for each method."""
+    ref = envs.nbw_reference(name)
+    sampling = config["sampling"]
+    barrier = nbw.BarrierConfig(
+        inner_iterations=config["iterations"], outer_iterations=config["outer_iterations"],
+        episode_length=ref["episode_length"], n_episodes=sampling["episodes"],
+        baseline=sampling["baseline"], post_mixing=sampling["post_mixing"])
+    hp = nbw.paper_hyperparams(name)
+    nbw.init(mdp, jnp.zeros(2), hp, policy=policy, config=barrier)  # entry checks, concrete
+    finals = lambda trace: (trace.gain[:, -1], trace.bias[:, -1])
+    out = []
+    for method in config["methods"]:
+        if method == "nbw_exact":
+            fn = lambda w, key: finals(jax.vmap(
+                lambda w0: nbw.run(mdp, w0, hp, policy=policy, config=barrier)[1])(w))
+            out.append((method, method, fn, 1))
+        elif method == "nbw_sampled":
+            fn = lambda w, key: finals(jax.vmap(
+                lambda w0: nbw.run_sampled(mdp, w0, hp, key, policy=policy,
+                                           config=barrier)[1])(w))
+            out.append((method, method, fn, sampling["seeds"]))
+        elif method == "discounted":
+            for gamma in PAPER_SETTINGS["discounts"][name]:
+                dhp = nbw.DiscountedHyperparams(gamma, PAPER_SETTINGS["gain_phase_tolerance"])
+                fn = lambda w, key, dhp=dhp: finals(jax.vmap(
+                    lambda w0: nbw.discounted_run(mdp, w0, dhp, policy=policy,
+                                                  config=barrier)[1])(w))
+                out.append((method, f"discounted_{gamma:g}", fn, 1))
+        else:
+            raise ValueError(f"unknown method {method!r}; choose from nbw_exact, nbw_sampled,"
+                             " discounted.")
+    return out
+
+
+def _timed_runs(fn, grid, n_seeds, seed):
+    """Compile once (timed apart), then one call per seed; returns `[seeds, starts]` finals."""
+    keys = jax.random.split(jax.random.key(seed), n_seeds)
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(grid, keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    results = [jax.block_until_ready(compiled(grid, k)) for k in keys]
+    run_s = time.perf_counter() - start
+    g = np.stack([np.asarray(r[0]) for r in results])
+    h = np.stack([np.asarray(r[1]) for r in results])
+    return (g, h), compile_s, run_s
+
+
+def _landscapes(mdp, policy, grid):
+    def one(w):
+        chain = induced_chain(mdp, policy(w))
+        return gain(chain), bias(chain)[0]
+    g, h = jax.jit(jax.vmap(one))(grid)
+    return np.asarray(g), np.asarray(h)
