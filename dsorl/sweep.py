@@ -387,7 +387,7 @@ class _Program:
                 out.update({f"trace:{k}": v[::trace_every] for k, v in keep.items()})
             return out
 
-        # programs are cached across sweeps (a rerun, or a grid of another size, reuses the
+        # programs are cached across sweeps (a rerun or a resumed sweep reuses the
         # compiled executable): the key holds everything `member` closes over
         key = (_token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
                trace_every, grid.names, sizes, tuple(mesh.devices.flat),
