@@ -148,7 +148,7 @@ def test_error_bounds_hold_along_a_run():
 
 def test_run_variants_over_gamma_and_step_scale():
     mdp = _masked_mdp()
-    cfg = dynpg.Config(max_epochs=4, optimizer=optax.sgd)
+    cfg = dynpg.Config(max_epochs=3, optimizer=optax.sgd)
 
     def final_objective(gamma, scale):
         return dynpg.run(mdp, jnp.zeros((4, 3)), dynpg.HParams(gamma, scale),
@@ -170,7 +170,7 @@ def test_sampled_bandit_gradient_mean_matches_exact():
                           for _ in range(3)])
     theta = jnp.asarray(rng.normal(size=(S, A)))
     epoch = 2
-    m = 40000
+    m = 20000
     grads, used = jax.jit(jax.vmap(lambda k: dynpg.sampled_bandit_gradient(
         k, mdp, theta, log_tail, epoch, 0.99, batch_size=1, episode_length=3,
         reward_std=env.reward_std)))(jax.random.split(jax.random.key(1), m))
@@ -184,12 +184,15 @@ def test_sampled_bandit_gradient_mean_matches_exact():
     exact = np.asarray(dynpg.softmax_bandit_gradient(theta, jnp.asarray(q), mdp.rho,
                                                      mdp.action_mask))
     grads = np.asarray(grads)
-    rows = [1, 2, 4, 5]  # only rows with non-zero rho carry signal
-    for s in rows:
-        allowed = np.asarray(mdp.action_mask)[s]
-        g = grads[:, s, allowed]
-        se = g.std(0, ddof=1) / np.sqrt(m)
-        assert np.all(np.abs(g.mean(0) - exact[s, allowed]) <= 5 * se + 1e-12), s
+    allowed = np.asarray(mdp.action_mask)
+    # states 2, 4, 5: every coordinate; state 1 (300 actions, a few rarely drawn, whose
+    # sample standard errors are unreliable): 4 random linear functionals of its row
+    checks = [grads[:, s, allowed[s]] - exact[s, allowed[s]] for s in (2, 4, 5)]
+    directions = rng.normal(size=(300, 4))
+    checks.append((grads[:, 1, :300] - exact[1, :300]) @ directions)
+    for c in checks:
+        se = c.std(0, ddof=1) / np.sqrt(m)
+        assert np.all(np.abs(c.mean(0)) <= 5 * se + 1e-12)
     assert np.all(grads[:, [0, 3, 6]] == 0)
     # interactions: one per step from s0, until the terminal state or the horizon (3)
     assert 1 <= int(np.min(used)) and int(np.max(used)) <= 3
@@ -202,14 +205,14 @@ def test_sampled_run_counts_interactions_and_learns():
                        episode_length=3, evaluation_sweeps=4)
     run = jax.jit(jax.vmap(lambda k: dynpg.run(mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(0.99),
                                                k, config=cfg, reward_std=env.reward_std)))
-    state, (epochs, steps) = run(jax.random.split(jax.random.key(0), 64))
+    state, (epochs, steps) = run(jax.random.split(jax.random.key(0), 32))
     # epoch 0 has horizon 1: exactly one interaction per step (every s0 is non-terminal)
     np.testing.assert_array_equal(epochs.interactions[:, 0], 45)
     np.testing.assert_array_equal(epochs.steps[0], [45, 135, 269])
     valid = np.asarray(steps.valid[0])
     assert valid.sum(axis=-1).tolist() == [45, 90, 134]
     inter = np.asarray(steps.interactions)
-    assert np.all(np.diff(inter.reshape(64, -1), axis=1) >= 0)
+    assert np.all(np.diff(inter.reshape(32, -1), axis=1) >= 0)
     ref = sutton_extended_reference(0.99)
     gap = ref["mean_v_star"] - np.asarray(epochs.objective)
     assert np.all(gap >= -1e-12)
@@ -219,6 +222,22 @@ def test_sampled_run_counts_interactions_and_learns():
     assert np.mean(gap[:, -1] < 0.1 * uniform_gap) > 0.5
     # the first recorded step of each epoch is the uniform restart
     np.testing.assert_allclose(steps.objective[:, :, 0], ref["mean_v_uniform"], atol=1e-6)
+
+
+def test_sparse_sgd_matches_optax_sgd():
+    """The default optimiser (plain SGD on the sampled rows) gives the numbers of
+    `optax.sgd` on the dense gradient, key for key."""
+    mdp = _masked_mdp()
+    out = []
+    for optimizer in (None, optax.sgd):
+        cfg = dynpg.Config(max_epochs=3, estimator="reinforce", max_steps_per_epoch=20,
+                           schedule="constant", optimizer=optimizer, batch_size=2)
+        state, (epochs, steps) = jax.jit(lambda k: dynpg.run(
+            mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(0.9, 0.5, 20.0), k, config=cfg,
+            reward_std=jnp.ones(mdp.R.shape)))(jax.random.key(4))
+        out.append((state.params, steps.objective, epochs.interactions))
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_bad_input():

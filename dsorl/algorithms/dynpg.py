@@ -60,7 +60,9 @@ class HParams(NamedTuple):
 class Config:
     """Static choices. `max_epochs`: number of epochs (horizon of the output policy);
     `schedule`: "adaptive" (authors) or "constant"; `optimizer`: `lr -> optax
-    GradientTransformation` (applied to the negated gradient, so it ascends);
+    GradientTransformation` (applied to the negated gradient, so it ascends), or None for
+    plain gradient ascent `theta += eta g` (the authors'; in sampled runs it updates only
+    the sampled rows, with the same numbers as `optax.sgd`);
     `estimator`: "exact" or "reinforce"; `solver`: "gradient" or "greedy" (each bandit
     solved exactly by argmax: DynPG is then backward induction); `evaluate`: trace the
     exact stationary value of the newest policy. Sampled runs only: `batch_size`
@@ -72,7 +74,7 @@ class Config:
 
     max_epochs: int
     schedule: str = "adaptive"
-    optimizer: Callable = optax.sgd
+    optimizer: Optional[Callable] = None
     estimator: str = "exact"
     solver: str = "gradient"
     evaluate: bool = True
@@ -252,7 +254,7 @@ def _exact_epoch(mdp, params0, hparams, config, std, state):
     eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
     if config.solver == "greedy":
         n_steps = jnp.int32(0)
-    tx = config.optimizer(eta)
+    tx = (config.optimizer or optax.sgd)(eta)
     theta = jnp.asarray(params0, q.dtype)
 
     def step(_, carry):
@@ -277,57 +279,112 @@ def sampled_bandit_gradient(key: Array, mdp: MDP, theta: Array, log_tail: Array,
     in closed form for the tabular softmax: `grad log pi(a|s) = e_s (e_a - pi(.|s))`).
     Returns `(grad[S, A], interactions used)`; unbiased for `softmax_bandit_gradient`.
     """
-    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
-    pi = policy.probs(theta)
-    tail = jnp.exp(log_tail)
-    T = episode_length
+    pi = tabular_softmax(*mdp.R.shape, mdp.action_mask).probs(theta)
+    s0, rows, used = _bandit_rows(key, mdp, pi, jnp.exp(log_tail), epoch, gamma,
+                                  batch_size, episode_length, reward_std)
+    return jnp.zeros_like(theta).at[s0].add(rows) / batch_size, used
 
+
+def _bandit_rows(key, mdp, pi, tail, epoch, gamma, batch_size, length, reward_std):
+    """Episodes of epoch `epoch` -> `(s_0[B], rows[B, A], interactions)`, the gradient
+    estimate being `sum_b e_{s_0^b} rows[b] / B`."""
     def policy_at(t, s):  # pi_theta at t = 0, then the frozen policies, newest first
         return jnp.where(t == 0, pi[s], tail[jnp.maximum(epoch - t, 0), s])
 
-    episodes = jax.vmap(lambda k: sample_episode(k, mdp, policy_at, T, reward_std=reward_std)
+    episodes = jax.vmap(lambda k: sample_episode(k, mdp, policy_at, length,
+                                                 reward_std=reward_std)
                         )(jax.random.split(key, batch_size))
-    horizon = epoch + 1
-    alive = jnp.arange(T) < horizon
-    discounts = gamma ** jnp.arange(T, dtype=pi.dtype)
+    alive = jnp.arange(length) < epoch + 1
+    discounts = gamma ** jnp.arange(length, dtype=pi.dtype)
     returns = jnp.sum(jnp.where(alive, discounts * episodes.rewards, 0), axis=-1)
     s0, a0 = episodes.states[:, 0], episodes.actions[:, 0]
-    score = jax.nn.one_hot(a0, pi.shape[-1], dtype=pi.dtype) - pi[s0]
-    grad = jnp.zeros_like(theta).at[s0].add(returns[:, None] * score) / batch_size
+    rows = returns[:, None] * (jax.nn.one_hot(a0, pi.shape[-1], dtype=pi.dtype) - pi[s0])
     terminal = absorbing_states(mdp)
-    used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, horizon))(episodes),
+    used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, epoch + 1))(episodes),
                    dtype=jnp.int32)
-    return grad, used
+    return s0, rows, used
 
 
 def _sampled_epoch(mdp, params0, hparams, config, std, state):
     q = _bandit_q(mdp, hparams.gamma, state.tail_value)
     eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
-    tx = config.optimizer(eta)
     policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
-
-    def step(carry, k):
-        theta, opt_state, count, key = carry
-        key, sub = jax.random.split(key)
-        grad, used = sampled_bandit_gradient(
-            sub, mdp, theta, state.log_tail, state.epoch, hparams.gamma,
-            batch_size=config.batch_size,
-            episode_length=config.episode_length or config.max_epochs, reward_std=std)
-        live = k < n_steps
-        row = StepTrace(live, count, _objective(mdp, policy.probs(theta), hparams.gamma, config))
-        updates, new_opt = tx.update(-grad, opt_state, theta)
-        theta = jnp.where(live, optax.apply_updates(theta, updates), theta)
-        opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,
-                                           opt_state)
-        return (theta, opt_state, count + jnp.where(live, used, 0), key), row
-
+    tail = jnp.exp(state.log_tail)
+    length = config.episode_length or config.max_epochs
     theta = jnp.asarray(params0, q.dtype)
-    carry = (theta, tx.init(theta), state.interactions, state.key)
-    (theta, _, count, key), steps = lax.scan(step, carry,
-                                             jnp.arange(config.max_steps_per_epoch))
+    if config.optimizer is None:
+        step, carry = _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps,
+                                       theta, length)
+    else:
+        tx = config.optimizer(eta)
+
+        def step(carry, k):
+            theta, opt_state, count, key = carry
+            key, sub = jax.random.split(key)
+            pi = policy.probs(theta)
+            s0, rows, used = _bandit_rows(sub, mdp, pi, tail, state.epoch, hparams.gamma,
+                                          config.batch_size, length, std)
+            grad = jnp.zeros_like(theta).at[s0].add(rows) / config.batch_size
+            live = k < n_steps
+            row = StepTrace(live, count, _objective(mdp, pi, hparams.gamma, config))
+            updates, new_opt = tx.update(-grad, opt_state, theta)
+            theta = jnp.where(live, optax.apply_updates(theta, updates), theta)
+            opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,
+                                               opt_state)
+            return (theta, opt_state, count + jnp.where(live, used, 0), key), row
+
+        carry = (theta, tx.init(theta), state.interactions, state.key)
+    carry, steps = lax.scan(step, carry, jnp.arange(config.max_steps_per_epoch))
+    theta, count, key = carry[0], carry[-2], carry[-1]
     new, row = _finish_epoch(mdp, hparams, config, state._replace(key=key), theta, q, eta,
                              n_steps, count)
     return new, (row, steps)
+
+
+def _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps, theta, length):
+    """Plain SGD touching only the rows of the sampled contexts: the same numbers as
+    `optax.sgd`, but `pi` and the chain `(P_pi, r_pi)` are updated row by row instead of
+    recomputed, which keeps a step's memory traffic to a few rows (large vmaps are
+    memory-bound)."""
+    allowed = mdp.allowed
+    low = jnp.finfo(theta.dtype).min / 2
+
+    def row_policy(rows, s):
+        return jax.nn.softmax(jnp.where(allowed[s], rows, low), axis=-1)
+
+    def chain_rows(pi_rows, s):
+        return (jnp.einsum("ba,bat->bt", pi_rows, mdp.P[s]),
+                jnp.sum(pi_rows * jnp.where(allowed[s], mdp.R[s], 0), axis=-1))
+
+    def step(carry, k):
+        theta, pi, P_pi, r_pi, count, key = carry
+        key, sub = jax.random.split(key)
+        s0, rows, used = _bandit_rows(sub, mdp, pi, tail, state.epoch, hparams.gamma,
+                                      config.batch_size, length, std)
+        live = k < n_steps
+        value = _chain_objective(mdp, P_pi, r_pi, hparams.gamma, config)
+        theta = theta.at[s0].add(jnp.where(live, eta / config.batch_size, 0) * rows)
+        new_pi = row_policy(theta[s0], s0)
+        new_P, new_r = chain_rows(new_pi, s0)
+        carry = (theta, pi.at[s0].set(new_pi), P_pi.at[s0].set(new_P), r_pi.at[s0].set(new_r),
+                 count + jnp.where(live, used, 0), key)
+        return carry, StepTrace(live, count, value)
+
+    S = mdp.n_states
+    pi = row_policy(theta, jnp.arange(S))
+    P_pi, r_pi = chain_rows(pi, jnp.arange(S))
+    return step, (theta, pi, P_pi, r_pi, state.interactions, state.key)
+
+
+def _chain_objective(mdp, P_pi, r_pi, gamma, config):
+    if not config.evaluate:
+        return jnp.full((), jnp.nan, r_pi.dtype)
+    if config.evaluation_sweeps is None:
+        v = jnp.linalg.solve(jnp.eye(mdp.n_states, dtype=P_pi.dtype) - gamma * P_pi, r_pi)
+    else:
+        v = lax.fori_loop(0, config.evaluation_sweeps, lambda _, v: r_pi + gamma * P_pi @ v,
+                          jnp.zeros_like(r_pi))
+    return mdp.rho @ v
 
 
 def _objective(mdp, pi, gamma, config):

@@ -126,5 +126,5 @@ def sample_episode(key: Array, mdp: MDP, policy_at: Callable, length: int, *,
 
 def _draw(probs: Array, u) -> Array:
     """Index `i` with `cdf[i-1] <= u * total < cdf[i]`: never a zero-probability entry."""
-    cdf = jnp.cumsum(probs)
+    cdf = lax.associative_scan(jnp.add, probs)  # XLA:CPU lowers cumsum quadratically
     return jnp.argmax(cdf > u * cdf[-1]).astype(jnp.int32)
