@@ -216,12 +216,19 @@ def run(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, config: Confi
     hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
     validate(mdp, hparams, config)
     std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
-    epoch_fn = _exact_epoch if config.estimator == "exact" else _sampled_epoch
 
     def body(state, _):
-        return epoch_fn(mdp, params0, hparams, config, std, state)
+        return step(mdp, params0, hparams, state, config=config, reward_std=std)
 
     return lax.scan(body, init(mdp, params0, key, config), None, length=config.max_epochs)
+
+
+def step(mdp: MDP, params0: Array, hparams: HParams, state: State, *, config: Config,
+         reward_std: Optional[Array] = None):
+    """One epoch (the horizon grows by one) -> `(State, trace row)`; see `run`."""
+    std = jnp.zeros_like(mdp.R) if reward_std is None else reward_std
+    epoch = _exact_epoch if config.estimator == "exact" else _sampled_epoch
+    return epoch(mdp, params0, hparams, config, std, state)
 
 
 def _bandit_q(mdp: MDP, gamma, tail_value):
