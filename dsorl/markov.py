@@ -25,6 +25,7 @@ from jax import lax
 
 from dsorl import _checks
 from dsorl._struct import pytree_dataclass
+from dsorl.gamma_sweep import resolvent_solve
 
 Array = jax.Array
 
@@ -227,14 +228,16 @@ def _require_unichain(chain: Chain, what: str) -> None:
 # compiled call instead of an op-by-op dispatch; inlined when traced from outside).
 
 
+# `resolvent_solve`: one LU of I - gamma P, or, under vmap over gamma of one chain, one
+# Hessenberg reduction shared by all gammas (dsorl.gamma_sweep).
 @jax.jit
 def _discounted_value(chain: Chain, gamma) -> Array:
-    return jnp.linalg.solve(_eye_like(chain.P) - gamma * chain.P, chain.r)
+    return resolvent_solve(chain.P, gamma, chain.r)
 
 
 @partial(jax.jit, static_argnums=3)
 def _occupancy(chain: Chain, rho: Array, gamma, normalised: bool) -> Array:
-    m = jnp.linalg.solve((_eye_like(chain.P) - gamma * chain.P).T, rho)
+    m = resolvent_solve(chain.P, gamma, rho, transpose=True)
     return (1 - gamma) * m if normalised else m
 
 
