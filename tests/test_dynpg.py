@@ -85,6 +85,22 @@ def test_greedy_bandits_give_backward_induction(make):
     assert int(state.epoch) == H and int(state.steps) == 0
 
 
+def test_exact_dynpg_solves_a_slippery_gridworld():
+    from dsorl.envs.gridworld import gridworld
+
+    env = gridworld(["S..", ".#G", "..X"], slip=0.2, step_reward=-0.05)
+    mdp = env.mdp
+    rho = np.where(env.terminal, 0.0, 1.0)
+    mdp = MDP(mdp.P, mdp.R, rho / rho.sum(), action_mask=mdp.action_mask)  # full support
+    cfg = dynpg.Config(max_epochs=30)
+    _, trace = jax.jit(lambda: dynpg.run(mdp, jnp.zeros(mdp.R.shape),
+                                         dynpg.HParams(GAMMA, 1.0, 2000.0),
+                                         jax.random.key(0), config=cfg))()
+    v_star = _bellman_iterates(mdp, GAMMA, 400)[-1]
+    gap = float(np.asarray(mdp.rho) @ v_star) - np.asarray(trace.objective)
+    assert np.all(gap > -1e-12) and gap[-1] < 1e-2 * gap[0]
+
+
 def test_bandit_objective_equals_rollout_enumeration():
     """J_h = mu . V_{h+1}: the expected discounted return of h + 1 steps with the fresh
     policy first and the frozen ones after it, by enumerating every path."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
+from dsorl.policies import tabular_softmax
 
 DEFAULTS = {
     "gammas": [0.99, 0.9],
@@ -100,8 +101,6 @@ def _programs(env, gamma, config):
 
 
 def _log_policy(mdp, theta):
-    from dsorl.policies import tabular_softmax
-
     return tabular_softmax(*mdp.R.shape, mdp.action_mask).log_probs(theta)
 
 
