@@ -21,17 +21,17 @@ from dsorl.results import format_table, write_results  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plot(curves: list, config: dict, out: Path) -> None:
+def plot(arrays: dict, config: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [r["interactions"] for r in curves]
+    x = range(config["interactions"])
     fig, axes = plt.subplots(1, len(config["gammas"]), figsize=(5.5 * len(config["gammas"]), 4))
     for ax, gamma in zip(list(axes) if len(config["gammas"]) > 1 else [axes], config["gammas"]):
         for name, style in (("dynpg", "-"), ("reinforce", "--")):
-            ax.plot(x, [r[f"{name}_gamma{gamma}"] for r in curves], style,
+            ax.plot(x, arrays[f"success_curve_{name}_gamma{gamma}"], style,
                     label="DynPG" if name == "dynpg" else "REINFORCE")
         ax.set_title(f"Sutton-extended, γ = {gamma}, ε = {config['epsilon']}")
         ax.set_xlabel("environment interactions")
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     print(f"\n== summary ==\n{format_table(result['tables']['summary'], '.4g')}")
     out = write_results(ROOT / cfg["output_dir"], cfg, tables=result["tables"],
                         arrays=result["arrays"], seeds=result["seeds"])
-    plot(result["tables"]["curves"], cfg, out)
+    plot(result["arrays"], cfg, out)
     print(f"\nresults written to {out}/")
     return 0
 

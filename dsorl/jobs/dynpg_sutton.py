@@ -34,6 +34,7 @@ DEFAULTS = {
     "seed": 0,
     "baseline_runs": 20,
     "repeats": 1,
+    "curve_table_every": 25,
     "output_dir": "benchmarks/results/dynpg_sutton",
 }
 
@@ -105,7 +106,8 @@ def _log_policy(mdp, theta):
 
 
 def run(config: dict) -> dict:
-    """Tables `summary` and `curves`; arrays of first-success interaction counts."""
+    """Tables `summary` and `curves` (every `curve_table_every` interactions); arrays:
+    first-success interaction counts per run and the full-resolution success curves."""
     jax.config.update("jax_enable_x64", True)
     env = sutton_extended()
     budget = config["interactions"]
@@ -139,6 +141,8 @@ def run(config: dict) -> dict:
                 "success_at_budget": float(curve[-1]),
                 "success_at_300": float(curve[min(300, budget - 1)]),
                 "success_at_600": float(curve[min(600, budget - 1)]),
+                # interactions before the first success (runs continue past the budget;
+                # inf when more than half never succeed)
                 "median_first_success": float(np.median(first)),
                 "compile_s": compile_s, "run_s": run_s, "jax_ms_per_run": 1e3 * jax_per_run,
                 "numpy_ms_per_run": 1e3 * base_s, "speedup_per_run": base_s / jax_per_run,
@@ -147,9 +151,11 @@ def run(config: dict) -> dict:
             })
             curves[f"{name}_gamma{gamma}"] = curve
             arrays[f"first_success_{name}_gamma{gamma}"] = first
+            arrays[f"success_curve_{name}_gamma{gamma}"] = curve
+    every = max(1, config["curve_table_every"])
     curve_rows = [{"interactions": int(c), **{k: float(v[c]) for k, v in curves.items()
                                               if k != "interactions"}}
-                  for c in range(budget)]
+                  for c in sorted(set(range(0, budget, every)) | {budget - 1})]
     return {"tables": {"summary": summary, "curves": curve_rows}, "arrays": arrays,
             "seeds": [config["seed"] + i for i in range(len(config["gammas"]))]}
 
