@@ -66,8 +66,8 @@ def test_sutton_extended_reward_noise():
     mdp = env.mdp
     pi = dsorl.policies.tabular_softmax(7, 300, mdp.action_mask).probs(jnp.zeros((7, 300)))
     n = 8000
-    eps = jax.vmap(lambda k: sample_episode(k, mdp, lambda t, s: pi[s], 1,
-                                            reward_std=env.reward_std))(
+    eps = jax.jit(jax.vmap(lambda k: sample_episode(k, mdp, lambda t, s: pi[s], 1,
+                                                    reward_std=env.reward_std)))(
         jax.random.split(jax.random.key(3), n))
     s0 = np.asarray(eps.states[:, 0])
     r = np.asarray(eps.rewards[:, 0])[s0 == 1]

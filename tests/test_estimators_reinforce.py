@@ -63,8 +63,10 @@ def test_reinforce_gradient_on_a_fixed_episode():
                 w = gamma ** t if discount_steps else 1
                 s, a = int(ep.states[t]), int(ep.actions[t])
                 ref[s] += w * G * _score(pi[s], a)
-            got = reinforce_gradient(policy.log_probs, theta, ep, gamma, length=length,
-                                     discount_steps=discount_steps)
+            got = jax.jit(reinforce_gradient, static_argnums=0,
+                          static_argnames="discount_steps")(
+                policy.log_probs, theta, ep, gamma, length=length,
+                discount_steps=discount_steps)
             np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
     got = bandit_gradient(policy.log_probs, theta, ep, gamma, length=2)
     ref = np.zeros((S, A))
@@ -88,8 +90,8 @@ def test_sample_episode_frequencies():
     mdp = committal_chain(3, 0.9).mdp
     pi = np.array([[1.0, 0.0], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
     n = 6000
-    eps = jax.vmap(lambda k: sample_episode(k, mdp, lambda t, s: jnp.asarray(pi)[s], 3))(
-        jax.random.split(jax.random.key(0), n))
+    eps = jax.jit(jax.vmap(lambda k: sample_episode(k, mdp, lambda t, s: jnp.asarray(pi)[s],
+                                                    3)))(jax.random.split(jax.random.key(0), n))
     s0, a0, s1 = (np.asarray(x) for x in (eps.states[:, 0], eps.actions[:, 0], eps.states[:, 1]))
     assert not np.any(s0 == 0)  # rho is uniform on 1..3
     for s in (1, 2, 3):
