@@ -130,7 +130,7 @@ def test_variants_jit_and_vmap():
     mdp = random_mdp(11, S, A)
     thetas = jnp.asarray(np.random.default_rng(12).normal(size=(2, S, A)))
     fn = lambda th: (bias_gradient(mdp, POLICY, th, 3),
-                     bias_gradient_decomposition(mdp, POLICY, th, 3, max_terms=60).total)
+                     bias_gradient_decomposition(mdp, POLICY, th, 3, max_terms=30).total)
     # eager vs jit on one input; jit(vmap) vs jit on each (un-jitted vmap only re-tests vmap
     # rules at many times the cost)
     eager, jitted, batched = fn(thetas[0]), jax.jit(fn), jax.jit(jax.vmap(fn))(thetas)

@@ -160,11 +160,13 @@ def test_variants_jit_vmap_and_reproducibility():
     mdp = envs.nbw_env("B1")
     policy = policies.sigmoid(2)
 
+    key, w = jax.random.key(5), jnp.array([0.5, -0.5])
+    critic = jax.jit(lambda w: oracle_critic(mdp, policy, w))(w)  # eager: the sampling part
+
     def fn(key, w):
         return mean_estimates(sample_estimates(key, mdp, policy, w, 0, episode_length=6,
-                                               n_episodes=32))
+                                               n_episodes=32, critic=critic))
 
-    key, w = jax.random.key(5), jnp.array([0.5, -0.5])
     eager, jitted = fn(key, w), jax.jit(fn)(key, w)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), eager,
                            jitted)
