@@ -1,0 +1,230 @@
+"""Benchmark of the mean-field Langevin particle update: JAX against NumPy, and convergence.
+
+Throughput: for each number of particles N, one worker subprocess per implementation
+(so that its peak resident memory, `ru_maxrss`, is that implementation's alone) times
+`steps(N)` Langevin steps on a garnet MDP:
+
+- `jax`: `dsorl.algorithms.meanfield.run` (one jitted `lax.scan`; Lions derivative by
+  autodiff), compile time measured apart; the median of `repeats` runs after it;
+- `numpy`: the same update written with vectorised NumPy (the covariance formula with the
+  closed-form feature gradients, dense solves, `numpy.random.Generator` noise, the same
+  per-step statistics), the median of `repeats` runs after one warm-up step.
+
+Reported: particle-steps per second (N * steps / median seconds), the ratio jax/numpy,
+compile seconds, and the peak RSS of each worker (with the RSS right after imports, the
+interpreter and library baseline). Convergence: value gap `V*_tau(rho) - V_tau^{pi_nu}(rho)`
+per step, mean over seeds, for every (N, sigma) of `convergence` (one vmapped program per N).
+"""
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl import envs, features
+from dsorl.algorithms import meanfield as mf
+from dsorl.planning import soft_value_iteration
+
+DEFAULTS = {
+    "env": {"n_states": 10, "n_actions": 4, "branching": 4, "seed": 0},
+    "feature": {"width": 4, "bound": 1.0},
+    "gamma": 0.9,
+    "tau": 0.2,
+    "sigma": 0.1,
+    "eta": 0.1,
+    "sizes": [100, 1000, 10000, 100000],
+    "particle_steps": 2000000,
+    "min_steps": 5,
+    "max_steps": 200,
+    "repeats": 5,
+    "convergence": {"particles": [10, 100, 1000], "sigmas": [0.0, 0.1, 0.3], "seeds": 4,
+                    "steps": 1000},
+    "seed": 0,
+    "output_dir": "benchmarks/results/meanfield",
+}
+
+
+def build_problem(config: dict) -> mf.MeanFieldProblem:
+    e = config["env"]
+    mdp = envs.garnet(jax.random.key(e["seed"]), e["n_states"], e["n_actions"], e["branching"],
+                      dtype=jnp.float64)
+    return mf.MeanFieldProblem(mdp, features.TanhFeature(**config["feature"]),
+                               features.one_hot_encoding(e["n_states"], e["n_actions"]))
+
+
+def steps_for(n: int, config: dict) -> int:
+    """Steps per timed run: about `particle_steps / N`, clipped to [min_steps, max_steps]."""
+    return int(np.clip(config["particle_steps"] // n, config["min_steps"], config["max_steps"]))
+
+
+def run(config: dict) -> dict:
+    throughput = []
+    for n in config["sizes"]:
+        jax_row = _in_subprocess("jax", n, config)
+        numpy_row = _in_subprocess("numpy", n, config)
+        throughput.append({
+            "particles": n, "steps": jax_row["steps"],
+            "jax_particle_steps_per_s": jax_row["rate"], "numpy_particle_steps_per_s": numpy_row["rate"],
+            "speedup": jax_row["rate"] / numpy_row["rate"],
+            "jax_step_ms": 1e3 * jax_row["seconds"] / jax_row["steps"],
+            "numpy_step_ms": 1e3 * numpy_row["seconds"] / numpy_row["steps"],
+            "jax_compile_s": jax_row["compile_seconds"],
+            "jax_peak_rss_mb": jax_row["peak_rss_mb"], "numpy_peak_rss_mb": numpy_row["peak_rss_mb"],
+            "jax_import_rss_mb": jax_row["import_rss_mb"], "numpy_import_rss_mb": numpy_row["import_rss_mb"],
+            "device": jax_row["device"]})
+    curves, rows = convergence(config)
+    return {"tables": {"throughput": throughput, "convergence": rows}, "arrays": curves,
+            "seeds": {"seed": config["seed"], "env_seed": config["env"]["seed"]}}
+
+
+def convergence(config: dict):
+    """Mean value-gap curves over seeds, `{"gap_n{N}_sigma{s}": [steps]}`, and a summary."""
+    problem = build_problem(config)
+    c = config["convergence"]
+    gamma, tau, eta = config["gamma"], config["tau"], config["eta"]
+    v_star = float(problem.mdp.rho @ soft_value_iteration(problem.mdp, gamma, tau).value)
+    sigmas = np.repeat(np.asarray(c["sigmas"], float), c["seeds"])
+    hp = mf.LangevinHParams(np.full(sigmas.shape, gamma), np.full(sigmas.shape, tau), sigmas,
+                            np.full(sigmas.shape, eta))
+    mf.check_hparams(hp)
+    curves, rows = {"v_star": np.asarray(v_star)}, []
+    for n in c["particles"]:
+        @jax.jit
+        def runs(hp, keys):
+            def one(hp, key):
+                k_init, k_run = jax.random.split(key)
+                ps = features.init_particles(problem.feature, k_init, n, problem.encodings)
+                state, trace = mf.run(problem, ps, hp, k_run, config=mf.MeanFieldConfig(c["steps"]))
+                return trace.value_tau, state.first_bad_step
+            return jax.vmap(one)(hp, keys)
+
+        values, first_bad = runs(hp, jax.random.split(jax.random.key(config["seed"] + n), sigmas.size))
+        mf.check_divergence(first_bad, hp)
+        gaps = v_star - np.asarray(values)
+        for sigma in c["sigmas"]:
+            mean = gaps[sigmas == sigma].mean(0)
+            curves[f"gap_n{n}_sigma{sigma:g}"] = mean
+            tail = gaps[sigmas == sigma][:, -c["steps"] // 10:].mean(1)
+            rows.append({"particles": n, "sigma": sigma, "gap_step_0": float(mean[0]),
+                         "gap_step_100": float(mean[min(100, c["steps"] - 1)]),
+                         "gap_last_10pct": float(tail.mean()),
+                         "gap_last_10pct_se": float(tail.std(ddof=1) / np.sqrt(tail.size))})
+    return curves, rows
+
+
+# ----------------------------------------------------------------------------------------
+# Workers (one subprocess per implementation and size)
+
+
+def _in_subprocess(impl: str, n: int, config: dict) -> dict:
+    spec = json.dumps({"impl": impl, "n": n, "config": config})
+    out = subprocess.run([sys.executable, "-m", "dsorl.jobs.meanfield_benchmark", spec],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{impl} worker for N = {n} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _worker(impl: str, n: int, config: dict) -> dict:
+    jax.config.update("jax_enable_x64", True)
+    import_rss = _rss_mb()
+    problem = build_problem(config)
+    steps = steps_for(n, config)
+    particles = features.init_particles(problem.feature, jax.random.key(config["seed"]), n,
+                                        problem.encodings)
+    hp = mf.LangevinHParams(*(jnp.float64(config[k]) for k in ("gamma", "tau", "sigma", "eta")))
+    if impl == "jax":
+        cfg = mf.MeanFieldConfig(steps)
+        key = jax.random.key(config["seed"] + 1)
+        start = time.perf_counter()
+        compiled = jax.jit(lambda *a: mf.run(*a, config=cfg)).lower(problem, particles, hp, key).compile()
+        compile_seconds = time.perf_counter() - start
+        fn = lambda: jax.block_until_ready(compiled(problem, particles, hp, key))
+    else:
+        baseline = NumpyLangevin(problem, jax.tree_util.tree_map(np.asarray, particles), hp,
+                                 np.random.default_rng(config["seed"] + 1))
+        baseline.step()  # warm-up (first-touch allocations)
+        compile_seconds = 0.0
+        fn = lambda: baseline.run(steps)
+    fn()
+    times = []
+    for _ in range(config["repeats"]):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {"impl": impl, "n": n, "steps": steps, "seconds": seconds, "rate": n * steps / seconds,
+            "compile_seconds": compile_seconds, "peak_rss_mb": _rss_mb(), "import_rss_mb": import_rss,
+            "device": str(jax.devices()[0])}
+
+
+class NumpyLangevin:
+    """The same Langevin update in vectorised NumPy (float64): what a user would write.
+
+    Lions derivative by the covariance formula with closed-form gradients of
+    `f = sum_k psi(c_k) tanh(<w_k, x> + b_k)`; values and occupancy by dense solves;
+    noise from `numpy.random.Generator.standard_normal`; the same per-step statistics as
+    `MeanFieldTrace`.
+    """
+
+    def __init__(self, problem, particles, hparams, rng):
+        p = particles["params"]
+        self.c, self.w, self.b = (np.array(p[k]) for k in ("c", "w", "b"))
+        mdp = problem.mdp
+        self.P, self.R, self.rho, self.mu = (np.asarray(a) for a in (mdp.P, mdp.R, mdp.rho, problem.mu))
+        self.x = np.asarray(problem.encodings).reshape(-1, problem.encodings.shape[-1])  # [M, d]
+        self.bound = problem.feature.bound
+        self.gamma, self.tau, self.sigma, self.eta = (float(h) for h in hparams)
+        self.rng = rng
+
+    def run(self, steps: int) -> list:
+        return [self.step() for _ in range(steps)]
+
+    def step(self) -> tuple:
+        N, K, d = self.w.shape
+        S, A = self.R.shape
+        B, g, tau, sigma, eta = self.bound, self.gamma, self.tau, self.sigma, self.eta
+        t = np.tanh((self.w.reshape(N * K, d) @ self.x.T).reshape(N, K, -1) + self.b[..., None])
+        psi = B * np.tanh(self.c / B)
+        f_nu = np.einsum("nk,nkm->m", psi, t).reshape(S, A) / N
+        logits = f_nu + np.log(self.mu)
+        pi = np.exp(logits - logits.max(1, keepdims=True))
+        pi /= pi.sum(1, keepdims=True)
+        log_ratio = np.log(pi / self.mu)
+        I_gP = np.eye(S) - g * np.einsum("sa,sat->st", pi, self.P)
+        V = np.linalg.solve(I_gP, (pi * (self.R - tau * log_ratio)).sum(1))
+        m = np.linalg.solve(I_gP.T, self.rho)
+        X = self.R + g * self.P @ V - tau * log_ratio
+        G = (m[:, None] * pi * (X - (pi * X).sum(1, keepdims=True))).reshape(-1)   # [M]
+        sech2 = 1 - t * t
+        lions_c = (1 - np.tanh(self.c / B) ** 2) * (t @ G)
+        lions_b = psi * (sech2 @ G)
+        lions_w = psi[..., None] * ((sech2 * G).reshape(N * K, -1) @ self.x).reshape(N, K, d)
+        row = self._statistics(pi, V, sigma)
+        scale = sigma * np.sqrt(eta)
+        for theta, lions in ((self.c, lions_c), (self.w, lions_w), (self.b, lions_b)):
+            theta += eta * (lions - sigma ** 2 / 2 * theta) + scale * self.rng.standard_normal(theta.shape)
+        return row
+
+    def _statistics(self, pi, V, sigma) -> tuple:
+        N = self.c.shape[0]
+        flat = np.concatenate([self.b, self.c, self.w.reshape(N, -1)], axis=1)
+        mean, var = flat.mean(0), flat.var(0)
+        kl = 0.5 * np.sum(var + mean ** 2 - 1 - np.log(var))
+        value_tau = self.rho @ V
+        v0 = np.linalg.solve(np.eye(len(V)) - self.gamma * np.einsum("sa,sat->st", pi, self.P),
+                             (pi * self.R).sum(1))
+        return value_tau - sigma ** 2 / 2 * kl, value_tau, self.rho @ v0, var.mean()
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(_worker(spec["impl"], spec["n"], spec["config"])))

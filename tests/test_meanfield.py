@@ -1,0 +1,418 @@
+"""Mean-field Langevin policy gradient (Kerimkulov, Leahy, Šiška, Szpruch, ICML 2022).
+
+Exact quantities against dense NumPy references (the policy, the regularised value, the
+Lions derivative in closed form), autodiff against the covariance formula and finite
+differences; the particle dynamics against the laws they must reach (N(0, I) when r = 0,
+monotone ascent for small steps, forgetting of the initialisation for large sigma, the gap
+to the soft optimum), variants, divergence reports and input errors.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dsorl
+from dsorl import features
+from dsorl.algorithms import meanfield as mf
+from helpers import central_difference, check_variants, random_mdp
+from test_features import numpy_feature_gradients, numpy_features
+
+S, A, K = 4, 3, 4
+BOUND = 1.5
+FEATURE = features.TanhFeature(width=K, bound=BOUND)
+X = features.one_hot_encoding(S, A)
+MU = np.array([[0.2, 0.3, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1]])
+
+
+def problem(seed=0, mu=MU, mdp=None):
+    return mf.MeanFieldProblem(random_mdp(seed, S, A) if mdp is None else mdp, FEATURE, X, mu)
+
+
+# one draw of i.i.d. N(0, I) particles; ensembles are random subsets of it (one compile of
+# the initialiser instead of one per ensemble size)
+_BANK = jax.tree_util.tree_map(np.asarray, features.init_particles(FEATURE, jax.random.key(0), 4000, X))
+
+
+def particles(n, seed=0, loc=0.0, scale=1.0):
+    index = np.random.default_rng(seed).permutation(4000)[:n]
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(loc + scale * x[index]), _BANK)
+
+
+def hparams(gamma=0.8, tau=1.0, sigma=0.5, eta=0.1):
+    return mf.LangevinHParams(gamma, tau, sigma, eta)
+
+
+def leaves(tree):
+    p = tree["params"]
+    return tuple(np.asarray(p[k]) for k in ("c", "w", "b"))
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy references
+
+
+def numpy_soft(mdp, pi, gamma, tau, mu):
+    """V_tau^pi[S], Q_tau^pi[S, A] and the unnormalised occupancy m[S] by dense solves."""
+    P, R, rho = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho))
+    P_pi = np.einsum("sa,sat->st", pi, P)
+    kl = np.sum(pi * np.log(pi / mu), axis=1)
+    V = np.linalg.solve(np.eye(len(rho)) - gamma * P_pi, (pi * R).sum(1) - tau * kl)
+    m = np.linalg.solve((np.eye(len(rho)) - gamma * P_pi).T, rho)
+    return V, R + gamma * P @ V, m
+
+
+def numpy_policy(ps, mu):
+    f_nu = numpy_features(*leaves(ps), np.asarray(X), BOUND).mean(0)
+    w = mu * np.exp(f_nu - f_nu.max(1, keepdims=True))
+    return w / w.sum(1, keepdims=True)
+
+
+def numpy_lions_derivative(mdp, ps, gamma, tau, mu):
+    """(1/(1-gamma)) E_{s ~ d_rho} Cov_pi(Q_tau - tau log(pi/mu), grad f(theta_i)), literally."""
+    pi = numpy_policy(ps, mu)
+    _, Q, m = numpy_soft(mdp, pi, gamma, tau, mu)
+    d_rho = (1 - gamma) * m
+    X_sa = Q - tau * np.log(pi / mu)
+    centred = X_sa - (pi * X_sa).sum(1, keepdims=True)
+    weights = d_rho[:, None] * pi * centred / (1 - gamma)
+    return numpy_feature_gradients(*leaves(ps), np.asarray(X), weights, BOUND)
+
+
+def numpy_soft_value_iteration(mdp, gamma, tau, mu, sweeps=3000):
+    P, R = np.asarray(mdp.P), np.asarray(mdp.R)
+    v = np.zeros(P.shape[0])
+    for _ in range(sweeps):
+        q = R + gamma * P @ v
+        top = q.max(1, keepdims=True)
+        v = (top + tau * np.log((mu * np.exp((q - top) / tau)).sum(1, keepdims=True)))[:, 0]
+    q = R + gamma * P @ v
+    return v, q, mu * np.exp((q - v[:, None]) / tau)
+
+
+# ----------------------------------------------------------------------------------------
+# Item 1: the entropy-regularised quantities with a reference measure
+
+
+def test_soft_optimum_with_a_reference_measure():
+    mdp = random_mdp(1, S, A)
+    gamma, tau = 0.9, 0.3
+    sol = dsorl.soft_value_iteration(mdp, gamma, tau, MU)
+    v, q, pi = numpy_soft_value_iteration(mdp, gamma, tau, MU)
+    np.testing.assert_allclose(sol.value, v, rtol=1e-10)
+    np.testing.assert_allclose(sol.q, q, rtol=1e-10)
+    np.testing.assert_allclose(sol.policy, pi, rtol=1e-9)
+    # pi*_tau attains V*_tau, and the regularised gradient vanishes there (first-order
+    # optimality in the logits of pi ∝ mu exp(theta))
+    V_pi, Q_pi, _ = numpy_soft(mdp, np.asarray(sol.policy), gamma, tau, MU)
+    np.testing.assert_allclose(V_pi, v, rtol=1e-10)
+    np.testing.assert_allclose(dsorl.soft_action_values(mdp, sol.policy, gamma, tau, MU), Q_pi, rtol=1e-10)
+    J = lambda th: dsorl.entropy_regularised_return(mdp, jax.nn.softmax(th + np.log(MU), -1), gamma, tau, MU)
+    theta_star = np.log(np.asarray(sol.policy) / MU)
+    assert np.abs(jax.grad(J)(theta_star)).max() < 1e-10
+    assert all(J(theta_star + np.random.default_rng(i).normal(scale=0.3, size=(S, A))) < J(theta_star)
+               for i in range(5))
+
+
+# ----------------------------------------------------------------------------------------
+# Item 3: the mean-field policy, its exact value and the Lions derivative
+
+
+def test_policy_and_regularised_value_match_numpy():
+    prob, ps = problem(), particles(7)
+    pi = numpy_policy(ps, MU)
+    np.testing.assert_allclose(mf.mean_field_policy(prob, ps), pi, rtol=1e-13)
+    for gamma, tau in [(0.5, 0.1), (0.95, 2.0)]:
+        V, _, _ = numpy_soft(prob.mdp, pi, gamma, tau, MU)
+        np.testing.assert_allclose(mf.regularised_value(prob, ps, gamma, tau), prob.mdp.rho @ V, rtol=1e-12)
+
+
+def test_policy_respects_the_action_mask():
+    base = random_mdp(2, S, A)
+    mask = np.ones((S, A), bool)
+    mask[1, 2] = mask[3, 0] = False
+    mdp = dsorl.MDP(base.P, base.R, base.rho, mask)
+    prob = problem(mdp=mdp, mu=None)
+    pi = np.asarray(mf.mean_field_policy(prob, particles(6)))
+    assert pi[1, 2] == 0 and pi[3, 0] == 0
+    np.testing.assert_allclose(pi.sum(1), 1, rtol=1e-14)
+    lions = mf.lions_derivative(prob, particles(6), 0.9, 0.5, method="covariance")
+    auto = mf.lions_derivative(prob, particles(6), 0.9, 0.5)
+    for a, b in zip(leaves(auto), leaves(lions)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("seed, gamma, tau, n", [(0, 0.9, 0.5, 5), (3, 0.5, 2.0, 12), (4, 0.99, 0.05, 3)])
+def test_lions_derivative_autodiff_equals_covariance_formula(seed, gamma, tau, n):
+    prob, ps = problem(seed), particles(n, seed, scale=1.5)
+    auto = leaves(mf.lions_derivative(prob, ps, gamma, tau, method="autodiff"))
+    cov = leaves(mf.lions_derivative(prob, ps, gamma, tau, method="covariance"))
+    ref = numpy_lions_derivative(prob.mdp, ps, gamma, tau, MU)
+    for a, c, r in zip(auto, cov, ref):
+        scale = np.abs(r).max()
+        assert np.abs(a - c).max() <= 1e-10 * scale   # the issue's 1e-10 in float64
+        np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-10 * scale)
+        np.testing.assert_allclose(c, r, rtol=1e-9, atol=1e-10 * scale)
+
+
+def test_lions_derivative_is_n_times_the_particle_gradient():
+    # finite differences of the exact value in one particle's parameters, times N
+    prob, ps, n = problem(5), particles(4, 5), 4
+    lions = mf.lions_derivative(prob, ps, 0.9, 0.7)
+    for name in ("c", "w", "b"):
+        def value_of(leaf, name=name):
+            tree = {"params": {**ps["params"], name: ps["params"][name].at[2].set(leaf)}}
+            return mf.regularised_value(prob, tree, 0.9, 0.7)
+        fd = central_difference(value_of, ps["params"][name][2], eps=1e-5)
+        np.testing.assert_allclose(lions["params"][name][2], n * fd, rtol=1e-6, atol=1e-9)
+
+
+def test_lions_derivative_variants():
+    prob, ps = problem(), particles(3)
+    taus = jnp.array([0.2, 1.0, 3.0])
+    for method in mf.GRADIENTS:
+        check_variants(lambda p, t: mf.lions_derivative(prob, p, 0.9, t, method=method),
+                       (ps, 0.5), (ps, taus), (None, 0))
+    # and vmapped over ensembles
+    batch = jax.tree_util.tree_map(lambda p: jnp.stack([p, -p]), ps)
+    check_variants(lambda p: mf.regularised_value(prob, p, 0.9, 0.5), (ps,), (batch,), (0,))
+
+
+# ----------------------------------------------------------------------------------------
+# Item 4: the Langevin dynamics
+
+
+def test_langevin_ascent_update():
+    ps = particles(200)
+    grad = jax.tree_util.tree_map(lambda p: jnp.cos(p), ps)
+    eta, sigma = 0.05, 0.7
+    tx = mf.langevin_ascent(eta, sigma)
+    key = jax.random.key(3)
+    upd, _ = tx.update(grad, tx.init(ps), ps, key=key)
+    drift = jax.tree_util.tree_map(lambda g, p: eta * (g - sigma ** 2 / 2 * p), grad, ps)
+    noise = np.concatenate([np.ravel((u - d) / (sigma * np.sqrt(eta)))
+                            for u, d in zip(leaves(upd), leaves(drift))])
+    # the noise is i.i.d. N(0, 1): mean and variance within 4.5 standard errors
+    n = noise.size
+    assert abs(noise.mean()) < 4.5 / np.sqrt(n) and abs(noise.var() - 1) < 4.5 * np.sqrt(2 / n)
+    upd0, _ = mf.langevin_ascent(eta, 0.0).update(grad, tx.init(ps), ps, key=key)
+    for u, g in zip(leaves(upd0), leaves(grad)):
+        np.testing.assert_allclose(u, eta * g, rtol=1e-15)
+
+
+def test_run_matches_manual_steps_and_records_the_trace():
+    prob, ps, hp = problem(), particles(6), hparams()
+    state, trace = mf.run(prob, ps, hp, jax.random.key(0), config=mf.MeanFieldConfig(4))
+    manual = mf.init(prob, ps, mf.LangevinHParams(*map(jnp.asarray, hp)), jax.random.key(0))
+    rows = []
+    for _ in range(4):
+        manual, row = mf.step(prob, manual, mf.LangevinHParams(*map(jnp.asarray, hp)))
+        rows.append(row)
+    for a, b in zip(leaves(state.particles), leaves(manual.particles)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert int(state.step) == 4 and int(state.first_bad_step) == -1
+    # row k describes nu_k: compare with independent evaluations of the ensembles
+    first = mf.evaluate(prob, ps, hp)
+    pi = numpy_policy(ps, MU)
+    V, _, _ = numpy_soft(prob.mdp, pi, 0.8, 1.0, MU)
+    np.testing.assert_allclose(trace.value_tau[0], prob.mdp.rho @ V, rtol=1e-12)
+    np.testing.assert_allclose(trace.value[0], prob.mdp.rho @ numpy_soft(prob.mdp, pi, 0.8, 0.0, MU)[0],
+                               rtol=1e-12)
+    flat = np.concatenate([x.reshape(6, -1) for x in leaves(ps)], axis=1)
+    np.testing.assert_allclose(trace.dispersion[0], flat.var(0).mean(), rtol=1e-12)
+    m, v = flat.mean(0), flat.var(0)
+    kl = 0.5 * np.sum(v + m ** 2 - 1 - np.log(v))
+    np.testing.assert_allclose(trace.objective[0], prob.mdp.rho @ V - 0.5 ** 2 / 2 * kl, rtol=1e-12)
+    for name in mf.MeanFieldTrace._fields:
+        np.testing.assert_allclose(getattr(trace, name)[0], getattr(first, name), rtol=1e-12)
+        np.testing.assert_allclose(getattr(trace, name), np.stack([getattr(r, name) for r in rows]),
+                                   rtol=1e-12)
+
+
+def test_run_variants_over_seeds_tau_sigma_eta():
+    prob, ps = problem(), particles(5)
+    config = mf.MeanFieldConfig(3)
+
+    def fn(key, tau, sigma, eta):
+        state, trace = mf.run(prob, ps, mf.LangevinHParams(0.8, tau, sigma, eta), key, config=config)
+        return state.particles, state.first_bad_step, trace
+
+    keys = jax.random.split(jax.random.key(1), 3)
+    batched = (keys, jnp.array([0.5, 1.0, 2.0]), jnp.array([0.0, 0.3, 1.0]), jnp.array([0.01, 0.1, 0.2]))
+    check_variants(fn, (keys[0], 1.0, 0.3, 0.1), batched, (0, 0, 0, 0), rtol=1e-11, atol=1e-12)
+
+
+def test_with_zero_reward_the_particle_law_converges_to_the_standard_gaussian():
+    """r = 0: J^{tau,sigma} is maximised by nu = N(0, I) (V_tau <= 0 = V_tau(pi = mu) and
+    psi odd makes f_nu = 0 there), so the particles relax like an Ornstein-Uhlenbeck
+    process. The Euler scheme's stationary law is N(0, v I), v = 1 / (1 - eta sigma^2 / 4);
+    the start N(2, 0.25) is forgotten like (1 - eta sigma^2 / 2)^T = 0.95^400 ~ 1e-9."""
+    base = random_mdp(6, S, A)
+    prob = mf.MeanFieldProblem(dsorl.MDP(base.P, np.zeros((S, A)), base.rho), FEATURE, X)
+    N, T, eta, sigma = 4000, 400, 0.1, 1.0
+    # small tau: the finite-N interaction (pull of f_nu towards 0) stays far below the SE
+    state, trace = mf.run(prob, particles(N, 7, loc=2.0, scale=0.5), hparams(0.5, 0.05, sigma, eta),
+                          jax.random.key(8), config=mf.MeanFieldConfig(T))
+    flat = np.concatenate([x.reshape(N, -1) for x in leaves(state.particles)], axis=1)
+    v = 1 / (1 - eta * sigma ** 2 / 4)
+    transient = 2.0 * (1 - eta * sigma ** 2 / 2) ** T
+    se_mean, se_var, se_cov = np.sqrt(v / N), v * np.sqrt(2 / N), v / np.sqrt(N)
+    np.testing.assert_array_less(np.abs(flat.mean(0)), 4.5 * se_mean + transient)
+    cov = np.cov(flat, rowvar=False)
+    np.testing.assert_array_less(np.abs(np.diag(cov) - v), 4.5 * se_var)
+    np.testing.assert_array_less(np.abs(cov - np.diag(np.diag(cov))), 4.5 * se_cov)
+    assert abs(trace.dispersion[-1] - v) < 4.5 * se_var / np.sqrt(flat.shape[1])
+
+
+def test_objective_does_not_decrease_for_small_steps():
+    prob = problem(0)
+    # sigma = 0: plain gradient ascent on V_tau, monotone up to rounding for small eta
+    _, trace = mf.run(prob, particles(16), hparams(sigma=0.0, eta=0.05), jax.random.key(0),
+                      config=mf.MeanFieldConfig(150))
+    value = np.asarray(trace.value_tau)
+    assert np.all(np.diff(value) >= -1e-13 * np.abs(value).max())
+    assert value[-1] - value[0] > 0.5   # and it does climb
+    # sigma > 0: the objective's mean over seeds is non-decreasing up to its standard error
+    seeds = 12
+    run = jax.jit(jax.vmap(lambda key: mf.run(prob, particles(16), hparams(sigma=0.3, eta=0.05), key,
+                                              config=mf.MeanFieldConfig(150))[1].objective))
+    J = np.asarray(run(jax.random.split(jax.random.key(1), seeds)))
+    mean, se = J.mean(0), J.std(0, ddof=1) / np.sqrt(seeds)
+    drop = mean[None, :] - mean[:, None]          # drop[j, k] = mean_k - mean_j
+    tol = 4.5 * np.sqrt(se[None, :] ** 2 + se[:, None] ** 2)
+    later = np.triu(np.ones_like(drop, bool), 1)
+    assert np.all(drop[later] >= -tol[later])
+    assert mean[-1] - mean[0] > 4.5 * np.hypot(se[0], se[-1])
+
+
+def test_large_sigma_forgets_the_initialisation():
+    """sigma^2/2 = 2 dominates the drift's Lipschitz constant: the dynamics contract, so two
+    ensembles started far apart and driven by the same noise reach the same policy (the
+    coupling behind the W_2 contraction of Kerimkulov et al.'s convergence theorem)."""
+    prob = problem(0)
+    hp, config, key = hparams(sigma=2.0, eta=0.05), mf.MeanFieldConfig(400), jax.random.key(4)
+    a, b = particles(32, 1), particles(32, 2, loc=1.0, scale=0.5)
+    gap0 = np.abs(mf.mean_field_policy(prob, a) - mf.mean_field_policy(prob, b)).max()
+    sa, _ = mf.run(prob, a, hp, key, config=config)
+    sb, _ = mf.run(prob, b, hp, key, config=config)
+    gap = np.abs(mf.mean_field_policy(prob, sa.particles) - mf.mean_field_policy(prob, sb.particles)).max()
+    assert gap0 > 1e-2 and gap < 1e-10
+
+
+def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
+    """The finite-N fluctuation of f_nu is O(1/sqrt(N)) and the sigma-regularisation biases
+    the optimum by O(sigma^2): the mean gap falls along both axes (measured; the full table
+    is the `meanfield` job's). Per seed, the gap is averaged over 6 snapshots 50 steps
+    apart after 250 steps of burn-in; the spread over seeds gives its standard error."""
+    prob = problem(0, mu=None)
+    gamma, tau, eta = 0.8, 1.0, 0.2
+    pi_star = dsorl.soft_value_iteration(prob.mdp, gamma, tau).policy
+    seeds, sigmas = 8, jnp.array([0.5, 0.125])
+
+    def gaps(n):
+        def one(sigma, key):
+            hp = mf.LangevinHParams(*map(jnp.asarray, (gamma, tau, sigma, eta)))
+
+            def chunk(ps, k):
+                state, _ = mf.run(prob, ps, hp, k, config=mf.MeanFieldConfig(50))
+                pi = mf.mean_field_policy(prob, state.particles)
+                return state.particles, jnp.abs(pi - pi_star).sum(-1).max()
+
+            _, snapshots = jax.lax.scan(chunk, particles(n), jax.random.split(key, 11))
+            return snapshots[5:].mean()
+
+        keys = jax.random.split(jax.random.key(2), seeds)
+        g = np.asarray(jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))(sigmas, keys))
+        return g.mean(1), g.std(1, ddof=1) / np.sqrt(seeds)
+
+    (small_n, se_small), (large_n, se_large) = gaps(4), gaps(64)
+    # N grows (at each sigma) and sigma falls (at each N): the gap drops beyond 4.5 SE
+    assert np.all(small_n - large_n > 4.5 * np.hypot(se_small, se_large))
+    for mean, se in ((small_n, se_small), (large_n, se_large)):
+        assert mean[0] - mean[1] > 4.5 * np.hypot(se[0], se[1])
+
+
+# ----------------------------------------------------------------------------------------
+# Item 8: divergence and bad input
+
+
+def test_divergence_is_reported_with_its_step_and_hyperparameters():
+    """eta sigma^2 / 2 = 50: |theta| grows like 49^k; the first non-finite statistic is the
+    particles' variance, when |theta|^2 overflows (|theta| ~ 1.3e154). The bounded drift
+    and the noise only shift the start, so the step is predictable within a few steps from
+    the largest initial coordinate."""
+    prob, ps = problem(), particles(8)
+    etas = jnp.array([0.1, 100.0])
+    state, trace = jax.vmap(lambda e: mf.run(prob, ps, hparams(sigma=1.0, eta=e), jax.random.key(0),
+                                             config=mf.MeanFieldConfig(150)))(etas)
+    bad = np.asarray(state.first_bad_step)
+    assert bad[0] == -1 and bad[1] >= 0
+    k = bad[1]
+    start = np.abs(np.concatenate([x.ravel() for x in leaves(ps)])).max()
+    predicted = np.log(np.sqrt(np.finfo(np.float64).max) / start) / np.log(49)
+    assert abs(k - predicted) <= 3
+    # the trace agrees: rows before k are finite, row k is not
+    rows = np.stack([np.asarray(x[1]) for x in trace], axis=1)
+    assert np.all(np.isfinite(rows[:k])) and not np.all(np.isfinite(rows[k]))
+    mf.check_divergence(state.first_bad_step[0], hparams(sigma=1.0, eta=0.1))
+    with pytest.raises(mf.DivergenceError, match=rf"1 of 2 .* run \(1,\): step {k} \(gamma=0.8, tau=1.0,"
+                                                 r" sigma=1.0, eta=100.0\)") as err:
+        mf.check_divergence(state.first_bad_step, hparams(sigma=1.0, eta=etas))
+    assert err.value.runs == [{"index": (1,), "first_bad_step": k, "gamma": 0.8, "tau": 1.0,
+                               "sigma": 1.0, "eta": 100.0}]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(hp=hparams(tau=0.0)), "tau = 0.0 must be finite and > 0"),
+    (dict(hp=hparams(tau=-1.0)), "tau = -1.0 must be"),
+    (dict(hp=hparams(sigma=-0.1)), "sigma = -0.1 must be finite and >= 0"),
+    (dict(hp=hparams(eta=0.0)), "eta = 0.0 must be finite and > 0"),
+    (dict(hp=hparams(eta=jnp.array([0.1, -1.0]))), "eta = .* must be finite and > 0"),
+    (dict(hp=hparams(gamma=1.0)), "gamma = 1.0 must lie in"),
+    (dict(hp=(0.9, 1.0, 0.1, 0.1)), "LangevinHParams"),
+    (dict(ps=jax.tree_util.tree_map(lambda p: p[:0], particles(3))), "N = 0 must be >= 1"),
+    (dict(prob=mf.MeanFieldProblem(random_mdp(0, S, A), FEATURE, features.one_hot_encoding(S, A)[..., :6])),
+     r"encodings have width \(6,\) but .* expect d = 7"),
+    (dict(config=mf.MeanFieldConfig(0)), "n_steps = 0"),
+    (dict(config=mf.MeanFieldConfig(3, "finite_differences")), "unknown Lions-derivative method"),
+])
+def test_bad_run_inputs_raise(change, message):
+    args = dict(prob=problem(), ps=particles(3), hp=hparams(), config=mf.MeanFieldConfig(3))
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        mf.run(args["prob"], args["ps"], args["hp"], jax.random.key(0), config=args["config"])
+
+
+def test_bad_inputs_of_the_exact_quantities_raise():
+    prob, ps = problem(), particles(3)
+    narrow = mf.MeanFieldProblem(prob.mdp, FEATURE, X[..., :5])
+    for call, message in [
+        (lambda: mf.regularised_value(prob, ps, 0.9, 0.0), "tau = 0.0"),
+        (lambda: mf.lions_derivative(prob, ps, 0.9, -0.5), "tau = -0.5"),
+        (lambda: mf.lions_derivative(prob, ps, 0.9, 0.5, method="exact"), "unknown Lions"),
+        (lambda: mf.regularised_value(narrow, ps, 0.9, 0.5), r"width \(5,\) .* d = 7"),
+        (lambda: mf.mean_field_policy(narrow, ps), r"width \(5,\) .* d = 7"),
+        (lambda: mf.evaluate(prob, ps, hparams(tau=0.0)), "tau = 0.0"),
+        (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X[:2]), r"\[S, A, d\] = \[4, 3, d\]"),
+        (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X.at[0, 0, 0].set(np.inf)), "not finite"),
+        (lambda: mf.MeanFieldProblem(prob.mdp, "tanh", X), "TanhFeature"),
+        (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X, np.ones((S, A))), "reference-measure row"),
+        (lambda: jax.jit(lambda k: mf.check_divergence(k, hparams()))(jnp.int32(3)), "outside jit"),
+        (lambda: mf.check_hparams(hparams(sigma=jnp.array([0.1, -0.2]))), "sigma = .* must be finite and >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_problem_is_a_pytree():
+    prob = problem()
+    leaves_, treedef = jax.tree_util.tree_flatten(prob)
+    again = jax.tree_util.tree_unflatten(treedef, leaves_)
+    assert again.feature == FEATURE and np.array_equal(again.encodings, prob.encodings)
+    # vmap over problems that differ in their encodings' scale
+    scaled = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), prob)
+    scaled = jax.tree_util.tree_unflatten(treedef, [*jax.tree_util.tree_leaves(scaled.mdp),
+                                                    jnp.stack([X, 2 * X]), scaled.mu])
+    values = jax.vmap(lambda p: mf.regularised_value(p, particles(3), 0.9, 0.5))(scaled)
+    doubled = mf.MeanFieldProblem(prob.mdp, FEATURE, 2 * X, MU)
+    np.testing.assert_allclose(values, [mf.regularised_value(prob, particles(3), 0.9, 0.5),
+                                        mf.regularised_value(doubled, particles(3), 0.9, 0.5)], rtol=1e-12)
