@@ -14,7 +14,8 @@ charge every non-terminal state. The output is the newest policy, used stationar
 Schedule (the authors' code; `schedule="adaptive"`, the default): `theta` restarts at
 `params0` (zeros: uniform) each epoch, step size `eta_h = 2 s / c_h` and
 `N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))` steps, `c_h = (1 - gamma^(h+1)) / (1 - gamma)`
-(the bandit's reward scale), with `s = step_scale = 1` and `k = steps_coefficient = 45`.
+(the bandit's reward scale), with `s = step_scale = 1` and `k = steps_coefficient = 45`
+(the ceiling is of the exact number: rounding errors of 1e-12 relative are shaved off).
 `schedule="constant"`: `eta_h = step_scale`, `N_h = steps_coefficient`.
 
 Error bounds checked by the tests (approximate dynamic programming, e.g. Bertsekas &
@@ -39,8 +40,8 @@ import optax
 from jax import lax
 
 from dsorl import _checks
+from dsorl.algorithms.pg import chain_objective, policy_objective
 from dsorl.estimators.reinforce import absorbing_states, interactions, sample_episode
-from dsorl.algorithms.pg import policy_objective
 from dsorl.mdp import MDP
 from dsorl.policies import tabular_softmax
 
@@ -386,12 +387,7 @@ def _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps, theta
 def _chain_objective(mdp, P_pi, r_pi, gamma, config):
     if not config.evaluate:
         return jnp.full((), jnp.nan, r_pi.dtype)
-    if config.evaluation_sweeps is None:
-        v = jnp.linalg.solve(jnp.eye(mdp.n_states, dtype=P_pi.dtype) - gamma * P_pi, r_pi)
-    else:
-        v = lax.fori_loop(0, config.evaluation_sweeps, lambda _, v: r_pi + gamma * P_pi @ v,
-                          jnp.zeros_like(r_pi))
-    return mdp.rho @ v
+    return chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
 
 
 def _objective(mdp, pi, gamma, config):

@@ -28,7 +28,8 @@ from jax import lax
 from dsorl import _checks
 from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
                                         sample_episode)
-from dsorl.markov import discounted_value
+from dsorl._struct import unchecked
+from dsorl.markov import Chain, discounted_value
 from dsorl.mdp import MDP, induced_chain
 from dsorl.objectives import discounted_return
 from dsorl.policies import Policy, tabular_softmax
@@ -99,11 +100,16 @@ def policy_objective(mdp: MDP, pi: Array, gamma, sweeps: Optional[int] = None) -
     """`rho . V^pi`, by a linear solve or by `sweeps` Bellman sweeps `v <- r_pi + gamma P_pi v`
     from `v = 0` (exact when every episode ends within `sweeps` steps). Scalar."""
     chain = induced_chain(mdp, pi)
+    return chain_objective(mdp.rho, chain.P, chain.r, gamma, sweeps)
+
+
+def chain_objective(rho: Array, P_pi: Array, r_pi: Array, gamma,
+                    sweeps: Optional[int] = None) -> Array:
+    """`rho . v` for the chain `(P_pi[S, S], r_pi[S])`: see `policy_objective`."""
     if sweeps is None:
-        return mdp.rho @ discounted_value(chain, gamma)
-    v = lax.fori_loop(0, sweeps, lambda _, v: chain.r + gamma * chain.P @ v,
-                      jnp.zeros_like(chain.r))
-    return mdp.rho @ v
+        return rho @ discounted_value(unchecked(Chain, P=P_pi, r=r_pi), gamma)
+    v = lax.fori_loop(0, sweeps, lambda _, v: r_pi + gamma * P_pi @ v, jnp.zeros_like(r_pi))
+    return rho @ v
 
 
 def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
