@@ -73,8 +73,9 @@ def measure(n: int, gamma: float, config: dict) -> list:
     for k in config["dynpg_steps_coefficients"]:
         hp = dynpg.HParams(gamma, 1.0, float(k))
         planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.max_epochs), hp, xp=np)[1]))
-        row = dict(base, method="dynpg", step_size=f"adaptive k={k:g}", epochs_to_eps=None,
-                   run_s=None, compile_s=None, seconds_to_eps=None)
+        row = dict(base, method="dynpg", step_size=f"adaptive k={k:g}", steps_to_eps=None,
+                   censored=None, epochs_to_eps=None, run_s=None, compile_s=None,
+                   seconds_to_eps=None)
         if planned > config["dynpg_budget"]:
             rows.append(dict(row, steps_to_eps=f"skipped ({planned} planned)", censored=True))
             continue
