@@ -116,6 +116,9 @@ def test_run_variants_eager_jit_and_vmap_over_equal_size_mdps():
         stacked, stacked_hp, STARTS, jax.random.key(0))[1]
     small = nbw.BarrierConfig(inner_iterations=3)
     eager = nbw.run(mdps[1], STARTS[0], hps[1], policy=POLICY, config=small)[1]
+    state0 = nbw.init(mdps[1], STARTS[0], hps[1], policy=POLICY, config=small)
+    first = nbw.step(mdps[1], state0, hps[1], None, policy=POLICY, config=small)[1]
+    np.testing.assert_allclose(first.objective, eager.objective[0], rtol=1e-12)
     jitted = jax.jit(lambda w: nbw.run(mdps[1], w, hps[1], policy=POLICY, config=small))(
         STARTS[0])[1]
     np.testing.assert_allclose(eager.bias, jitted.bias, rtol=1e-12)

@@ -175,12 +175,13 @@ def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, pol
     beta = jnp.where(switch, jnp.asarray(hparams.barrier_init, flat.dtype), state.beta)
     gap = ev.gain - gain_ref + hparams.slack
 
-    # In the gain phase the barrier quantities are unused; keep them finite with gap = 1.
+    # In the gain phase the barrier quantities are unused; keep them valid (beta = gap = 1).
     safe_gap = jnp.where(in_barrier, gap, 1.0)
+    safe_beta = jnp.where(in_barrier, beta, 1.0)
     grad = jnp.where(in_barrier, ev.grad_bias + beta / safe_gap * ev.grad_gain, ev.grad_gain)
     precond = jnp.where(in_barrier,
                         barrier_preconditioner(ev.bias_fisher, ev.gain_fisher, ev.grad_gain,
-                                               beta, safe_gap),
+                                               safe_beta, safe_gap),
                         ev.gain_fisher)
     objective = jnp.where(in_barrier, ev.bias + beta * jnp.log(safe_gap), ev.gain)
 
