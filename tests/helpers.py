@@ -52,3 +52,22 @@ def check_variants(fn, args, batched_args, in_axes, *, rtol=1e-10, atol=1e-12):
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a[i], b, rtol=rtol, atol=atol),
             batched, fn(*args_i))
+
+
+def check_compiled_variants(fn, batched_args, *, rtol=1e-10, atol=1e-12):
+    """`fn` un-jitted == jitted on the first batch member, and `jit(vmap(fn))` over the
+    leading axis of every argument == the jitted single calls.
+
+    The same three variants as `check_variants` with two compiled programs: no re-jit, and
+    no un-jitted `vmap` (which runs op by op and is slow for large graphs such as Hessians
+    or whole optimiser runs).
+    """
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    single = jax.jit(fn)
+    first = [jax.tree_util.tree_map(lambda x: x[0], a) for a in batched_args]
+    jax.tree_util.tree_map(close, fn(*first), single(*first))
+    batched = jax.jit(jax.vmap(fn))(*batched_args)
+    size = jax.tree_util.tree_leaves(batched_args)[0].shape[0]
+    for i in range(size):
+        args_i = [jax.tree_util.tree_map(lambda x: x[i], a) for a in batched_args]
+        jax.tree_util.tree_map(lambda b, s: close(b[i], s), batched, single(*args_i))
