@@ -25,6 +25,7 @@ def plot(tables: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (name, axis, label) in zip(axes, (("horizon", "horizon", "effective horizon 1/(1-γ)"),
@@ -38,6 +39,7 @@ def plot(tables: dict, out: Path) -> None:
             style = "o-" if key[0] == "dynpg" else "s--"
             ax.loglog([r[axis] for r in ok], [r["steps_to_eps"] for r in ok], style,
                       label=f"{key[0]} {key[1]}")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("gradient steps to ε-optimality")
         ax.grid(True, which="both", alpha=0.3)
