@@ -12,7 +12,7 @@ Dewanto & Gallagher, "A nearly Blackwell-optimal policy gradient method" (arXiv 
 
 The step length is Armijo backtracking (Boyd & Vandenberghe 2004, Alg. 9.2: alpha0 = 1,
 c = 1e-4, halving, at most 100 tries, 0 if none is accepted; `armijo_backtracking`, an optax
-transformation that also stops once the required increase is below the objective's
+transformation that also stops once the first-order increase is below the objective's
 rounding level); the direction by `dsorl.optim.natural_direction` (pseudo-inverse by
 default, as the authors' code). Differences from the authors' code: the
 iteration that ends the gain phase also takes the first barrier step (theirs skips it), and
@@ -345,7 +345,9 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5,
     would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
     long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
     scalar function of the flat parameters. The state keeps the last `step_size` and the
-    number of `evaluations`. The numbers may be traced.
+    number of `evaluations`. The numbers may be traced. (`optax.scale_by_backtracking_
+    linesearch` minimises, returns its last tiny trial instead of 0 on failure, and has no
+    rounding-level stop, which is what keeps a vmapped grid of searches short.)
     """
 
     def init(params):
