@@ -219,28 +219,16 @@ def chain_at(model: ChainModel, theta) -> Chain:
     return unchecked(Chain, P=P, r=r)
 
 
-def check_model(model: ChainModel, theta, gamma=None, *, average: bool = False) -> None:
-    """Raise `ValueError` unless the model at a concrete `theta` is a valid DSO problem.
-
-    Checks: `P` square, finite, >= 0, rows summing to 1; `r` and `P0` of matching shape,
-    `P0` a distribution; `terminal[X]` boolean; the model's own `check`. Discounted
-    (`average=False`): without a terminal set gamma in [0, 1); with one gamma in [0, 1],
-    and for gamma = 1 every state must reach the terminal set (else `I - P~` is
-    singular: the episode never ends). Average reward: the chain must be unichain (one
-    closed class), else the gain depends on the initial state. Traced values pass.
-    """
-    if average:
-        if gamma is not None:
-            raise ValueError("the average-reward criterion takes no discount factor.")
-    elif gamma is None:
-        raise ValueError("the discounted and first-exit criteria need a discount factor gamma.")
-    elif model.terminal is None:
-        _checks.check_discount(gamma)
-    else:
-        _checks.check_discount(gamma, allow_one=True)
+def check_chain(model: ChainModel, theta) -> None:
+    """Raise `ValueError` unless the model at a concrete `theta` is a chain: `P` square,
+    finite, >= 0, rows summing to 1; the model's own `check`; `r` finite and `P0` a
+    distribution, both `[X]`; `terminal` `[X]`. Traced `theta` passes unchecked."""
     if not _checks.is_concrete(theta):
         return
-    P, r, P0 = (np.asarray(x) for x in evaluate(model, theta))
+    values = evaluate(model, theta)
+    if not _checks.is_concrete(values):  # inside a trace (jit, vmap) even constants are traced
+        return
+    P, r, P0 = (np.asarray(x) for x in values)
     markov.validate_chain(P)
     if model.check is not None:
         model.check(theta)
@@ -252,11 +240,35 @@ def check_model(model: ChainModel, theta, gamma=None, *, average: bool = False) 
     _checks.check_rows_sum_to_one("P0", P0[None], what="initial law")
     if model.terminal is not None:
         _checks.check_shape("terminal", model.terminal, r.shape, "[X]")
-        if average:
+
+
+def check_model(model: ChainModel, theta, gamma=None, *, average: bool = False) -> None:
+    """Raise `ValueError` unless the model at a concrete `theta` is a valid DSO problem.
+
+    `check_chain`, then the criterion. Discounted (`average=False`): without a terminal
+    set gamma in [0, 1); with one gamma in [0, 1], and for gamma = 1 every state must
+    reach the terminal set (else `I - P~` is singular: the episode never ends). Average
+    reward (no gamma, no terminal set): the chain must be unichain (one closed class),
+    else the gain depends on the initial state. Traced values pass unchecked.
+    """
+    if average:
+        if gamma is not None:
+            raise ValueError("the average-reward criterion takes no discount factor.")
+        if model.terminal is not None:
             raise ValueError("a terminal set defines the first-exit criterion; the"
                              " average-reward criterion needs a model without one.")
-        if _checks.is_concrete(gamma) and float(gamma) == 1.0:
-            _require_exit(P, np.asarray(model.terminal))
+    elif gamma is None:
+        raise ValueError("the discounted and first-exit criteria need a discount factor gamma.")
+    else:
+        _checks.check_discount(gamma, allow_one=model.terminal is not None)
+    check_chain(model, theta)
+    P = model.transition(theta) if _checks.is_concrete(theta) else None
+    if P is None or not _checks.is_concrete(P):
+        return
+    P = np.asarray(P)
+    if not average and model.terminal is not None and _checks.is_concrete(gamma) \
+            and float(gamma) == 1.0:
+        _require_exit(P, np.asarray(model.terminal))
     if average:
         classes = markov.closed_classes(P)
         if len(classes) != 1:

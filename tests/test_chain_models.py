@@ -18,7 +18,7 @@ import dsorl
 from dsorl import chain_models as cm
 from dsorl import policies
 from dsorl.envs import lmdp as lmdp_envs
-from helpers import central_difference, check_variants, random_mdp
+from helpers import central_difference, check_compiled_variants, random_mdp
 
 S, A = 4, 3
 TABULAR = policies.tabular_softmax(S, A)
@@ -75,12 +75,21 @@ MAPPINGS = ["marginal", "augmented", "maximum_entropy", "kl_regularised"]
 
 @functools.lru_cache(maxsize=None)
 def first_order(name):
-    """One jitted program per mapping: `J`, Thm-1 gradient, `jax.grad J`, values `v`."""
-    def f(mdp, theta, gamma):
+    """One jitted program per mapping, `(mdp, theta, alpha, gamma) -> dict`: `J`, Thm-1
+    gradient, `jax.grad J`, values, and the surrogate's identities at `(theta, alpha)`."""
+    def f(mdp, theta, alpha, gamma):
         model = mapping(mdp, name)
         J = lambda t: cm.objective(model, t, gamma)
-        return (J(theta), cm.gradient(model, theta, gamma), jax.grad(J)(theta),
-                cm.value(model, theta, gamma))
+        terms = cm.surrogate_terms(model, alpha, gamma)
+        swapped = terms._replace(weight=cm.occupancy(model, theta, gamma))
+        return dict(
+            J=J(theta), gradient=cm.gradient(model, theta, gamma), autodiff=jax.grad(J)(theta),
+            value=cm.value(model, theta, gamma), J_alpha=J(alpha),
+            S_alpha_alpha=cm.surrogate(model, alpha, alpha, gamma),
+            dS_alpha=jax.grad(lambda t: cm.surrogate(model, t, alpha, gamma))(alpha),
+            dJ_alpha=cm.gradient(model, alpha, gamma),
+            S_theta_alpha=cm.surrogate(model, theta, alpha, gamma),
+            S_with_theta_occupancy=cm.surrogate_at(model, theta, swapped))
     return jax.jit(f)
 
 
@@ -140,11 +149,12 @@ def test_mappings_objective_and_thm1_gradient_match_numpy(seed, gamma):
     for name in MAPPINGS:
         ref = np_mapping(mdp, name)
         f = lambda th: np_objective(*ref(th), gamma)
-        J, thm1, autograd, _ = first_order(name)(mdp, theta, gamma)
-        np.testing.assert_allclose(J, f(theta), rtol=1e-12, err_msg=name)
-        np.testing.assert_allclose(thm1, central_difference(f, theta), rtol=1e-6, atol=1e-9,
+        q = first_order(name)(mdp, theta, theta, gamma)
+        np.testing.assert_allclose(q["J"], f(theta), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(q["gradient"], central_difference(f, theta), rtol=1e-6,
+                                   atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(q["gradient"], q["autodiff"], rtol=1e-10, atol=1e-12,
                                    err_msg=name)
-        np.testing.assert_allclose(thm1, autograd, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 @settings(max_examples=5)
@@ -153,12 +163,13 @@ def test_marginal_is_policy_gradient_theorem_and_augmented_gives_the_same_number
     mdp = random_mdp(seed, S, A)
     theta = jnp.asarray(np.random.default_rng(seed).normal(size=(S, A)))
     pgt, Q = core_references(mdp, theta, gamma)
-    J_marginal, g_marginal, _, _ = first_order("marginal")(mdp, theta, gamma)
-    J_augmented, g_augmented, _, value = first_order("augmented")(mdp, theta, gamma)
-    np.testing.assert_allclose(g_marginal, pgt, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(g_augmented, pgt, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(J_augmented, J_marginal, rtol=1e-12)
-    np.testing.assert_allclose(value.reshape(S, A), Q, rtol=1e-10)  # augmented value = Q(s, a)
+    marginal = first_order("marginal")(mdp, theta, theta, gamma)
+    augmented = first_order("augmented")(mdp, theta, theta, gamma)
+    np.testing.assert_allclose(marginal["gradient"], pgt, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(augmented["gradient"], pgt, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(augmented["J"], marginal["J"], rtol=1e-12)
+    # the augmented chain's value is Q(s, a)
+    np.testing.assert_allclose(augmented["value"].reshape(S, A), Q, rtol=1e-10)
 
 
 core_references = jax.jit(lambda mdp, th, g: (
@@ -205,13 +216,20 @@ def test_first_exit_lmdp_chain_against_numpy(seed, gamma):
             kl = np.where(u > 0, u * np.log(u / p), 0).sum(1)
         return np_objective(u, -q - np.where(T, 0, kl), P0, gamma, T)
 
-    np.testing.assert_allclose(lmdp_objective(lmdp, theta, gamma), f(theta), rtol=1e-12)
-    np.testing.assert_allclose(lmdp_gradient(lmdp, theta, gamma), central_difference(f, theta),
-                               rtol=1e-6, atol=1e-9)
+    (J, g), _, _ = lmdp_three_ways(lmdp, theta, gamma)
+    np.testing.assert_allclose(J, f(theta), rtol=1e-12)
+    np.testing.assert_allclose(g, central_difference(f, theta), rtol=1e-6, atol=1e-9)
 
 
-lmdp_objective = jax.jit(lambda l, th, g: cm.objective(cm.lmdp_chain(l), th, g))
-lmdp_gradient = jax.jit(lambda l, th, g: cm.gradient(cm.lmdp_chain(l), th, g))
+@jax.jit
+def lmdp_three_ways(lmdp, theta, gamma):
+    """`(J, grad J)` with controls by desirability, tabular (rows = theta), user function."""
+    by_desirability = cm.lmdp_chain(lmdp)
+    tabular = cm.lmdp_chain(lmdp, "tabular")
+    user = cm.lmdp_chain(lmdp, by_desirability.transition)
+    full = jnp.broadcast_to(theta, (theta.size, theta.size))
+    return [(cm.objective(m, th, gamma), cm.gradient(m, th, gamma))
+            for m, th in ((by_desirability, theta), (tabular, full), (user, theta))]
 
 
 def test_average_reward_gain_and_gradient():
@@ -318,22 +336,6 @@ def test_fisher_is_hessian_of_divergence_and_first_exit_excludes_terminal_rows()
 # --- surrogate -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def surrogate_identities(name):
-    """Jitted: `S(alpha, alpha)`, `grad_theta S|alpha`, `J`, `grad J(alpha)`, `S(theta, alpha)`,
-    and `S(theta, alpha)` with the occupancy of theta in place of alpha's."""
-    def f(mdp, alpha, theta, gamma):
-        model = mapping(mdp, name)
-        J = lambda t: cm.objective(model, t, gamma)
-        terms = cm.surrogate_terms(model, alpha, gamma)
-        swapped = terms._replace(weight=cm.occupancy(model, theta, gamma))
-        return (cm.surrogate(model, alpha, alpha, gamma), J(alpha),
-                jax.grad(lambda t: cm.surrogate(model, t, alpha, gamma))(alpha), jax.grad(J)(alpha),
-                cm.surrogate(model, theta, alpha, gamma), J(theta),
-                cm.surrogate_at(model, theta, swapped))
-    return jax.jit(f)
-
-
 @settings(max_examples=4)
 @given(st.integers(0, 10_000), st.floats(0.05, 0.95))
 def test_surrogate_identities(seed, gamma):
@@ -342,31 +344,21 @@ def test_surrogate_identities(seed, gamma):
     alpha = jnp.asarray(rng.normal(size=(S, A)))
     theta = alpha + jnp.asarray(rng.normal(size=(S, A)))
     for name in ("marginal", "augmented"):
-        S_aa, J_a, dS, dJ, S_ta, J_t, S_exact = surrogate_identities(name)(mdp, alpha, theta, gamma)
-        np.testing.assert_allclose(S_aa, J_a, rtol=1e-12)
-        np.testing.assert_allclose(dS, dJ, rtol=1e-10, atol=1e-12)
+        q = first_order(name)(mdp, theta, alpha, gamma)
+        np.testing.assert_allclose(q["S_alpha_alpha"], q["J_alpha"], rtol=1e-12)
+        np.testing.assert_allclose(q["dS_alpha"], q["dJ_alpha"], rtol=1e-10, atol=1e-12)
         # performance difference: with the occupancy of theta instead of alpha, S is exact
-        np.testing.assert_allclose(S_exact, J_t, rtol=1e-10)
-        assert abs(S_ta - J_t) > 1e-6  # ... and with alpha's it is not (gamma > 0)
+        np.testing.assert_allclose(q["S_with_theta_occupancy"], q["J"], rtol=1e-10)
+        assert abs(q["S_theta_alpha"] - q["J"]) > 1e-6  # ... with alpha's it is not (gamma > 0)
 
 
 # --- LMDP chain ------------------------------------------------------------------------------
 
 
 def test_lmdp_tabular_and_user_controls_agree():
-    lmdp = lmdp_envs.random_lmdp(jax.random.key(2), 5, 3, n_terminal=1)
-    theta = jnp.asarray(np.random.default_rng(2).normal(size=5))
-
-    @jax.jit
-    def three_ways(lmdp, theta):
-        by_desirability = cm.lmdp_chain(lmdp)
-        tabular = cm.lmdp_chain(lmdp, "tabular")
-        user = cm.lmdp_chain(lmdp, by_desirability.transition)
-        full = jnp.broadcast_to(theta, (5, 5))
-        return [(cm.objective(m, th, 0.9), cm.gradient(m, th, 0.9))
-                for m, th in ((by_desirability, theta), (tabular, full), (user, theta))]
-
-    (J, g), (J_tab, g_tab), (J_user, g_user) = three_ways(lmdp, theta)
+    lmdp = lmdp_envs.random_lmdp(jax.random.key(2), 6, 3, n_terminal=2)
+    theta = jnp.asarray(np.random.default_rng(2).normal(size=6))
+    (J, g), (J_tab, g_tab), (J_user, g_user) = lmdp_three_ways(lmdp, theta, 0.9)
     np.testing.assert_allclose(J_tab, J, rtol=1e-12)
     np.testing.assert_allclose(J_user, J, rtol=1e-12)
     np.testing.assert_allclose(g_user, g, rtol=1e-10, atol=1e-13)
@@ -377,30 +369,19 @@ def test_lmdp_tabular_and_user_controls_agree():
 
 
 def test_variants_jit_and_vmap_over_theta_and_gamma():
+    """Un-jitted == jitted, and `vmap` over (theta, gamma) == the jitted single calls."""
     mdp = random_mdp(11, S, A)
     model = cm.marginal(mdp, TABULAR)
     rng = np.random.default_rng(11)
     thetas = jnp.asarray(rng.normal(size=(3, S, A)))
     gammas = jnp.array([0.0, 0.5, 0.9])
 
-    def first(theta, gamma):
+    def everything(theta, gamma):
         return (cm.objective(model, theta, gamma), cm.gradient(model, theta, gamma),
-                cm.surrogate(model, theta, theta + 0.5, gamma), cm.gain_gradient(model, theta))
+                cm.surrogate(model, theta, theta + 0.5, gamma), cm.hessian(model, theta, gamma),
+                cm.fisher(model, theta, gamma), cm.gain_gradient(model, theta))
 
-    check_variants(first, (thetas[0], 0.9), (thetas, gammas), (0, 0), rtol=1e-10, atol=1e-12)
-
-    def second(theta, gamma):
-        return (cm.hessian(model, theta, gamma), cm.fisher(model, theta, gamma),
-                cm.gain_hessian(model, theta))
-
-    eager = second(thetas[2], gammas[2])
-    batched = jax.jit(jax.vmap(second))(thetas, gammas)
-    for b, e in zip(batched, eager):
-        np.testing.assert_allclose(b[2], e, rtol=1e-10, atol=1e-12)
-    single = jax.jit(second)
-    for i in range(2):
-        for b, e in zip(batched, single(thetas[i], gammas[i])):
-            np.testing.assert_allclose(b[i], e, rtol=1e-10, atol=1e-12)
+    check_compiled_variants(everything, (thetas, gammas))
 
 
 # --- bad input -------------------------------------------------------------------------------

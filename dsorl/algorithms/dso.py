@@ -326,7 +326,8 @@ def pco(model, params0, hparams: PCOHParams, key, *, config: PCOConfig,
     _check_steps(iterations=config.iterations, n_episodes=config.n_episodes,
                  horizon=config.horizon, epochs=config.epochs)
     _checks.check_positive("learning_rate", hparams.learning_rate)
-    _checks.check_positive("clip", hparams.clip)
+    if _checks.is_concrete(hparams.clip) and not np.all(np.asarray(hparams.clip) > 0):
+        raise ValueError(f"clip = {hparams.clip} must be > 0 (inf: no clipping).")
     cm.check_model(model, params0, hparams.gamma)
     if behaviour is not None:
         _check_behaviour(model, params0, behaviour)
@@ -336,11 +337,11 @@ def pco(model, params0, hparams: PCOHParams, key, *, config: PCOConfig,
 
 
 def _check_behaviour(model, params0, behaviour) -> None:
-    if not _checks.is_concrete(params0, behaviour):
+    P = model.transition(params0) if _checks.is_concrete(params0) else None
+    if P is None or not _checks.is_concrete(P, behaviour):
         return
-    B = np.asarray(behaviour)
+    B, P = np.asarray(behaviour), np.asarray(P)
     validate_chain(B)
-    P = np.asarray(model.transition(params0))
     bad = np.argwhere((P > 0) & (B <= 0))
     if bad.size:
         x, y = bad[0]

@@ -29,17 +29,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dsorl import _checks
 from dsorl import chain_models as cm
 from dsorl._struct import unchecked
-from dsorl.markov import Chain
+from dsorl.markov import Chain, validate_chain
 from dsorl.sampling import chain_rollout
 
 Array = jax.Array
 
 
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} = {value} must be >= 1.")
+
+
 def sample_chain(key: Array, P: Array, initial: Array, horizon: int, n_episodes: int) -> Array:
     """`n_episodes` state sequences `x_0..x_T` of the chain `P[X, X]` from `x_0 ~ initial`,
     shape `[N, T + 1]` (core `dsorl.sampling.chain_rollout`, one `vmap` over keys)."""
+    _check_sizes(horizon=horizon, n_episodes=n_episodes)
     chain = unchecked(Chain, P=P, r=jnp.zeros(P.shape[0], P.dtype))
     keys = jax.random.split(key, n_episodes)
     return jax.vmap(lambda k: chain_rollout(k, chain, horizon, initial))(keys)
@@ -51,6 +59,8 @@ def sample_episodes(key: Array, model: cm.ChainModel, theta, horizon: int,
 
     Rollouts continue past a terminal state; every estimator ignores those steps.
     """
+    _check_sizes(horizon=horizon, n_episodes=n_episodes)
+    cm.check_chain(model, theta)
     P, _, P0 = cm.evaluate(model, theta)
     return sample_chain(key, P, P0, horizon, n_episodes)
 
@@ -86,7 +96,10 @@ def prepare_batch(model: cm.ChainModel, alpha, gamma, states: Array, v_hat: Arra
     `behaviour[X, X]`: the chain that generated the transitions (off-chain; default: the
     model's own chain at `alpha`). Everything returned is constant in `theta`.
     """
-    P, r, P0 = jax.lax.stop_gradient(cm.evaluate(model, alpha))
+    cm.check_model(model, alpha, gamma)
+    if behaviour is not None and _checks.is_concrete(behaviour):
+        validate_chain(behaviour)
+    _, r, P0 = jax.lax.stop_gradient(cm.evaluate(model, alpha))
     log_P = jax.lax.stop_gradient(cm.log_transition(model, alpha))
     v_hat = jnp.asarray(v_hat, r.dtype)
     x, x_next = states[:, :-1], states[:, 1:]
