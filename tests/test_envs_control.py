@@ -76,7 +76,7 @@ def test_soft_value_iteration_on_the_grid_recovers_the_gaussian_soft_policy():
     gamma, tau = 0.9, 1.0
     ref = control.soft_lqr(gamma, tau)
     errors = []
-    for bound in (3.0, 4.0, 5.0):
+    for bound in (3.0, 4.4):
         n = int(round(2 * bound / 0.2)) + 1
         env = control.linear_quadratic_regulator(n, n, state_bound=bound, action_bound=bound, noise_std=0.4)
         pi = np.asarray(dsorl.soft_value_iteration(env.mdp, gamma, tau).policy)
@@ -86,8 +86,7 @@ def test_soft_value_iteration_on_the_grid_recovers_the_gaussian_soft_policy():
         inner = np.abs(x) <= 1.5 + 1e-9
         errors.append(max(np.abs(mean - float(ref.gain) * x)[inner].max(),
                           np.abs(std - float(ref.action_std))[inner].max()))
-    print("boundary errors", errors)
-    assert errors[1] < errors[0] / 30 and errors[2] < errors[1] / 30 and errors[2] < 1e-9
+    assert errors[0] < 1e-3 and errors[1] < errors[0] / 1000 and errors[1] < 1e-8
 
 
 def test_grid_lqr_is_jittable_and_vmaps_over_the_noise():

@@ -86,6 +86,11 @@ def test_init_particles_sample_the_standard_gaussian():
     c, w, b = leaves(particles)
     assert c.shape == (N, 3) and w.shape == (N, 3, 2) and b.shape == (N, 3)
     assert c.dtype == np.float64
+    # the module's own parameter tree, with a particle axis
+    one = feature.init(jax.random.key(0), x[0, 0])
+    assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(particles)
+    assert all(a.shape == b.shape[1:] for a, b in zip(jax.tree_util.tree_leaves(one),
+                                                        jax.tree_util.tree_leaves(particles)))
     flat = np.concatenate([c, w.reshape(N, -1), b], axis=1)
     D = flat.shape[1]
     assert features.particle_dimension(particles) == D == 3 * (2 + 2)

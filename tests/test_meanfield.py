@@ -42,6 +42,12 @@ def hparams(gamma=0.8, tau=1.0, sigma=0.5, eta=0.1):
     return mf.LangevinHParams(gamma, tau, sigma, eta)
 
 
+# jitted entry points shared by the exact tests (one compile per structure, not per call)
+_POLICY = jax.jit(mf.mean_field_policy)
+_VALUE = jax.jit(mf.regularised_value)
+_LIONS = jax.jit(mf.lions_derivative, static_argnames="method")
+
+
 def leaves(tree):
     p = tree["params"]
     return tuple(np.asarray(p[k]) for k in ("c", "w", "b"))
@@ -106,9 +112,10 @@ def test_soft_optimum_with_a_reference_measure():
     V_pi, Q_pi, _ = numpy_soft(mdp, np.asarray(sol.policy), gamma, tau, MU)
     np.testing.assert_allclose(V_pi, v, rtol=1e-10)
     np.testing.assert_allclose(dsorl.soft_action_values(mdp, sol.policy, gamma, tau, MU), Q_pi, rtol=1e-10)
-    J = lambda th: dsorl.entropy_regularised_return(mdp, jax.nn.softmax(th + np.log(MU), -1), gamma, tau, MU)
+    J = jax.jit(lambda th: dsorl.entropy_regularised_return(mdp, jax.nn.softmax(th + np.log(MU), -1),
+                                                            gamma, tau, MU))
     theta_star = np.log(np.asarray(sol.policy) / MU)
-    assert np.abs(jax.grad(J)(theta_star)).max() < 1e-10
+    assert np.abs(jax.jit(jax.grad(J))(theta_star)).max() < 1e-10
     assert all(J(theta_star + np.random.default_rng(i).normal(scale=0.3, size=(S, A))) < J(theta_star)
                for i in range(5))
 
@@ -118,12 +125,15 @@ def test_soft_optimum_with_a_reference_measure():
 
 
 def test_policy_and_regularised_value_match_numpy():
-    prob, ps = problem(), particles(7)
+    prob, ps = problem(), particles(6)
     pi = numpy_policy(ps, MU)
-    np.testing.assert_allclose(mf.mean_field_policy(prob, ps), pi, rtol=1e-13)
+    np.testing.assert_allclose(_POLICY(prob, ps), pi, rtol=1e-13)
     for gamma, tau in [(0.5, 0.1), (0.95, 2.0)]:
         V, _, _ = numpy_soft(prob.mdp, pi, gamma, tau, MU)
-        np.testing.assert_allclose(mf.regularised_value(prob, ps, gamma, tau), prob.mdp.rho @ V, rtol=1e-12)
+        np.testing.assert_allclose(_VALUE(prob, ps, gamma, tau), prob.mdp.rho @ V, rtol=1e-12)
+    # un-jitted, once
+    np.testing.assert_allclose(mf.regularised_value(prob, ps, 0.5, 0.1),
+                               prob.mdp.rho @ numpy_soft(prob.mdp, pi, 0.5, 0.1, MU)[0], rtol=1e-12)
 
 
 def test_policy_respects_the_action_mask():
@@ -132,20 +142,20 @@ def test_policy_respects_the_action_mask():
     mask[1, 2] = mask[3, 0] = False
     mdp = dsorl.MDP(base.P, base.R, base.rho, mask)
     prob = problem(mdp=mdp, mu=None)
-    pi = np.asarray(mf.mean_field_policy(prob, particles(6)))
+    pi = np.asarray(_POLICY(prob, particles(6)))
     assert pi[1, 2] == 0 and pi[3, 0] == 0
     np.testing.assert_allclose(pi.sum(1), 1, rtol=1e-14)
-    lions = mf.lions_derivative(prob, particles(6), 0.9, 0.5, method="covariance")
-    auto = mf.lions_derivative(prob, particles(6), 0.9, 0.5)
+    lions = _LIONS(prob, particles(6), 0.9, 0.5, method="covariance")
+    auto = _LIONS(prob, particles(6), 0.9, 0.5, method="autodiff")
     for a, b in zip(leaves(auto), leaves(lions)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(a).max())
 
 
-@pytest.mark.parametrize("seed, gamma, tau, n", [(0, 0.9, 0.5, 5), (3, 0.5, 2.0, 12), (4, 0.99, 0.05, 3)])
-def test_lions_derivative_autodiff_equals_covariance_formula(seed, gamma, tau, n):
-    prob, ps = problem(seed), particles(n, seed, scale=1.5)
-    auto = leaves(mf.lions_derivative(prob, ps, gamma, tau, method="autodiff"))
-    cov = leaves(mf.lions_derivative(prob, ps, gamma, tau, method="covariance"))
+@pytest.mark.parametrize("seed, gamma, tau", [(0, 0.9, 0.5), (3, 0.5, 2.0), (4, 0.99, 0.05)])
+def test_lions_derivative_autodiff_equals_covariance_formula(seed, gamma, tau):
+    prob, ps = problem(seed), particles(6, seed, scale=1.5)
+    auto = leaves(_LIONS(prob, ps, gamma, tau, method="autodiff"))
+    cov = leaves(_LIONS(prob, ps, gamma, tau, method="covariance"))
     ref = numpy_lions_derivative(prob.mdp, ps, gamma, tau, MU)
     for a, c, r in zip(auto, cov, ref):
         scale = np.abs(r).max()
@@ -156,25 +166,21 @@ def test_lions_derivative_autodiff_equals_covariance_formula(seed, gamma, tau, n
 
 def test_lions_derivative_is_n_times_the_particle_gradient():
     # finite differences of the exact value in one particle's parameters, times N
-    prob, ps, n = problem(5), particles(4, 5), 4
-    lions = mf.lions_derivative(prob, ps, 0.9, 0.7)
+    prob, ps, n = problem(5), particles(6, 5), 6
+    lions = _LIONS(prob, ps, 0.9, 0.7, method="autodiff")
     for name in ("c", "w", "b"):
         def value_of(leaf, name=name):
             tree = {"params": {**ps["params"], name: ps["params"][name].at[2].set(leaf)}}
-            return mf.regularised_value(prob, tree, 0.9, 0.7)
+            return _VALUE(prob, tree, 0.9, 0.7)
         fd = central_difference(value_of, ps["params"][name][2], eps=1e-5)
         np.testing.assert_allclose(lions["params"][name][2], n * fd, rtol=1e-6, atol=1e-9)
 
 
 def test_lions_derivative_variants():
-    prob, ps = problem(), particles(3)
-    taus = jnp.array([0.2, 1.0, 3.0])
-    for method in mf.GRADIENTS:
-        check_variants(lambda p, t: mf.lions_derivative(prob, p, 0.9, t, method=method),
-                       (ps, 0.5), (ps, taus), (None, 0))
-    # and vmapped over ensembles
-    batch = jax.tree_util.tree_map(lambda p: jnp.stack([p, -p]), ps)
-    check_variants(lambda p: mf.regularised_value(prob, p, 0.9, 0.5), (ps,), (batch,), (0,))
+    # autodiff here; the covariance form is compared with it (jitted) above
+    prob, ps = problem(), particles(6)
+    check_variants(lambda p, t: mf.lions_derivative(prob, p, 0.9, t), (ps, 0.5),
+                   (ps, jnp.array([0.2, 3.0])), (None, 0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,7 +193,7 @@ def test_langevin_ascent_update():
     eta, sigma = 0.05, 0.7
     tx = mf.langevin_ascent(eta, sigma)
     key = jax.random.key(3)
-    upd, _ = tx.update(grad, tx.init(ps), ps, key=key)
+    upd, _ = jax.jit(lambda g, p, k: tx.update(g, tx.init(p), p, key=k))(grad, ps, key)
     drift = jax.tree_util.tree_map(lambda g, p: eta * (g - sigma ** 2 / 2 * p), grad, ps)
     noise = np.concatenate([np.ravel((u - d) / (sigma * np.sqrt(eta)))
                             for u, d in zip(leaves(upd), leaves(drift))])
@@ -202,16 +208,18 @@ def test_langevin_ascent_update():
 def test_run_matches_manual_steps_and_records_the_trace():
     prob, ps, hp = problem(), particles(6), hparams()
     state, trace = mf.run(prob, ps, hp, jax.random.key(0), config=mf.MeanFieldConfig(4))
-    manual = mf.init(prob, ps, mf.LangevinHParams(*map(jnp.asarray, hp)), jax.random.key(0))
+    hp_arrays = mf.LangevinHParams(*map(jnp.asarray, hp))
+    manual = mf.init(prob, ps, hp_arrays, jax.random.key(0))
+    step = jax.jit(mf.step)
     rows = []
     for _ in range(4):
-        manual, row = mf.step(prob, manual, mf.LangevinHParams(*map(jnp.asarray, hp)))
+        manual, row = step(prob, manual, hp_arrays)
         rows.append(row)
     for a, b in zip(leaves(state.particles), leaves(manual.particles)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert int(state.step) == 4 and int(state.first_bad_step) == -1
     # row k describes nu_k: compare with independent evaluations of the ensembles
-    first = mf.evaluate(prob, ps, hp)
+    first = jax.jit(mf.evaluate)(prob, ps, hp_arrays)
     pi = numpy_policy(ps, MU)
     V, _, _ = numpy_soft(prob.mdp, pi, 0.8, 1.0, MU)
     np.testing.assert_allclose(trace.value_tau[0], prob.mdp.rho @ V, rtol=1e-12)
@@ -229,7 +237,8 @@ def test_run_matches_manual_steps_and_records_the_trace():
 
 
 def test_run_variants_over_seeds_tau_sigma_eta():
-    prob, ps = problem(), particles(5)
+    # N = 1 (allowed; its objective is -inf for sigma > 0, which is not a divergence)
+    prob, ps = problem(), particles(1)
     config = mf.MeanFieldConfig(3)
 
     def fn(key, tau, sigma, eta):
@@ -239,6 +248,10 @@ def test_run_variants_over_seeds_tau_sigma_eta():
     keys = jax.random.split(jax.random.key(1), 3)
     batched = (keys, jnp.array([0.5, 1.0, 2.0]), jnp.array([0.0, 0.3, 1.0]), jnp.array([0.01, 0.1, 0.2]))
     check_variants(fn, (keys[0], 1.0, 0.3, 0.1), batched, (0, 0, 0, 0), rtol=1e-11, atol=1e-12)
+    _, first_bad, trace = jax.vmap(fn)(*batched)   # the cached program of check_variants
+    assert np.all(np.asarray(first_bad) == -1)
+    np.testing.assert_array_equal(trace.objective[0], trace.value_tau[0])   # sigma = 0
+    assert np.all(np.asarray(trace.objective[1:]) == -np.inf)
 
 
 def test_with_zero_reward_the_particle_law_converges_to_the_standard_gaussian():
@@ -263,20 +276,34 @@ def test_with_zero_reward_the_particle_law_converges_to_the_standard_gaussian():
     assert abs(trace.dispersion[-1] - v) < 4.5 * se_var / np.sqrt(flat.shape[1])
 
 
+# one compiled program for the dynamics tests below: B = 12 runs of 150 steps of N = 16
+# particles, batched over initial ensembles, hyperparameters and keys
+_B, _N, _T = 12, 16, 150
+_RUNS = jax.jit(jax.vmap(lambda prob, ps, hp, key: mf.run(prob, ps, hp, key, config=mf.MeanFieldConfig(_T)),
+                         in_axes=(None, 0, 0, 0)))
+
+
+def _batch(*trees):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _hparams_batch(**kwargs):
+    return mf.LangevinHParams(*(jnp.broadcast_to(jnp.asarray(v, float), (_B,))
+                                for v in hparams(**kwargs)))
+
+
 def test_objective_does_not_decrease_for_small_steps():
-    prob = problem(0)
-    # sigma = 0: plain gradient ascent on V_tau, monotone up to rounding for small eta
-    _, trace = mf.run(prob, particles(16), hparams(sigma=0.0, eta=0.05), jax.random.key(0),
-                      config=mf.MeanFieldConfig(150))
-    value = np.asarray(trace.value_tau)
+    """sigma = 0 (run 0): gradient ascent on V_tau, monotone up to rounding for a small
+    step. sigma = 0.3 (runs 1..11): the objective's mean over seeds is non-decreasing up to
+    its standard error (4.5 SE between any two steps) and rises significantly overall."""
+    sigma = np.r_[0.0, np.full(_B - 1, 0.3)]
+    _, trace = _RUNS(problem(0), _batch(*[particles(_N)] * _B), _hparams_batch(sigma=sigma, eta=0.05),
+                     jax.random.split(jax.random.key(1), _B))
+    value = np.asarray(trace.value_tau[0])
     assert np.all(np.diff(value) >= -1e-13 * np.abs(value).max())
     assert value[-1] - value[0] > 0.5   # and it does climb
-    # sigma > 0: the objective's mean over seeds is non-decreasing up to its standard error
-    seeds = 12
-    run = jax.jit(jax.vmap(lambda key: mf.run(prob, particles(16), hparams(sigma=0.3, eta=0.05), key,
-                                              config=mf.MeanFieldConfig(150))[1].objective))
-    J = np.asarray(run(jax.random.split(jax.random.key(1), seeds)))
-    mean, se = J.mean(0), J.std(0, ddof=1) / np.sqrt(seeds)
+    J = np.asarray(trace.objective[1:])
+    mean, se = J.mean(0), J.std(0, ddof=1) / np.sqrt(len(J))
     drop = mean[None, :] - mean[:, None]          # drop[j, k] = mean_k - mean_j
     tol = 4.5 * np.sqrt(se[None, :] ** 2 + se[:, None] ** 2)
     later = np.triu(np.ones_like(drop, bool), 1)
@@ -285,17 +312,19 @@ def test_objective_does_not_decrease_for_small_steps():
 
 
 def test_large_sigma_forgets_the_initialisation():
-    """sigma^2/2 = 2 dominates the drift's Lipschitz constant: the dynamics contract, so two
-    ensembles started far apart and driven by the same noise reach the same policy (the
-    coupling behind the W_2 contraction of Kerimkulov et al.'s convergence theorem)."""
+    """sigma^2/2 = 2 dominates the drift's Lipschitz constant: the dynamics contract (by
+    about 1 - eta sigma^2/2 = 0.8 per step), so ensembles started far apart and driven by
+    the same noise reach the same policy (the coupling behind the W_2 contraction of
+    Kerimkulov et al.'s convergence theorem). Runs 2i and 2i+1 share a key."""
     prob = problem(0)
-    hp, config, key = hparams(sigma=2.0, eta=0.05), mf.MeanFieldConfig(400), jax.random.key(4)
-    a, b = particles(32, 1), particles(32, 2, loc=1.0, scale=0.5)
-    gap0 = np.abs(mf.mean_field_policy(prob, a) - mf.mean_field_policy(prob, b)).max()
-    sa, _ = mf.run(prob, a, hp, key, config=config)
-    sb, _ = mf.run(prob, b, hp, key, config=config)
-    gap = np.abs(mf.mean_field_policy(prob, sa.particles) - mf.mean_field_policy(prob, sb.particles)).max()
-    assert gap0 > 1e-2 and gap < 1e-10
+    starts = [particles(_N, i) if i % 2 == 0 else particles(_N, i, loc=1.0, scale=0.5) for i in range(_B)]
+    keys = jnp.repeat(jax.random.split(jax.random.key(4), _B // 2), 2)
+    state, _ = _RUNS(prob, _batch(*starts), _hparams_batch(sigma=2.0, eta=0.1), keys)
+    pis = np.asarray(jax.vmap(lambda p: mf.mean_field_policy(prob, p))(state.particles))
+    pis0 = np.stack([np.asarray(_POLICY(prob, p)) for p in starts])
+    gap0 = np.abs(pis0[0::2] - pis0[1::2]).max(axis=(1, 2))
+    gap = np.abs(pis[0::2] - pis[1::2]).max(axis=(1, 2))
+    assert np.all(gap0 > 1e-2) and np.all(gap < 1e-10)
 
 
 def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
@@ -340,24 +369,24 @@ def test_divergence_is_reported_with_its_step_and_hyperparameters():
     particles' variance, when |theta|^2 overflows (|theta| ~ 1.3e154). The bounded drift
     and the noise only shift the start, so the step is predictable within a few steps from
     the largest initial coordinate."""
-    prob, ps = problem(), particles(8)
-    etas = jnp.array([0.1, 100.0])
-    state, trace = jax.vmap(lambda e: mf.run(prob, ps, hparams(sigma=1.0, eta=e), jax.random.key(0),
-                                             config=mf.MeanFieldConfig(150)))(etas)
+    eta = np.r_[np.full(_B - 1, 0.1), 100.0]
+    ps = particles(_N)
+    state, trace = _RUNS(problem(), _batch(*[ps] * _B), _hparams_batch(sigma=1.0, eta=eta),
+                         jax.random.split(jax.random.key(0), _B))
     bad = np.asarray(state.first_bad_step)
-    assert bad[0] == -1 and bad[1] >= 0
-    k = bad[1]
+    assert np.all(bad[:-1] == -1) and bad[-1] >= 0
+    k = bad[-1]
     start = np.abs(np.concatenate([x.ravel() for x in leaves(ps)])).max()
     predicted = np.log(np.sqrt(np.finfo(np.float64).max) / start) / np.log(49)
     assert abs(k - predicted) <= 3
     # the trace agrees: rows before k are finite, row k is not
-    rows = np.stack([np.asarray(x[1]) for x in trace], axis=1)
+    rows = np.stack([np.asarray(x[-1]) for x in trace], axis=1)
     assert np.all(np.isfinite(rows[:k])) and not np.all(np.isfinite(rows[k]))
-    mf.check_divergence(state.first_bad_step[0], hparams(sigma=1.0, eta=0.1))
-    with pytest.raises(mf.DivergenceError, match=rf"1 of 2 .* run \(1,\): step {k} \(gamma=0.8, tau=1.0,"
+    mf.check_divergence(state.first_bad_step[:-1], hparams(sigma=1.0, eta=eta[:-1]))
+    with pytest.raises(mf.DivergenceError, match=rf"1 of 12 .* run \(11,\): step {k} \(gamma=0.8, tau=1.0,"
                                                  r" sigma=1.0, eta=100.0\)") as err:
-        mf.check_divergence(state.first_bad_step, hparams(sigma=1.0, eta=etas))
-    assert err.value.runs == [{"index": (1,), "first_bad_step": k, "gamma": 0.8, "tau": 1.0,
+        mf.check_divergence(state.first_bad_step, hparams(sigma=1.0, eta=eta))
+    assert err.value.runs == [{"index": (11,), "first_bad_step": k, "gamma": 0.8, "tau": 1.0,
                                "sigma": 1.0, "eta": 100.0}]
 
 
@@ -412,7 +441,49 @@ def test_problem_is_a_pytree():
     scaled = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), prob)
     scaled = jax.tree_util.tree_unflatten(treedef, [*jax.tree_util.tree_leaves(scaled.mdp),
                                                     jnp.stack([X, 2 * X]), scaled.mu])
-    values = jax.vmap(lambda p: mf.regularised_value(p, particles(3), 0.9, 0.5))(scaled)
+    values = jax.jit(jax.vmap(lambda p: mf.regularised_value(p, particles(6), 0.9, 0.5)))(scaled)
     doubled = mf.MeanFieldProblem(prob.mdp, FEATURE, 2 * X, MU)
-    np.testing.assert_allclose(values, [mf.regularised_value(prob, particles(3), 0.9, 0.5),
-                                        mf.regularised_value(doubled, particles(3), 0.9, 0.5)], rtol=1e-12)
+    np.testing.assert_allclose(values, [_VALUE(prob, particles(6), 0.9, 0.5),
+                                        _VALUE(doubled, particles(6), 0.9, 0.5)], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# Jobs and the benchmark's baseline
+
+
+def test_numpy_baseline_of_the_benchmark_is_the_same_update():
+    from dsorl.jobs.meanfield_benchmark import NumpyLangevin
+
+    prob, ps, hp = problem(), particles(6), hparams(sigma=0.0)
+    state, trace = mf.run(prob, ps, hp, jax.random.key(0), config=mf.MeanFieldConfig(4))
+    baseline = NumpyLangevin(prob, jax.tree_util.tree_map(np.asarray, ps), hp, np.random.default_rng(0))
+    rows = np.array(baseline.run(4))
+    np.testing.assert_allclose(rows, np.stack(trace, axis=1), rtol=1e-11)
+    for got, want in zip((baseline.c, baseline.w, baseline.b), leaves(state.particles)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_meanfield_jobs_run_end_to_end():
+    from dsorl import config as config_lib
+    from dsorl.jobs import meanfield as job, meanfield_control as control_job
+
+    # eta = 1000: sigma = 0 stays finite (bounded drift), sigma = 1 diverges (factor -499)
+    cfg = config_lib.resolve({"job": "meanfield", "particles": [3], "sigmas": [0.0, 1.0], "seeds": 2,
+                              "eta": 1000.0, "burn_in": 60, "snapshots": 2, "snapshot_every": 10,
+                              "on_divergence": "report"})
+    out = job.run(cfg)
+    rows = out["tables"]["gap"]
+    assert [(r["particles"], r["sigma"], r["runs"], r["diverged"]) for r in rows] == [(3, 0.0, 2, 0),
+                                                                                       (3, 1.0, 0, 2)]
+    assert 0 <= rows[0]["policy_gap"] <= 2 and rows[0]["value_gap"] >= 0
+    assert out["tables"]["lions_check"][0]["autodiff_vs_covariance_rel"] < 1e-10
+    assert out["arrays"]["value_gap_n3_sigma0"].shape == (80,)
+    with pytest.raises(ValueError, match="on_divergence"):
+        job.run({**cfg, "on_divergence": "ignore"})
+
+    cfg = config_lib.resolve({"job": "meanfield_control", "grid": {"n_states": 7, "n_actions": 5},
+                              "particles": 4, "steps": 5, "seeds": 2})
+    rows = control_job.run(cfg)["tables"]["policies"]
+    assert rows[0]["policy_gap"] == 0 and rows[0]["value_gap"] == 0
+    assert len(rows) == 4 and all(r["policy_gap"] > 0 for r in rows[1:3])

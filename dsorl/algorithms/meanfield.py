@@ -115,8 +115,8 @@ def mean_field_policy(problem: MeanFieldProblem, particles) -> Array:
 def regularised_value(problem: MeanFieldProblem, particles, gamma, tau) -> Array:
     """The exact regularised value `V_tau^{pi_nu}(rho) = E sum_t gamma^t [r - tau log(pi_nu/mu)]`.
 
-    A scalar; Kerimkulov et al. (ICML 2022), the value of their first slide's definition,
-    for the mean-field policy of the particles (one linear solve).
+    A scalar: the entropy-regularised value of Kerimkulov et al. (ICML 2022) for the
+    mean-field policy of the particles, exact (one linear solve).
     """
     _check_value_args(problem, particles, gamma, tau)
     return _regularised_value(problem, particles, gamma, tau)[0]
@@ -200,8 +200,8 @@ class MeanFieldConfig(NamedTuple):
 
 class MeanFieldState(NamedTuple):
     """`particles` (pytree, leading axis N), optax state, PRNG `key`, `step` count, and
-    `first_bad_step`: the first step k whose statistics (of `nu_k`, see `MeanFieldTrace`) or
-    updated particles were not finite (-1: none). Use `check_divergence` on the host to turn
+    `first_bad_step`: the first step k whose values or dispersion (of `nu_k`, see
+    `MeanFieldTrace`) or updated particles were not finite (-1: none). Use `check_divergence` on the host to turn
     it into an error."""
 
     particles: dict
@@ -217,7 +217,8 @@ class MeanFieldTrace(NamedTuple):
     `objective`: `value_tau - (sigma^2/2) KL_G` with `KL_G` the KL divergence from N(0, I)
     of the Gaussian with the particles' per-coordinate means and variances (a lower bound of
     `KL(nu || e^{-U})` for the law the particles sample, so `objective` estimates
-    `J^{tau,sigma}` from above; exact when that law is such a Gaussian, e.g. at r = 0);
+    `J^{tau,sigma}` from above; exact when that law is such a Gaussian, e.g. at r = 0;
+    -inf when some coordinate has no spread, e.g. N = 1, unless sigma = 0);
     `value_tau`: the regularised value `V_tau^{pi_nu}(rho)`; `value`: the unregularised
     discounted return `V^{pi_nu}(rho)`; `dispersion`: `(1/(N D)) sum_i |theta_i - mean|^2`,
     the mean per-coordinate variance of the particles (D = K (d + 2)).
@@ -277,7 +278,8 @@ def step(problem: MeanFieldProblem, state: MeanFieldState, hparams: LangevinHPar
     updates, opt_state = tx.update(lions, state.opt_state, state.particles, key=noise_key)
     particles = optax.apply_updates(state.particles, updates)
     row = _statistics(problem, state.particles, pi, value_tau, hparams)
-    finite = _all_finite(row) & _all_finite(particles)
+    # not the objective: it is legitimately -inf for an ensemble without spread (N = 1)
+    finite = _all_finite((row.value_tau, row.value, row.dispersion, particles))
     first_bad = jnp.where((state.first_bad_step < 0) & ~finite, state.step, state.first_bad_step)
     return MeanFieldState(particles, opt_state, key, state.step + 1, first_bad), row
 
@@ -321,7 +323,9 @@ def _statistics(problem, particles, pi, value_tau, hparams) -> MeanFieldTrace:
                             for x in jax.tree_util.tree_leaves(particles)], axis=1)
     mean, var = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
     kl_gaussian = 0.5 * jnp.sum(var + mean ** 2 - 1 - jnp.log(var))
-    return MeanFieldTrace(objective=value_tau - hparams.sigma ** 2 / 2 * kl_gaussian,
+    # sigma = 0 drops the term even where KL_G = inf (a coordinate without spread, N = 1)
+    penalty = jnp.where(hparams.sigma > 0, hparams.sigma ** 2 / 2 * kl_gaussian, 0)
+    return MeanFieldTrace(objective=value_tau - penalty,
                           value_tau=value_tau,
                           value=discounted_return(problem.mdp, pi, hparams.gamma),
                           dispersion=jnp.mean(var))

@@ -30,12 +30,12 @@ DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
     "gamma": 0.9,
     "tau": 0.2,
-    "eta": 0.2,
-    "feature": {"width": 4, "bound": 1.0},
+    "eta": 0.5,
+    "feature": {"width": 4, "bound": 2.0},
     "particles": [4, 16, 64, 256, 1024],
-    "sigmas": [0.0, 0.0625, 0.125, 0.25, 0.5],
+    "sigmas": [0.0, 0.025, 0.05, 0.1, 0.2],
     "seeds": 8,
-    "burn_in": 300,
+    "burn_in": 500,
     "snapshots": 6,
     "snapshot_every": 50,
     "gradient": "autodiff",
@@ -129,8 +129,9 @@ def run(config: dict) -> dict:
 
 def _lions_check(problem, n, gamma, tau, key) -> dict:
     ps = features.init_particles(problem.feature, key, n, problem.encodings)
-    auto = jax.tree_util.tree_leaves(mf.lions_derivative(problem, ps, gamma, tau, method="autodiff"))
-    cov = jax.tree_util.tree_leaves(mf.lions_derivative(problem, ps, gamma, tau, method="covariance"))
+    both = jax.jit(lambda ps: [mf.lions_derivative(problem, ps, gamma, tau, method=m)
+                               for m in ("autodiff", "covariance")])
+    auto, cov = (jax.tree_util.tree_leaves(x) for x in both(ps))
     scale = max(float(jnp.max(jnp.abs(a))) for a in auto)
     diff = max(float(jnp.max(jnp.abs(a - c))) for a, c in zip(auto, cov))
     return {"particles": n, "max_abs_lions": scale, "autodiff_vs_covariance_rel": diff / scale}

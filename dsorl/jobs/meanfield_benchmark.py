@@ -10,8 +10,10 @@ Throughput: for each number of particles N, one worker subprocess per implementa
   closed-form feature gradients, dense solves, `numpy.random.Generator` noise, the same
   per-step statistics), the median of `repeats` runs after one warm-up step.
 
-Reported: particle-steps per second (N * steps / median seconds), the ratio jax/numpy,
-compile seconds, and the peak RSS of each worker (with the RSS right after imports, the
+Reported: particle-steps per second (N * steps / median wall seconds), the ratio jax/numpy,
+the CPU time per step of each (process time, all threads: less sensitive than wall time to
+other processes on a shared machine) and its ratio, compile seconds, and the peak RSS of
+each worker (with the RSS right after imports, the
 interpreter and library baseline). Convergence: value gap `V*_tau(rho) - V_tau^{pi_nu}(rho)`
 per step, mean over seeds, for every (N, sigma) of `convergence` (one vmapped program per N).
 """
@@ -31,17 +33,17 @@ from dsorl.planning import soft_value_iteration
 
 DEFAULTS = {
     "env": {"n_states": 10, "n_actions": 4, "branching": 4, "seed": 0},
-    "feature": {"width": 4, "bound": 1.0},
+    "feature": {"width": 4, "bound": 2.0},
     "gamma": 0.9,
     "tau": 0.2,
     "sigma": 0.1,
-    "eta": 0.1,
+    "eta": 0.5,
     "sizes": [100, 1000, 10000, 100000],
     "particle_steps": 2000000,
     "min_steps": 5,
     "max_steps": 200,
     "repeats": 5,
-    "convergence": {"particles": [10, 100, 1000], "sigmas": [0.0, 0.1, 0.3], "seeds": 4,
+    "convergence": {"particles": [10, 100, 1000], "sigmas": [0.0, 0.05, 0.2], "seeds": 4,
                     "steps": 1000},
     "seed": 0,
     "output_dir": "benchmarks/results/meanfield",
@@ -72,6 +74,9 @@ def run(config: dict) -> dict:
             "speedup": jax_row["rate"] / numpy_row["rate"],
             "jax_step_ms": 1e3 * jax_row["seconds"] / jax_row["steps"],
             "numpy_step_ms": 1e3 * numpy_row["seconds"] / numpy_row["steps"],
+            "jax_cpu_step_ms": 1e3 * jax_row["cpu_seconds"] / jax_row["steps"],
+            "numpy_cpu_step_ms": 1e3 * numpy_row["cpu_seconds"] / numpy_row["steps"],
+            "cpu_speedup": numpy_row["cpu_seconds"] / jax_row["cpu_seconds"],
             "jax_compile_s": jax_row["compile_seconds"],
             "jax_peak_rss_mb": jax_row["peak_rss_mb"], "numpy_peak_rss_mb": numpy_row["peak_rss_mb"],
             "jax_import_rss_mb": jax_row["import_rss_mb"], "numpy_import_rss_mb": numpy_row["import_rss_mb"],
@@ -155,15 +160,16 @@ def _worker(impl: str, n: int, config: dict) -> dict:
         compile_seconds = 0.0
         fn = lambda: baseline.run(steps)
     fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(config["repeats"]):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     seconds = float(np.median(times))
     return {"impl": impl, "n": n, "steps": steps, "seconds": seconds, "rate": n * steps / seconds,
-            "compile_seconds": compile_seconds, "peak_rss_mb": _rss_mb(), "import_rss_mb": import_rss,
-            "device": str(jax.devices()[0])}
+            "cpu_seconds": float(np.median(cpu_times)), "compile_seconds": compile_seconds,
+            "peak_rss_mb": _rss_mb(), "import_rss_mb": import_rss, "device": str(jax.devices()[0])}
 
 
 class NumpyLangevin:

@@ -27,11 +27,11 @@ from dsorl.objectives import entropy_regularised_return
 from dsorl.planning import soft_value_iteration
 
 DEFAULTS = {
-    "grid": {"n_states": 21, "n_actions": 15, "state_bound": 2.0, "action_bound": 2.0},
+    "grid": {"n_states": 31, "n_actions": 21, "state_bound": 3.0, "action_bound": 3.0},
     "dynamics": {"a": 1.0, "b": 1.0, "noise_std": 0.3, "state_cost": 1.0, "action_cost": 1.0},
     "gamma": 0.9,
     "tau": 2.0,
-    "feature": {"width": 8, "bound": 1.0},
+    "feature": {"width": 8, "bound": 2.0},
     "particles": 1000,
     "sigma": 0.05,
     "eta": 0.5,
