@@ -32,11 +32,15 @@ from jax.custom_batching import custom_vmap
 
 Array = jax.Array
 
-# Smallest chain and smallest batch of discount factors for which one shared Hessenberg
-# reduction beats independent LUs (measured by benchmarks/core_eval.py on a 2-core Zen 5
-# CPU, float64; see the module docstring of that benchmark for the numbers).
-MIN_STATES = 128
-MIN_BATCH = 8
+# Smallest chain and batch of discount factors for which the shared reduction is used.
+# Measured (benchmarks/core_eval.py, 2-core Zen 5, float64, B = 64, one OpenBLAS thread):
+# factorisations 4.8x / 2.2x / 3.2x faster than one LU per gamma at S = 100 / 300 / 1000,
+# values 1.5x / 1.4x / 2.2x, value gradients 1.1x (S = 300) and 1.8x (S = 1000); at
+# S = 64 break-even near B = 8. Set conservatively: LAPACK's Hessenberg reduction with
+# multithreaded OpenBLAS on an oversubscribed CPU was measured 100x slower than with one
+# thread (190 ms vs 1.5 ms at S = 130), while small LUs are not affected.
+MIN_STATES = 256
+MIN_BATCH = 16
 
 
 def hessenberg_lu(H: Array, gamma) -> tuple:

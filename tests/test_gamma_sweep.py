@@ -19,7 +19,8 @@ from helpers import central_difference, check_variants
 
 EPS = np.finfo(np.float64).eps
 SWEEP_STATES = 300  # >= MIN_STATES: vmap over gamma takes the shared-Hessenberg path
-SWEEP_GAMMAS = np.array([0.0, 0.3, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.5])
+SWEEP_GAMMAS = np.concatenate([[0.0, 0.3, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.5],
+                               np.linspace(0.1, 0.95, 8)])
 
 
 def random_stochastic(seed, n, *, density=1.0):
@@ -264,9 +265,10 @@ def test_float32_sweep(sweep_problem):
     """float32 works on the sweep path and is as accurate as float32 LUs (gamma <= 0.99)."""
     P, r, _ = sweep_problem
     P32, r32 = jnp.asarray(P, jnp.float32), jnp.asarray(r, jnp.float32)
-    gammas = jnp.asarray(SWEEP_GAMMAS[:4], jnp.float32)
-    gammas = jnp.concatenate([gammas, gammas])
-    x = jax.vmap(gamma_sweep.resolvent_solve, (None, 0, None))(P32, gammas, r32)
+    gammas = jnp.asarray(np.tile(SWEEP_GAMMAS[:4], 4), jnp.float32)
+    sweep = jax.vmap(gamma_sweep.resolvent_solve, (None, 0, None))
+    assert uses_hessenberg(sweep, P32, gammas, r32)
+    x = jax.jit(sweep)(P32, gammas, r32)
     assert x.dtype == jnp.float32
     eps32 = np.finfo(np.float32).eps
     for g, x_g in zip(np.asarray(gammas, np.float64), np.asarray(x, np.float64)):
