@@ -58,14 +58,29 @@ def rollouts(key: Array, mdp: MDP, pi: Array, horizon: int, n_episodes: int, **k
 
 
 def chain_rollout(key: Array, chain: Chain, horizon: int, initial_law: Array) -> Array:
-    """States `x_0..x_T` (shape `[T + 1]`) of a chain, `x_0 ~ initial_law`."""
+    """States `x_0..x_T` (shape `[T + 1]`) of a chain, `x_0 ~ initial_law`.
+
+    Each state is drawn by inverting the cumulative law of its row with one uniform
+    (`categorical` would draw one Gumbel variate per state: 15-25x slower at S = 100).
+    """
     k0, kscan = jax.random.split(key)
-    log_P = jnp.log(chain.P)
+    cdf = _cumulative(chain.P)
 
     def step(x, k):
-        x_next = jax.random.categorical(k, log_P[x])
-        return x_next, x
+        return _invert(k, cdf[x]), x
 
-    x0 = jax.random.categorical(k0, jnp.log(initial_law))
+    x0 = _invert(k0, _cumulative(jnp.asarray(initial_law, chain.P.dtype)))
     x_last, xs = lax.scan(step, x0, jax.random.split(kscan, horizon))
     return jnp.append(xs, x_last)
+
+
+def _cumulative(p: Array) -> Array:
+    """Cumulative sums along the last axis, normalised to end at exactly 1."""
+    c = jnp.cumsum(p, axis=-1)
+    return (c / c[..., -1:]).at[..., -1].set(1)
+
+
+def _invert(key: Array, cdf: Array) -> Array:
+    """The index `#{j : cdf[j] <= u}`, `u ~ U[0, 1)`: never a zero-probability state."""
+    u = jax.random.uniform(key, dtype=cdf.dtype)
+    return jnp.sum(cdf <= u).astype(jax.dtypes.canonicalize_dtype(jnp.int64))

@@ -64,3 +64,19 @@ def test_chain_rollout_law_and_keys():
     assert _binomial_z(np.bincount(np.asarray(xs[:, 3]), minlength=3), law, N) < 4.5
     same = jax.vmap(lambda k: sampling.chain_rollout(k, chain, 3, x0))(jax.random.split(jax.random.key(3), N))
     np.testing.assert_array_equal(xs, same)
+
+
+def test_chain_rollout_never_draws_zero_probability_states():
+    # zero-probability states first, in the middle and last, and rows that sum to 1 only
+    # within rounding: inversion of the cumulative law must never land on them
+    P = np.array([[0.0, 0.3, 0.0, 0.7 - 1e-12, 0.0],
+                  [0.0, 0.0, 1.0, 0.0, 0.0],
+                  [0.1, 0.0, 0.0, 0.9, 0.0],
+                  [0.0, 0.5, 0.5, 0.0, 0.0],
+                  [0.2, 0.2, 0.2, 0.2, 0.2]])
+    chain = dsorl.Chain(P, np.zeros(5))
+    x0 = np.array([0.0, 0.5, 0.0, 0.5, 0.0])
+    xs = np.asarray(jax.vmap(lambda k: sampling.chain_rollout(k, chain, 20, x0))(
+        jax.random.split(jax.random.key(4), 2000)))
+    assert np.all(P[xs[:, :-1], xs[:, 1:]] > 0) and np.all(x0[xs[:, 0]] > 0)
+    assert not np.any(xs == 4)  # unreachable from the start states
