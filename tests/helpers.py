@@ -54,18 +54,20 @@ def check_variants(fn, args, batched_args, in_axes, *, rtol=1e-10, atol=1e-12):
             batched, fn(*args_i))
 
 
-def check_compiled_variants(fn, batched_args, *, rtol=1e-10, atol=1e-12):
+def check_compiled_variants(fn, batched_args, *, eager=True, rtol=1e-10, atol=1e-12):
     """`fn` un-jitted == jitted on the first batch member, and `jit(vmap(fn))` over the
     leading axis of every argument == the jitted single calls.
 
     The same three variants as `check_variants` with two compiled programs: no re-jit, and
     no un-jitted `vmap` (which runs op by op and is slow for large graphs such as Hessians
-    or whole optimiser runs).
+    or whole optimiser runs). `eager=False` skips the un-jitted call (whose first run
+    compiles every primitive on its own) when another test covers it.
     """
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
     single = jax.jit(fn)
     first = [jax.tree_util.tree_map(lambda x: x[0], a) for a in batched_args]
-    jax.tree_util.tree_map(close, fn(*first), single(*first))
+    if eager:
+        jax.tree_util.tree_map(close, fn(*first), single(*first))
     batched = jax.jit(jax.vmap(fn))(*batched_args)
     size = jax.tree_util.tree_leaves(batched_args)[0].shape[0]
     for i in range(size):
