@@ -368,20 +368,43 @@ def test_lmdp_tabular_and_user_controls_agree():
 # --- variants --------------------------------------------------------------------------------
 
 
-def test_variants_jit_and_vmap_over_theta_and_gamma():
-    """Un-jitted == jitted, and `vmap` over (theta, gamma) == the jitted single calls."""
-    mdp = random_mdp(11, S, A)
-    model = cm.marginal(mdp, TABULAR)
+def variants_model():
+    return cm.marginal(random_mdp(11, S, A), TABULAR)
+
+
+def variants_args():
     rng = np.random.default_rng(11)
-    thetas = jnp.asarray(rng.normal(size=(3, S, A)))
-    gammas = jnp.array([0.0, 0.5, 0.9])
+    return jnp.asarray(rng.normal(size=(3, S, A))), jnp.array([0.0, 0.5, 0.9])
+
+
+def test_variants_jit_and_vmap_over_theta_and_gamma():
+    """First-order quantities: un-jitted == jitted; `vmap` over (theta, gamma) == jitted
+    single calls. Second-order ones: jitted and vmapped here, un-jitted in the slow run."""
+    model = variants_model()
+
+    def first(theta, gamma):
+        return (cm.objective(model, theta, gamma), cm.gradient(model, theta, gamma),
+                cm.surrogate(model, theta, theta + 0.5, gamma), cm.gain_gradient(model, theta))
 
     def everything(theta, gamma):
-        return (cm.objective(model, theta, gamma), cm.gradient(model, theta, gamma),
-                cm.surrogate(model, theta, theta + 0.5, gamma), cm.hessian(model, theta, gamma),
-                cm.fisher(model, theta, gamma), cm.gain_gradient(model, theta))
+        return first(theta, gamma) + second_order_quantities(model, theta, gamma)
 
-    check_compiled_variants(everything, (thetas, gammas))
+    thetas, gammas = variants_args()
+    check_compiled_variants(everything, (thetas, gammas), eager=False)
+    compiled = jax.jit(everything)(thetas[0], gammas[0])  # cached by the check above
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+                           first(thetas[0], gammas[0]), compiled[:4])
+
+
+def second_order_quantities(model, theta, gamma):
+    return cm.hessian(model, theta, gamma), cm.fisher(model, theta, gamma), cm.gain_hessian(model, theta)
+
+
+@pytest.mark.slow
+def test_second_order_un_jitted_equals_jitted():
+    model = variants_model()
+    thetas, gammas = variants_args()
+    check_compiled_variants(lambda t, g: second_order_quantities(model, t, g), (thetas, gammas))
 
 
 # --- bad input -------------------------------------------------------------------------------

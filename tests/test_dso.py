@@ -178,37 +178,47 @@ def unclipped_pco(model, theta0, lr, key):
 
 
 def test_pco_single_unclipped_sgd_epoch_is_an_algorithm_1_step():
+    """Vmapped over parameters, step sizes and keys: each member's PCO step is the
+    Algorithm-1 SGD step computed on the same episodes."""
     mdp = random_mdp(2, S, A)
     model = cm.marginal(mdp, TABULAR)
     thetas = jnp.asarray(np.random.default_rng(2).normal(size=(3, S, A)))
     rates = jnp.array([0.3, 0.1, 1.0])
-    keys = jax.random.split(jax.random.key(5), 3)
-    fn = jax.jit(lambda th, lr, key: unclipped_pco(model, th, lr, key))
-    batched = jax.jit(jax.vmap(lambda th, lr, key: unclipped_pco(model, th, lr, key)))(
-        thetas, rates, keys)
-    for i in range(3):  # vmapped PCO == jitted single runs == one Algorithm-1 SGD step
-        params, g = fn(thetas[i], rates[i], keys[i])
-        np.testing.assert_allclose(batched[0][i], params, rtol=1e-10, atol=1e-13)
-        np.testing.assert_allclose(params, thetas[i] + rates[i] * g, rtol=1e-10, atol=1e-13)
-    eager = unclipped_pco(model, thetas[0], rates[0], keys[0])  # un-jitted, entry checks on
-    np.testing.assert_allclose(eager[0], batched[0][0], rtol=1e-10, atol=1e-13)
+    params, g = jax.jit(jax.vmap(lambda th, lr, key: unclipped_pco(model, th, lr, key)))(
+        thetas, rates, jax.random.split(jax.random.key(5), 3))
+    np.testing.assert_allclose(params, thetas + rates[:, None, None] * g, rtol=1e-10, atol=1e-13)
+    assert not np.allclose(g[0], g[1])  # different keys, different episodes
 
 
-def test_exact_runs_vmap_over_params_and_hparams():
+@pytest.mark.slow
+def test_pco_variants():
+    """Un-jitted, jitted and vmapped PCO agree (slow: three compilations of a sampler)."""
+    mdp = random_mdp(2, S, A)
+    model = cm.marginal(mdp, TABULAR)
+    thetas = jnp.asarray(np.random.default_rng(2).normal(size=(3, S, A)))
+    check_compiled_variants(lambda th, lr, key: unclipped_pco(model, th, lr, key),
+                            (thetas, jnp.array([0.3, 0.1, 1.0]),
+                             jax.random.split(jax.random.key(5), 3)))
+
+
+def exact_runs(model, theta, gamma, lr):
+    ci = alg.ChainIterationConfig(iterations=2, inner_steps=5)
+    ascent = alg.AscentConfig(iterations=2, natural=True)
+    return (alg.chain_iteration(model, theta, alg.ChainIterationHParams(gamma, lr), None,
+                                config=ci),
+            alg.gradient_ascent(model, theta, alg.AscentHParams(gamma, lr, 1e-3), None,
+                                config=ascent))
+
+
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_exact_runs_vmap_over_params_and_hparams(eager):
+    """jit(vmap) == jitted single runs (and, in the slow run, == the un-jitted run)."""
     mdp = random_mdp(4, S, A)
     model = cm.marginal(mdp, TABULAR)
     thetas = jnp.asarray(np.random.default_rng(4).normal(size=(3, S, A)))
     gammas, rates = jnp.array([0.5, 0.8, 0.9]), jnp.array([0.05, 0.1, 0.2])
-    ci = alg.ChainIterationConfig(iterations=2, inner_steps=5)
-    ascent = alg.AscentConfig(iterations=2, natural=True)
-
-    def runs(theta, gamma, lr):
-        return (alg.chain_iteration(model, theta, alg.ChainIterationHParams(gamma, lr), None,
-                                    config=ci),
-                alg.gradient_ascent(model, theta, alg.AscentHParams(gamma, lr, 1e-3), None,
-                                    config=ascent))
-
-    check_compiled_variants(runs, (thetas, gammas, rates), rtol=1e-9)
+    check_compiled_variants(lambda *args: exact_runs(model, *args), (thetas, gammas, rates),
+                            eager=eager, rtol=1e-9)
 
 
 def test_bad_input_raises():

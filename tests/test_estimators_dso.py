@@ -177,19 +177,20 @@ def test_fit_value_is_the_mean_return_per_visited_state():
     np.testing.assert_allclose(v, [(3.25 + 5) / 2, (4.5 + 4.75 + 5.5) / 3, 7, -9])
 
 
-def test_variants_jit_and_vmap_over_keys_and_parameters():
+def test_variants_jit_and_vmap_over_parameters_and_episodes():
     mdp = random_mdp(8, S, A)
     model = models(mdp)["marginal"]
-    thetas = jnp.asarray(np.random.default_rng(8).normal(size=(3, S, A)))
-    keys = jax.random.split(jax.random.key(0), 3)
+    rng = np.random.default_rng(8)
+    thetas = jnp.asarray(rng.normal(size=(3, S, A)))
+    states = jnp.asarray(rng.integers(0, S, size=(3, 8, 21)))  # any paths of the full chain
 
-    def estimate(theta, key):
-        states = est.sample_episodes(key, model, theta, 20, 8)
-        batch = est.prepare_batch(model, theta, GAMMA, states, jnp.zeros(S))
-        return (est.backward_accumulation(model, theta, GAMMA, states, jnp.zeros(S)),
-                est.surrogate_estimate(model, theta + 0.1, batch, 0.2))
+    def estimate(theta, states):
+        batch = est.prepare_batch(model, theta, GAMMA, states, jnp.ones(S))
+        return (est.backward_accumulation(model, theta, GAMMA, states, jnp.ones(S)),
+                est.surrogate_estimate(model, theta + 0.1, batch, 0.2),
+                est.fit_value(batch, jnp.zeros(S)))
 
-    check_compiled_variants(estimate, (thetas, keys))
+    check_compiled_variants(estimate, (thetas, states))
 
 
 def test_bad_input_raises():
