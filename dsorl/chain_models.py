@@ -111,7 +111,7 @@ def augmented(mdp: MDP, policy: Callable) -> ChainModel:
     S, A = mdp.n_states, mdp.n_actions
     allowed = mdp.allowed.reshape(S * A)
     P_sa = mdp.P.reshape(S * A, S)
-    log_P_sa = safe_log(jnp.where(allowed[:, None], P_sa, 1.0 / S))
+    log_P_sa = safe_log(P_sa)  # masked rows are replaced below
     reward = jnp.where(allowed, mdp.R.reshape(S * A), 0)
     self_loop = jnp.eye(S * A, dtype=mdp.P.dtype)
     log_pi = _log_policy(policy)

@@ -247,3 +247,45 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="n_episodes = 0"):
         alg.pco(model, theta, alg.PCOHParams(0.9, 0.1), jax.random.key(0),
                 config=alg.PCOConfig(iterations=1, n_episodes=0, horizon=3))
+
+
+def test_dso_configs_resolve():
+    from pathlib import Path
+
+    from dsorl import config as config_lib
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("dso_gradient_check", "dso_lmdp", "dso_benchmark"):
+        cfg = config_lib.load_config(root / "configs" / f"{name}.yaml")
+        assert cfg["job"] == name
+    with pytest.raises(ValueError, match="unknown config key"):
+        config_lib.resolve({"job": "dso_lmdp", "iterations": 3})
+
+
+@pytest.mark.slow
+def test_dso_jobs_run_end_to_end(tmp_path):
+    from dsorl.jobs import dso_benchmark, dso_gradient_check
+
+    check = dso_gradient_check.run({**dso_gradient_check.DEFAULTS, "episodes": [200],
+                                    "repeats": 4})
+    assert len(check["tables"]["gradient_check"]) == 3
+    small = {**dso_benchmark.DEFAULTS, "parts": ["garnet", "variance", "lmdp"], "repeats": 1,
+             "garnet": {**dso_benchmark.DEFAULTS["garnet"], "n_states": 10, "seeds": 2},
+             "chain_iteration": {**dso_benchmark.DEFAULTS["chain_iteration"], "iterations": 3,
+                                 "inner_steps": 10},
+             "gradient_ascent": {**dso_benchmark.DEFAULTS["gradient_ascent"], "iterations": 5},
+             "natural_gradient": {**dso_benchmark.DEFAULTS["natural_gradient"], "iterations": 3,
+                                  "batch_size": 2},
+             "pco": {**dso_benchmark.DEFAULTS["pco"], "iterations": 2, "horizon": 10},
+             "variance": {**dso_benchmark.DEFAULTS["variance"], "episodes": 20, "repeats": 2,
+                          "augmented_states": 5, "timing_episodes": 20},
+             "lmdp": {**dso_benchmark.DEFAULTS["lmdp"], "n_states": 11, "repeats": 1,
+                      "gradient_ascent": {"iterations": 5, "learning_rate": 0.3},
+                      "natural_gradient": {"iterations": 5, "learning_rate": 0.3,
+                                           "damping": 1e-8},
+                      "chain_iteration": {"iterations": 2, "inner_steps": 5,
+                                          "learning_rate": 0.1, "proximal": 1.0},
+                      "z_learning": {"iterations": 20, "step_scale": 10.0,
+                                     "behaviour_mix": 0.5}}}
+    result = dso_benchmark.run(small, log=lambda msg: None)
+    assert {"garnet", "variance", "estimator_speed", "lmdp"} <= set(result["tables"])

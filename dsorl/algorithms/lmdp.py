@@ -132,16 +132,20 @@ class ZLearningHParams(NamedTuple):
 class ZLearningConfig:
     """Static: `iterations` (each updates every non-terminal state once); `greedy`:
     sample from the current estimate's optimal chain `u(z_k)` (off-chain, importance
-    weighted) instead of `p` or the given `behaviour`."""
+    weighted) instead of `p` or the given `behaviour`; `keep_estimates`: trace every
+    `z_k` (`[iterations, X]`), not only its error."""
 
     iterations: int
     greedy: bool = False
+    keep_estimates: bool = False
 
 
 class ZLearningTrace(NamedTuple):
-    """Per iteration: `error` `max |z_k - z| / max z` after the update (`z`: exact)."""
+    """Per iteration, after the update: `error` `max |z_k - z| / max z` (`z`: exact) and,
+    with `keep_estimates`, the estimate `z_k` (else `None`)."""
 
     error: Array
+    estimate: Optional[Array] = None
 
 
 def z_learning_init(lmdp: LMDP, z0: Array) -> Array:
@@ -190,7 +194,8 @@ def z_learning(lmdp: LMDP, z0: Array, hparams: ZLearningHParams, key: Array, *,
     def step(z, xs):
         k, key = xs
         z = z_learning_step(lmdp, z, k, hparams, key, config=config, behaviour=behaviour)
-        return z, ZLearningTrace(jnp.max(jnp.abs(z - exact)) / scale)
+        return z, ZLearningTrace(jnp.max(jnp.abs(z - exact)) / scale,
+                                 z if config.keep_estimates else None)
 
     ks = jnp.arange(config.iterations, dtype=lmdp.cost.dtype)
     return lax.scan(step, z_learning_init(lmdp, z0),

@@ -1,0 +1,288 @@
+"""DSO benchmark (issue #4, item 7): optimisers on garnets, the sampled estimator's
+variance, and an LMDP. Run with plots: `nice python benchmarks/dso.py`.
+
+`garnet`: `seeds` random garnet MDPs (`dsorl.envs.garnet`: S = 100, A = 4, gamma = 0.99),
+each marginalised under a tabular softmax policy (`dsorl.chain_models.marginal`, d = S A
+parameters, start at the uniform policy). Every method runs all seeds in one jitted,
+vmapped program (`lax.map` in chunks of `batch_size` members where memory asks for it):
+Chain Iteration (exact surrogate, Adam inner loop), vanilla gradient ascent (exact Thm-1
+gradient, SGD), natural gradient (chain Fisher, damped solve, SGD) and PCO (sampled,
+clipped). Per method: iterations to reach a relative gap `(J* - J) / |J*| <= target`
+(median and worst seed, and the share of seeds that reach it within the budget), the
+final gap, compile time apart from the median run time of the whole batch, and the time
+to target (iterations x run time per iteration). Baselines in the same run: policy
+iteration (`dsorl.planning.policy_iteration`, the ground truth, timed on the same batch)
+and vanilla gradient ascent (the ratio column).
+
+`variance`: Algorithm 1's per-episode gradient variance (total, trace of the covariance)
+with `v_hat = 0`, fitted on the previous batch, and exact, on the 3-state chain of
+`dso_gradient_check` and on garnets (marginal chain at two discounts, augmented chain
+`x = (s, a)`); the relative error of N-episode means; and the estimator's throughput
+against a vectorised NumPy implementation of Algorithm 1 (checked equal first).
+
+`lmdp`: the `dso_lmdp` job (gradient ascent, natural gradient, Chain Iteration and
+Z-learning on a quadratic-cost random-walk LMDP).
+"""
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsorl import chain_models as cm
+from dsorl.algorithms import dso as alg
+from dsorl.envs import garnet
+from dsorl.estimators import dso as est
+from dsorl.jobs import dso_gradient_check, dso_lmdp
+from dsorl.jobs.dso_lmdp import first_hit, timed
+from dsorl.planning import policy_iteration
+from dsorl.policies import tabular_softmax
+
+DEFAULTS = {
+    "seed": 0,
+    "parts": ["garnet", "variance", "lmdp"],
+    "repeats": 2,
+    "garnet": {"n_states": 100, "n_actions": 4, "branching": 5, "gamma": 0.99, "seeds": 64,
+               "target": 1.0e-6},
+    "chain_iteration": {"iterations": 30, "inner_steps": 200, "learning_rate": 0.1,
+                        "batch_size": 64},
+    "gradient_ascent": {"iterations": 3000, "learning_rate": 10.0, "batch_size": 64},
+    "natural_gradient": {"iterations": 100, "learning_rate": 30.0, "damping": 1.0e-6,
+                         "batch_size": 16},
+    "pco": {"iterations": 300, "n_episodes": 32, "horizon": 300, "epochs": 4,
+            "learning_rate": 0.05, "clip": 0.2, "batch_size": 64},
+    "variance": {"episodes": 1000, "repeats": 4, "gammas": [0.9, 0.99],
+                 "augmented_states": 20, "truncation": 1.0e-6, "timing_episodes": 1000},
+    "lmdp": {k: v for k, v in dso_lmdp.DEFAULTS.items() if k != "output_dir"},
+    "output_dir": "benchmarks/results/dso",
+}
+
+
+def run(config: dict, log=print) -> dict:
+    tables, arrays = {}, {}
+    if "garnet" in config["parts"]:
+        tables["garnet"], arrays["garnet"] = garnet_part(config, log)
+    if "variance" in config["parts"]:
+        tables["variance"], tables["estimator_speed"] = variance_part(config, log)
+    if "lmdp" in config["parts"]:
+        result = dso_lmdp.run(config["lmdp"])
+        tables["lmdp"] = result["tables"]["lmdp"]
+        arrays["lmdp"] = result["arrays"]
+    flat = {f"{part}/{name}": value for part, group in arrays.items()
+            for name, value in group.items()}
+    return {"tables": tables, "arrays": flat, "seeds": [config["seed"]]}
+
+
+# ----------------------------------------------------------------------------------------
+# Garnets
+
+
+def garnet_part(config, log):
+    g = config["garnet"]
+    S, A, gamma = g["n_states"], g["n_actions"], g["gamma"]
+    keys = jax.random.split(jax.random.key(config["seed"]), g["seeds"])
+    mdps = jax.vmap(lambda k: garnet(k, S, A, g["branching"]))(keys)
+    policy = tabular_softmax(S, A)
+    theta0 = jnp.zeros((S, A))
+    reps = config["repeats"]
+
+    optimum_fn = lambda mdps: jax.vmap(lambda m: m.rho @ policy_iteration(m, gamma).value)(mdps)
+    J_star, pi_compile, pi_run = timed(optimum_fn, mdps, repeats=reps)
+    J_star = np.asarray(J_star)
+    log(f"garnet: policy iteration on {g['seeds']} MDPs: {pi_run:.3f} s (compile {pi_compile:.1f} s)")
+
+    def batched(one, batch_size):
+        return lambda mdps, keys: jax.lax.map(lambda a: one(*a), (mdps, keys),
+                                              batch_size=batch_size)
+
+    def finish(model, state, trace_objective):
+        return jnp.append(trace_objective, cm.objective(model, state.params, gamma))
+
+    c = config["chain_iteration"]
+
+    def chain_iteration(mdp, key):
+        model = cm.marginal(mdp, policy)
+        state, trace = alg.chain_iteration(
+            model, theta0, alg.ChainIterationHParams(gamma, c["learning_rate"]), key,
+            config=alg.ChainIterationConfig(iterations=c["iterations"],
+                                            inner_steps=c["inner_steps"]))
+        return finish(model, state, trace.objective)
+
+    a = config["gradient_ascent"]
+
+    def gradient_ascent(mdp, key):
+        model = cm.marginal(mdp, policy)
+        state, trace = alg.gradient_ascent(model, theta0,
+                                           alg.AscentHParams(gamma, a["learning_rate"]), key,
+                                           config=alg.AscentConfig(iterations=a["iterations"]))
+        return finish(model, state, trace.objective)
+
+    n = config["natural_gradient"]
+
+    def natural_gradient(mdp, key):
+        model = cm.marginal(mdp, policy)
+        state, trace = alg.gradient_ascent(
+            model, theta0, alg.AscentHParams(gamma, n["learning_rate"], n["damping"]), key,
+            config=alg.AscentConfig(iterations=n["iterations"], natural=True,
+                                    pseudo_inverse=False))
+        return finish(model, state, trace.objective)
+
+    p = config["pco"]
+
+    def pco(mdp, key):
+        model = cm.marginal(mdp, policy)
+        state, trace = alg.pco(model, theta0,
+                               alg.PCOHParams(gamma, p["learning_rate"], p["clip"]), key,
+                               config=alg.PCOConfig(iterations=p["iterations"],
+                                                    n_episodes=p["n_episodes"],
+                                                    horizon=p["horizon"], epochs=p["epochs"]))
+        return finish(model, state, trace.objective)
+
+    methods = {"gradient_ascent": (gradient_ascent, a), "chain_iteration": (chain_iteration, c),
+               "natural_gradient": (natural_gradient, n), "pco": (pco, p)}
+    rows, curves = [], {"optimum": J_star}
+    for name, (one, settings) in methods.items():
+        J, compile_s, run_s = timed(batched(one, settings["batch_size"]), mdps, keys,
+                                    repeats=reps)
+        gaps = (J_star[:, None] - np.asarray(J)) / np.abs(J_star)[:, None]
+        curves[name] = gaps
+        K = settings["iterations"]
+        hits = [first_hit(row, g["target"]) for row in gaps]
+        reached = np.array([h for h in hits if h is not None])
+        per_iteration = run_s / K
+        rows.append({
+            "method": name,
+            "iterations": K,
+            "reached": f"{len(reached)}/{len(hits)}",
+            "median_iterations_to_target": float(np.median(reached)) if reached.size else math.nan,
+            "max_iterations_to_target": int(reached.max()) if len(reached) == len(hits) else -1,
+            "median_final_gap": float(np.median(gaps[:, -1])),
+            "max_final_gap": float(np.max(gaps[:, -1])),
+            "run_s": run_s,
+            "ms_per_iteration": 1e3 * per_iteration,
+            "s_to_target_all_seeds": (per_iteration * reached.max()
+                                      if len(reached) == len(hits) else math.nan),
+            "compile_s": compile_s,
+        })
+        log(f"garnet: {name}: {rows[-1]['reached']} reached, median final gap"
+            f" {rows[-1]['median_final_gap']:.2e}, {run_s:.2f} s")
+    baseline = next(r for r in rows if r["method"] == "gradient_ascent")
+    for r in rows:
+        r["time_to_target_vs_gradient_ascent"] = (r["s_to_target_all_seeds"]
+                                                  / baseline["s_to_target_all_seeds"])
+        r["time_to_target_vs_policy_iteration"] = r["s_to_target_all_seeds"] / pi_run
+    rows.append({"method": "policy_iteration (ground truth)", "iterations": -1,
+                 "reached": f"{g['seeds']}/{g['seeds']}", "median_iterations_to_target": math.nan,
+                 "max_iterations_to_target": -1, "median_final_gap": 0.0, "max_final_gap": 0.0,
+                 "run_s": pi_run, "ms_per_iteration": math.nan, "s_to_target_all_seeds": pi_run,
+                 "compile_s": pi_compile, "time_to_target_vs_gradient_ascent":
+                     pi_run / baseline["s_to_target_all_seeds"],
+                 "time_to_target_vs_policy_iteration": 1.0})
+    return rows, curves
+
+
+# ----------------------------------------------------------------------------------------
+# Variance of Algorithm 1
+
+
+def variance_part(config, log):
+    v = config["variance"]
+    rows = []
+    # the 3-state chain with the known gradient
+    model = dso_gradient_check.exit_chain()
+    theta = jnp.zeros(2)
+    _, exact = dso_gradient_check.closed_form([0.0, 0.0])
+    keys = jax.random.split(jax.random.key(config["seed"]), v["repeats"])
+    study = jax.jit(lambda k: dso_gradient_check.baseline_study(
+        model, theta, 1.0, 100, v["episodes"], k, cm.value(model, theta, 1.0)))
+    for row in dso_gradient_check.summarise(study(keys), exact):
+        rows.append({"case": "3-state exit chain", "gamma": 1.0, "parameters": 2, **row})
+    # garnets: marginal chain (S states) and augmented chain (x = (s, a))
+    g = config["garnet"]
+    S, A = g["n_states"], g["n_actions"]
+    cases = [(f"garnet S={S} marginal", S, gamma, "marginal") for gamma in v["gammas"]]
+    small = v["augmented_states"]
+    cases.append((f"garnet S={small} augmented", small, v["gammas"][0], "augmented"))
+    speed = []
+    for label, n_states, gamma, kind in cases:
+        mdp = garnet(jax.random.key(config["seed"] + 1), n_states, A, g["branching"])
+        policy = tabular_softmax(n_states, A)
+        model = (cm.marginal if kind == "marginal" else cm.augmented)(mdp, policy)
+        theta = jax.random.normal(jax.random.key(config["seed"] + 2), (n_states, A))
+        horizon = int(math.ceil(math.log(v["truncation"]) / math.log(gamma)))
+        exact_grad = np.asarray(cm.gradient(model, theta, gamma)).ravel()
+        value = cm.value(model, theta, gamma)
+        study = jax.jit(lambda k: dso_gradient_check.baseline_study(
+            model, theta, gamma, horizon, v["episodes"], k, value))
+        for row in dso_gradient_check.summarise(study(keys), exact_grad):
+            rows.append({"case": label, "gamma": gamma, "parameters": exact_grad.size, **row})
+        log(f"variance: {label}, gamma = {gamma}: done")
+        if kind == "marginal" and gamma == v["gammas"][0]:
+            speed = estimator_speed(mdp, policy, model, theta, gamma, horizon,
+                                    v["timing_episodes"], config)
+    return rows, speed
+
+
+def numpy_algorithm_1(P, R, rho, pi, states, gamma):
+    """Algorithm 1 for the marginal chain of a tabular softmax policy, in NumPy, vectorised
+    over episodes (no baseline): `sum_t gamma^t [grad r(x_t) + grad log P(x_{t+1}|x_t) G_t]`
+    with `d r(s)/d theta[s, a] = pi(a|s) (R[s, a] - r(s))` and
+    `d log P(s'|s)/d theta[s, a] = pi(a|s) (P[s, a, s'] / P(s'|s) - 1)`."""
+    P_pi = np.einsum("sa,sat->st", pi, P)
+    r = (pi * R).sum(1)
+    x, x_next = states[:, :-1], states[:, 1:]
+    N, T = x.shape
+    G = np.zeros((N, T + 1))
+    for t in range(T - 1, -1, -1):
+        G[:, t] = r[x[:, t]] + gamma * G[:, t + 1]
+    discount = gamma ** np.arange(T)
+    grad = np.zeros_like(pi)
+    weight_r = np.zeros(len(r))
+    np.add.at(weight_r, x, np.broadcast_to(discount, x.shape))
+    grad += weight_r[:, None] * pi * (R - r[:, None])
+    ratio = P[x, :, x_next] / P_pi[x, x_next][..., None]  # [N, T, A]
+    np.add.at(grad, x, (discount * G[:, :T])[..., None] * pi[x] * (ratio - 1))
+    return grad / N
+
+
+def estimator_speed(mdp, policy, model, theta, gamma, horizon, n_episodes, config):
+    """Algorithm 1 (sampling + estimate, N episodes) in dsorl vs the NumPy version."""
+    key = jax.random.key(config["seed"] + 3)
+    X = mdp.n_states
+
+    def dsorl_estimate(key):
+        states = est.sample_episodes(key, model, theta, horizon, n_episodes)
+        return states, est.backward_accumulation(model, theta, gamma, states, jnp.zeros(X))
+
+    (states, grad), compile_s, run_s = timed(dsorl_estimate, key, repeats=config["repeats"] + 1)
+    P, R, rho, pi = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho, policy(theta)))
+    states = np.asarray(states)
+    reference = numpy_algorithm_1(P, R, rho, pi, states, gamma)
+    np.testing.assert_allclose(grad, reference, rtol=1e-9, atol=1e-12)
+
+    def numpy_estimate(rng):  # the sampling a NumPy user writes: inverse CDF per step
+        P_pi = np.einsum("sa,sat->st", pi, P)
+        cdf = np.cumsum(P_pi, axis=1)
+        s = rng.choice(X, size=n_episodes, p=rho)
+        out = np.empty((n_episodes, horizon + 1), int)
+        out[:, 0] = s
+        for t in range(horizon):
+            s = np.minimum((rng.random(n_episodes)[:, None] > cdf[s]).sum(1), X - 1)
+            out[:, t + 1] = s
+        return numpy_algorithm_1(P, R, rho, pi, out, gamma)
+
+    rng = np.random.default_rng(config["seed"])
+    numpy_estimate(rng)  # warm-up
+    times = []
+    for _ in range(config["repeats"] + 1):
+        start = time.perf_counter()
+        numpy_estimate(rng)
+        times.append(time.perf_counter() - start)
+    numpy_s = float(np.median(times))
+    return [{"estimator": "dsorl (jit: sample + Algorithm 1)", "episodes": n_episodes,
+             "horizon": horizon, "states": X, "seconds": run_s, "compile_s": compile_s,
+             "episodes_per_s": n_episodes / run_s, "speedup_vs_numpy": numpy_s / run_s},
+            {"estimator": "NumPy (vectorised over episodes)", "episodes": n_episodes,
+             "horizon": horizon, "states": X, "seconds": numpy_s, "compile_s": 0.0,
+             "episodes_per_s": n_episodes / numpy_s, "speedup_vs_numpy": 1.0}]

@@ -1,0 +1,146 @@
+"""DSO on an LMDP: gradient ascent vs natural gradient vs Chain Iteration vs Z-learning.
+
+Todorov's third suggested experiment (arXiv 2506.08340): quadratic state cost, Gaussian
+passive dynamics. Here a first-exit random walk on a grid of `[-1, 1]`
+(`dsorl.envs.lmdp.random_walk_lmdp`: goal `x = 0`, cost `cost_weight * x^2`). The
+optimum is exact (`z` by one linear solve, `J* = P0 . log z`); every method is judged by
+the relative gap `(J* - J) / |J*|` of the chain it holds after each iteration:
+
+- `gradient_ascent` (Adam) and `natural_gradient` (chain Fisher, SGD): exact DSO
+  gradients of `u_theta ∝ p exp(theta[x'])` (`theta[X]`; optimum `theta = log z`);
+- `chain_iteration`: exact surrogate, Adam inner loop, tabular controls
+  `u_theta ∝ p exp(theta[x, x'])`, and the desirability controls with a proximal term;
+- `z_learning` (on-chain, samples from `p`), `z_learning_off_chain` (samples from a
+  behaviour chain: half `p`, half uniform), `z_learning_greedy` (samples from `u(z_k)`):
+  the gap of the chain `u(z_k) ∝ p z_k`. One Z iteration draws one successor per state
+  (`X - 1` transitions).
+
+Each method is one jitted program; the table reports its compile time apart from the
+median wall time of `repeats` runs.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dsorl import chain_models as cm
+from dsorl.algorithms import dso as alg
+from dsorl.algorithms import lmdp as lm
+from dsorl.envs.lmdp import random_walk_lmdp
+
+DEFAULTS = {
+    "n_states": 51,
+    "noise": 0.1,
+    "cost_weight": 4.0,
+    "seed": 0,
+    "target": 1.0e-6,
+    "repeats": 3,
+    "gradient_ascent": {"iterations": 3000, "learning_rate": 0.3},
+    "natural_gradient": {"iterations": 200, "learning_rate": 0.3, "damping": 1.0e-8},
+    "chain_iteration": {"iterations": 30, "inner_steps": 1000, "learning_rate": 0.1,
+                        "proximal": 1.0},
+    "z_learning": {"iterations": 20000, "step_scale": 10.0, "behaviour_mix": 0.5},
+    "output_dir": "results/dso_lmdp",
+}
+
+
+def timed(fn, *args, repeats: int = 3):
+    """`(result, compile seconds, median run seconds)` of the jitted `fn(*args)`."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    result = jax.block_until_ready(compiled(*args))  # warm-up
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        runs.append(time.perf_counter() - start)
+    return result, compile_s, float(np.median(runs))
+
+
+def first_hit(gaps: np.ndarray, target: float):
+    """First index with `gap <= target` (None if never)."""
+    hits = np.flatnonzero(gaps <= target)
+    return int(hits[0]) if hits.size else None
+
+
+def run(config: dict) -> dict:
+    """Returns the summary table and the gap curves (`arrays`)."""
+    lmdp = random_walk_lmdp(config["n_states"], noise=config["noise"],
+                            cost_weight=config["cost_weight"])
+    X = lmdp.n_states
+    z = lm.first_exit_desirability(lmdp)
+    J_star = float(lmdp.initial @ jnp.log(z))
+    by_desirability, tabular = cm.lmdp_chain(lmdp), cm.lmdp_chain(lmdp, "tabular")
+    key = jax.random.key(config["seed"])
+    reps = config["repeats"]
+    ga, ng, ci, zl = (config[k] for k in ("gradient_ascent", "natural_gradient",
+                                          "chain_iteration", "z_learning"))
+
+    def ascent(theta0, natural):
+        c = ng if natural else ga
+        hparams = alg.AscentHParams(1.0, c["learning_rate"], c.get("damping", 0.0))
+        settings = (alg.AscentConfig(iterations=c["iterations"], natural=True) if natural else
+                    alg.AscentConfig(iterations=c["iterations"], optimizer=optax.adam))
+        state, trace = alg.gradient_ascent(by_desirability, theta0, hparams, config=settings)
+        return jnp.append(trace.objective, cm.objective(by_desirability, state.params, 1.0))
+
+    def chain_iteration(theta0, model, proximal):
+        settings = alg.ChainIterationConfig(iterations=ci["iterations"],
+                                            inner_steps=ci["inner_steps"])
+        hparams = alg.ChainIterationHParams(1.0, ci["learning_rate"], proximal)
+        state, trace = alg.chain_iteration(model, theta0, hparams, config=settings)
+        return jnp.append(trace.objective, cm.objective(model, state.params, 1.0))
+
+    def z_learning(key, behaviour, greedy):
+        settings = lm.ZLearningConfig(iterations=zl["iterations"], greedy=greedy,
+                                      keep_estimates=True)
+        _, trace = lm.z_learning(lmdp, jnp.ones(X), lm.ZLearningHParams(zl["step_scale"]), key,
+                                 config=settings, behaviour=behaviour)
+        return jnp.concatenate([jnp.ones((1, X)), trace.estimate])
+
+    @jax.jit
+    def chain_values(estimates):
+        """J of the chains u(z_k) ∝ p z_k: the DSO objective at theta = log z_k (not timed)."""
+        return jax.lax.map(lambda zk: cm.objective(by_desirability, jnp.log(zk), 1.0),
+                           estimates, batch_size=1000)
+
+    mix = zl["behaviour_mix"]
+    behaviour = (1 - mix) * lmdp.passive + mix / X
+    cases = {
+        "gradient_ascent": (lambda t: ascent(t, False), (jnp.zeros(X),), ga["iterations"], 0),
+        "natural_gradient": (lambda t: ascent(t, True), (jnp.zeros(X),), ng["iterations"], 0),
+        "chain_iteration_tabular": (lambda t: chain_iteration(t, tabular, 0.0),
+                                    (jnp.zeros((X, X)),), ci["iterations"], 0),
+        "chain_iteration_proximal": (lambda t: chain_iteration(t, by_desirability,
+                                                               ci["proximal"]),
+                                     (jnp.zeros(X),), ci["iterations"], 0),
+        "z_learning": (lambda k: z_learning(k, None, False), (key,), zl["iterations"], X - 1),
+        "z_learning_off_chain": (lambda k: z_learning(k, behaviour, False), (key,),
+                                 zl["iterations"], X - 1),
+        "z_learning_greedy": (lambda k: z_learning(k, None, True), (key,), zl["iterations"],
+                              X - 1),
+    }
+    rows, arrays = [], {"optimum": np.asarray(J_star)}
+    for name, (fn, args, iterations, samples_per_iteration) in cases.items():
+        J, compile_s, run_s = timed(fn, *args, repeats=reps)
+        if name.startswith("z_learning"):
+            J = chain_values(J)
+        gaps = (J_star - np.asarray(J)) / abs(J_star)
+        hit = first_hit(gaps, config["target"])
+        arrays[name] = gaps
+        rows.append({
+            "method": name,
+            "iterations": iterations,
+            "final_gap": float(gaps[-1]),
+            "iterations_to_target": hit if hit is not None else -1,
+            "samples_to_target": (hit * samples_per_iteration if hit is not None
+                                  and samples_per_iteration else -1),
+            "run_s": run_s,
+            "seconds_to_target": run_s * hit / iterations if hit is not None else float("nan"),
+            "compile_s": compile_s,
+            "first_step_gap": float(gaps[1]),
+        })
+    return {"tables": {"lmdp": rows}, "arrays": arrays, "seeds": [config["seed"]]}
