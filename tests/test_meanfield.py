@@ -346,10 +346,10 @@ def test_large_sigma_forgets_the_initialisation():
 def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
     """The finite-N fluctuation of f_nu is O(1/sqrt(N)) and the sigma-regularisation biases
     the optimum by O(sigma^2): the mean gap falls along both axes (measured; the full table
-    is the `meanfield` job's). Per seed, the gap is averaged over 6 snapshots 50 steps
-    apart after 250 steps of burn-in; the spread over seeds gives its standard error."""
+    is the `meanfield` job's). Per seed, the gap is averaged over 4 snapshots 50 steps
+    apart after 100 steps of burn-in; the spread over seeds gives its standard error."""
     prob = problem(0, mu=None)
-    gamma, tau, eta = 0.8, 1.0, 0.2
+    gamma, tau, eta = 0.8, 1.0, 0.4
     pi_star = dsorl.soft_value_iteration(prob.mdp, gamma, tau).policy
     seeds, sigmas = 8, jnp.array([0.5, 0.125])
 
@@ -362,8 +362,8 @@ def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
                 pi = mf.mean_field_policy(prob, state.particles)
                 return state.particles, jnp.abs(pi - pi_star).sum(-1).max()
 
-            _, snapshots = jax.lax.scan(chunk, particles(n), jax.random.split(key, 11))
-            return snapshots[5:].mean()
+            _, snapshots = jax.lax.scan(chunk, particles(n), jax.random.split(key, 6))
+            return snapshots[2:].mean()
 
         keys = jax.random.split(jax.random.key(2), seeds)
         g = np.asarray(jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))(sigmas, keys))
