@@ -51,15 +51,16 @@ def plot(result: dict, config: dict, out: Path) -> None:
 
     c = config["convergence"]
     curves = result["arrays"]
-    fig, axes = plt.subplots(1, len(c["particles"]), figsize=(4.2 * len(c["particles"]), 4), sharey=True)
-    for ax, n in zip(axes if len(c["particles"]) > 1 else [axes], c["particles"]):
+    fig, axes = plt.subplots(1, len(c["particles"]), figsize=(4.2 * len(c["particles"]), 4), sharey=True,
+                             squeeze=False)
+    for ax, n in zip(axes[0], c["particles"]):
         for sigma in c["sigmas"]:
             ax.semilogy(curves[f"gap_n{n}_sigma{sigma:g}"], label=f"σ = {sigma:g}")
         ax.set_title(f"N = {n}")
         ax.set_xlabel("Langevin step")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    (axes[0] if len(c["particles"]) > 1 else axes).set_ylabel("V*_τ(ρ) − V_τ^{π_ν}(ρ)")
+    axes[0, 0].set_ylabel(r"$V^*_\tau(\rho) - V_\tau^{\pi_\nu}(\rho)$")
     fig.suptitle(f"value gap, mean over {c['seeds']} seeds (η = {config['eta']}, τ = {config['tau']})")
     fig.tight_layout()
     fig.savefig(out / "convergence.png", dpi=130)

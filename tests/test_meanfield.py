@@ -440,6 +440,7 @@ def test_bad_inputs_of_the_exact_quantities_raise():
         (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X[:2]), r"\[S, A, d\] = \[4, 3, d\]"),
         (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X.at[0, 0, 0].set(np.inf)), "not finite"),
         (lambda: mf.MeanFieldProblem(prob.mdp, "tanh", X), "TanhFeature"),
+        (lambda: mf.MeanFieldProblem(np.ones((S, A, S)), FEATURE, X), "dsorl.MDP"),
         (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X, np.ones((S, A))), "reference-measure row"),
         (lambda: jax.jit(lambda k: mf.check_divergence(k, hparams()))(jnp.int32(3)), "outside jit"),
         (lambda: mf.check_hparams(hparams(sigma=jnp.array([0.1, -0.2]))), "sigma = .* must be finite and >= 0"),

@@ -59,6 +59,8 @@ class MeanFieldProblem:
 
     def __init__(self, mdp: MDP, feature: TanhFeature, encodings: Array,
                  mu: Optional[Array] = None):
+        if not isinstance(mdp, MDP):
+            raise ValueError(f"mdp must be a dsorl.MDP, got {type(mdp).__name__}.")
         if not isinstance(feature, TanhFeature):
             raise ValueError(f"feature must be a dsorl.features.TanhFeature, got {feature!r}.")
         encodings = jnp.asarray(encodings, mdp.R.dtype)
