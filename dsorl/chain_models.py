@@ -31,7 +31,9 @@ Mappings of an MDP or an LMDP to a chain (the paper's section 2.1): `marginal`,
 Parameters `theta` are any pytree; Hessians and Fishers act on the flattened vector
 `jax.flatten_util.ravel_pytree(theta)[0]`. Every function takes one model and one `theta`
 (batch with `jax.vmap`); `gamma` may be traced. Bad concrete input raises `ValueError`
-(`check_model`); under `jit`/`vmap` nothing is checked.
+(`check_model`); under `jit`/`vmap` nothing is checked. dtype follows the inputs: float32
+works (gradients within ~1e-6 relative of float64 at gamma = 0.9 on small chains; the
+solves lose accuracy like 1/(1 - gamma), so use float64 near gamma = 1 and for gamma = 1).
 """
 import dataclasses
 from typing import Callable, NamedTuple, Optional
