@@ -15,9 +15,11 @@ optax minimises, so every optimiser is fed the negated ascent direction.
   with the exact surrogate `S`, the proximal weight `beta = hparams.proximal >= 0` and
   `D` the occupancy-weighted chain KL (`dsorl.chain_models.divergence_at`); the argmax
   is approximated by `config.inner_steps` steps of an optax optimiser, started from
-  `theta_k` (`warm_start=True`) or from `params0` each time. For a tabular policy,
-  `beta = 0` and a restarted inner loop it is policy iteration: the maximiser of `S` is
-  the greedy policy of `Q_{theta_k}` in every state.
+  `theta_k` (`warm_start=True`) or from `params0` each time. For a tabular policy and
+  `beta = 0` the maximiser of `S` is the greedy policy of `Q_{theta_k}` in every state:
+  Chain Iteration is policy iteration, up to how near the inner loop gets to that
+  (infinite-logit) argmax; warm starts keep sharpening it (tests: monotone, and the
+  greedy policy is optimal after as many iterations as Howard's from the same start).
 - `pco`: sampled, clipped surrogate (PPO's analogue) over `config.epochs` optimiser
   steps per batch of `config.n_episodes` episodes, on-chain (episodes of `theta_k`) or
   off-chain (episodes of a fixed `behaviour` chain, importance-weighted); the value
