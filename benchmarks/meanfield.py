@@ -35,11 +35,15 @@ def plot(result: dict, config: dict, out: Path) -> None:
     n = [r["particles"] for r in rows]
     axes[0].loglog(n, [r["jax_particle_steps_per_s"] for r in rows], "o-", label="JAX (jit, scan)")
     axes[0].loglog(n, [r["numpy_particle_steps_per_s"] for r in rows], "s--", label="NumPy")
+    axes[0].loglog(n, [r["numpy_1blas_particle_steps_per_s"] for r in rows], "^:",
+                   label="NumPy, 1 BLAS thread")
     axes[0].set_xlabel("particles N")
     axes[0].set_ylabel("particle-steps per second")
     axes[0].legend()
     axes[1].loglog(n, [r["jax_peak_rss_mb"] for r in rows], "o-", label="JAX peak RSS")
     axes[1].loglog(n, [r["numpy_peak_rss_mb"] for r in rows], "s--", label="NumPy peak RSS")
+    axes[1].loglog(n, [r["numpy_1blas_peak_rss_mb"] for r in rows], "^:",
+                   label="NumPy (1 BLAS thread) peak RSS")
     axes[1].set_xlabel("particles N")
     axes[1].set_ylabel("MiB")
     axes[1].legend()

@@ -8,7 +8,9 @@ Throughput: for each number of particles N, one worker subprocess per implementa
   autodiff), compile time measured apart; the median of `repeats` runs after it;
 - `numpy`: the same update written with vectorised NumPy (the covariance formula with the
   closed-form feature gradients, dense solves, `numpy.random.Generator` noise, the same
-  per-step statistics), the median of `repeats` runs after one warm-up step.
+  per-step statistics), the median of `repeats` runs after one warm-up step; run twice,
+  with OpenBLAS's default threads and with one BLAS thread (`numpy_1blas`: on 2 shared
+  cores, OpenBLAS's threads slow these thin matrix products down several times).
 
 Reported: particle-steps per second (N * steps / median wall seconds), the ratio jax/numpy,
 the CPU time per step of each (process time, all threads: less sensitive than wall time to
@@ -18,6 +20,7 @@ interpreter and library baseline). Convergence: value gap `V*_tau(rho) - V_tau^{
 per step, mean over seeds, for every (N, sigma) of `convergence` (one vmapped program per N).
 """
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -68,19 +71,22 @@ def run(config: dict) -> dict:
     for n in config["sizes"]:
         jax_row = _in_subprocess("jax", n, config)
         numpy_row = _in_subprocess("numpy", n, config)
+        single = _in_subprocess("numpy", n, config, single_blas_thread=True)
         throughput.append({
             "particles": n, "steps": jax_row["steps"],
             "jax_particle_steps_per_s": jax_row["rate"], "numpy_particle_steps_per_s": numpy_row["rate"],
+            "numpy_1blas_particle_steps_per_s": single["rate"],
             "speedup": jax_row["rate"] / numpy_row["rate"],
+            "speedup_vs_numpy_1blas": jax_row["rate"] / single["rate"],
             "jax_step_ms": 1e3 * jax_row["seconds"] / jax_row["steps"],
             "numpy_step_ms": 1e3 * numpy_row["seconds"] / numpy_row["steps"],
+            "numpy_1blas_step_ms": 1e3 * single["seconds"] / single["steps"],
             "jax_cpu_step_ms": 1e3 * jax_row["cpu_seconds"] / jax_row["steps"],
             "numpy_cpu_step_ms": 1e3 * numpy_row["cpu_seconds"] / numpy_row["steps"],
-            "cpu_speedup": numpy_row["cpu_seconds"] / jax_row["cpu_seconds"],
             "jax_compile_s": jax_row["compile_seconds"],
             "jax_peak_rss_mb": jax_row["peak_rss_mb"], "numpy_peak_rss_mb": numpy_row["peak_rss_mb"],
-            "jax_import_rss_mb": jax_row["import_rss_mb"], "numpy_import_rss_mb": numpy_row["import_rss_mb"],
-            "device": jax_row["device"]})
+            "numpy_1blas_peak_rss_mb": single["peak_rss_mb"],
+            "import_rss_mb": jax_row["import_rss_mb"], "device": jax_row["device"]})
     curves, rows = convergence(config)
     return {"tables": {"throughput": throughput, "convergence": rows}, "arrays": curves,
             "seeds": {"seed": config["seed"], "env_seed": config["env"]["seed"]}}
@@ -125,10 +131,13 @@ def convergence(config: dict):
 # Workers (one subprocess per implementation and size)
 
 
-def _in_subprocess(impl: str, n: int, config: dict) -> dict:
+def _in_subprocess(impl: str, n: int, config: dict, *, single_blas_thread: bool = False) -> dict:
     spec = json.dumps({"impl": impl, "n": n, "config": config})
+    env = dict(os.environ)
+    if single_blas_thread:
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "dsorl.jobs.meanfield_benchmark", spec],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{impl} worker for N = {n} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
