@@ -69,8 +69,8 @@ def plot_lmdp(arrays, out: Path, samples_per_iteration: int) -> None:
         if "z_learning" in name:
             axes[1].loglog(1 + k * samples_per_iteration, gaps, label=label)
         else:
-            axes[0].semilogy(k, gaps, label=label)
-    axes[0].set_xlabel("iteration")
+            axes[0].loglog(1 + k, gaps, label=label)
+    axes[0].set_xlabel("iteration + 1")
     axes[1].set_xlabel("sampled transitions + 1")
     for ax in axes:
         ax.set_ylabel("relative gap |J* - J| / |J*|")
