@@ -8,7 +8,6 @@ policy-gradient-theorem forms below are independent cross-checks of those gradie
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 
 from dsorl.markov import bias, discounted_value, gain, occupancy, stationary_distribution
 from dsorl.mdp import (MDP, action_values, bias_action_values, entropy_regularised_chain,

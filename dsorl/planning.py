@@ -94,7 +94,7 @@ def soft_value_iteration(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
 
 def policy_iteration_solver(params, *, max_iter: int):
     mdp, gamma = params
-    S, A = mdp.n_states, mdp.n_actions
+    A = mdp.n_actions
     dtype = mdp.R.dtype
     slack = 1e3 * jnp.finfo(dtype).eps
 

@@ -1,6 +1,5 @@
 """Independent references and checks shared by the tests (NumPy only, float64)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import dsorl

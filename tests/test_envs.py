@@ -1,6 +1,5 @@
 """Environments: garnets, the nBw benchmarks, Gymnasium toy-text imports."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -92,7 +92,6 @@ def run(config: dict) -> dict:
     v_star = float(problem.mdp.rho @ soft.value)
     sigmas = np.asarray(config["sigmas"], float)
     n_seeds = config["seeds"]
-    steps = config["burn_in"] + config["snapshots"] * config["snapshot_every"]
     grid_sigma = np.repeat(sigmas, n_seeds)
     hparams = mf.LangevinHParams(*(np.full(grid_sigma.shape, v) for v in (gamma, tau)),
                                  grid_sigma, np.full(grid_sigma.shape, eta))

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, features
+from dsorl import features
 from dsorl.algorithms import meanfield as mf
+from dsorl.jobs.meanfield import build_problem
 from dsorl.planning import soft_value_iteration
 
 DEFAULTS = {
@@ -51,14 +52,6 @@ DEFAULTS = {
     "seed": 0,
     "output_dir": "benchmarks/results/meanfield",
 }
-
-
-def build_problem(config: dict) -> mf.MeanFieldProblem:
-    e = config["env"]
-    mdp = envs.garnet(jax.random.key(e["seed"]), e["n_states"], e["n_actions"], e["branching"],
-                      dtype=jnp.float64)
-    return mf.MeanFieldProblem(mdp, features.TanhFeature(**config["feature"]),
-                               features.one_hot_encoding(e["n_states"], e["n_actions"]))
 
 
 def steps_for(n: int, config: dict) -> int:

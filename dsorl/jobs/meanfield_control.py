@@ -17,7 +17,6 @@ Arrays: mean actions per state for both policies, the particle policy, the value
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dsorl import features

@@ -57,11 +57,9 @@ def sweep_spec(config: dict) -> dict:
         from dsorl.algorithms import pg
 
         scale = config["init_scale"]
-        run = pg.run
-        if scale:
-            def run(mdp, params0, hparams, key, *, config):
-                start = params0 + scale * jax.random.normal(key, params0.shape, params0.dtype)
-                return pg.run(mdp, start, hparams, key, config=config)
+        def run(mdp, params0, hparams, key, *, config):  # a random start per seed
+            start = params0 + scale * jax.random.normal(key, params0.shape, params0.dtype)
+            return pg.run(mdp, start, hparams, key, config=config)
         hparams = lambda p: pg.HParams(gamma=p["gamma"], step_size=p["step_size"])
         static = pg.Config(n_steps=config["n_steps"])
         keys = {"gamma", "step_size", "seed"}
