@@ -106,7 +106,9 @@ def induced_chain(mdp: MDP, pi: Array) -> Chain:
     Shapes: `pi[S, A]` -> `Chain(P[S, S], r[S])`.
     """
     validate_policy(mdp, pi)
-    P = jnp.einsum("sa,sat->st", pi, _masked(mdp, mdp.P))
+    # A broadcast product and a sum over actions, not an einsum: XLA:CPU runs this small-
+    # contraction batched matvec as a dot about 2x slower (S = 1000, with or without vmap).
+    P = jnp.sum(pi[:, :, None] * _masked(mdp, mdp.P), axis=1)
     r = jnp.sum(pi * _masked(mdp, mdp.R), axis=-1)
     return _unchecked_chain(P, r)
 
