@@ -1,34 +1,51 @@
-"""Sweep exact DSO optimisers over γ × learning rate on the marginal chain of an MDP.
+"""Sweep DSO optimisers over γ × learning rate (× clip × seed) on the marginal chain of an MDP.
 
 Todorov (arXiv 2506.08340): the tabular softmax policy of an MDP marginalised into a
 parameterised chain (`dsorl.chain_models.marginal`, its eq. 12), optimised by exact
-gradient ascent, natural gradient (chain Fisher) or Chain Iteration
-(`dsorl.algorithms.dso`). One row per member: the final objective `J`, the optimal
-return `rho . v*` of its γ and the gap between them. The methods are deterministic; the
-`seed` axis, if any, only labels repeats.
+gradient ascent, natural gradient (chain Fisher), Chain Iteration or sampled Proximal
+Chain Optimisation (`dsorl.algorithms.dso`). One row per member: the final objective
+`J`, the optimal return `rho . v*` of its γ and the gap between them. The exact methods
+are deterministic (a `seed` axis only labels repeats); PCO samples its episodes from
+the key `jax.random.key(seed)`.
 """
 import jax.numpy as jnp
 
 import dsorl
-from dsorl import chain_models, policies
+from dsorl import _checks, chain_models, policies
 from dsorl.config import Free
 from dsorl.jobs.sweep_pg import make_env
 from dsorl.sweep import Grid
 
 DEFAULTS = {
-    "algorithm": "chain_iteration",  # ascent, natural or chain_iteration
+    "algorithm": "chain_iteration",  # ascent, natural, chain_iteration or pco
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},
     # ascent/natural: gamma, learning_rate, damping; chain_iteration: gamma,
-    # learning_rate, proximal
+    # learning_rate, proximal; pco: gamma, learning_rate, clip (and seed: its samples)
     "grid": Free(gamma=[0.5, 0.9, 0.99], learning_rate=[0.1]),
     "iterations": 20,
     "inner_steps": 50,  # chain_iteration: optimiser steps per outer iteration
+    "n_episodes": 64,   # pco: episodes per batch
+    "horizon": 60,      # pco: steps per episode
+    "epochs": 4,        # pco: optimiser steps per batch
     "output_dir": "results/sweep_dso",
 }
 
 _AXES = {"ascent": {"gamma", "learning_rate", "damping"},
          "natural": {"gamma", "learning_rate", "damping"},
-         "chain_iteration": {"gamma", "learning_rate", "proximal"}}
+         "chain_iteration": {"gamma", "learning_rate", "proximal"},
+         "pco": {"gamma", "learning_rate", "clip"}}
+
+
+def _check_grid(grid: Grid) -> None:
+    """Every axis value in its range (the runs are traced under vmap and check nothing)."""
+    values = {name: ax.values for name, ax in grid.axes.items()}
+    _checks.check_discount(values["gamma"])
+    _checks.check_positive("learning_rate", values["learning_rate"])
+    for name in ("damping", "proximal"):
+        if name in values:
+            _checks.check_positive(name, values[name], allow_zero=True)
+    if "clip" in values and not (values["clip"] > 0).all():  # inf: no clipping
+        raise ValueError(f"clip = {values['clip']} must be > 0 (inf: no clipping).")
 
 
 def sweep_spec(config: dict) -> dict:
@@ -40,20 +57,28 @@ def sweep_spec(config: dict) -> dict:
         raise ValueError(f"config key 'algorithm' must be one of {', '.join(_AXES)}, got {algorithm!r}.")
     grid = dict(config["grid"])
     keys = _AXES[algorithm] | {"seed"}
-    if set(grid) - keys or "gamma" not in grid:
+    if set(grid) - keys or not {"gamma", "learning_rate"} <= set(grid):
         raise ValueError(f"config key 'grid' for {algorithm} takes {', '.join(sorted(keys))}"
-                         f" (gamma required); got {', '.join(sorted(grid))}.")
+                         f" (gamma and learning_rate required); got {', '.join(sorted(grid))}.")
+    grid = Grid(**grid)
+    _check_grid(grid)
     mdp = make_env(config["env"])
     model = chain_models.marginal(mdp, policies.tabular_softmax(*mdp.R.shape).probs)
     if algorithm == "chain_iteration":
         run = dso.chain_iteration
         static = dso.ChainIterationConfig(iterations=config["iterations"],
                                           inner_steps=config["inner_steps"])
-        make = lambda p: dso.ChainIterationHParams(**{k: p[k] for k in p if k in _AXES[algorithm]})
+        hparams_type = dso.ChainIterationHParams
+    elif algorithm == "pco":
+        run = dso.pco
+        static = dso.PCOConfig(iterations=config["iterations"], n_episodes=config["n_episodes"],
+                               horizon=config["horizon"], epochs=config["epochs"])
+        hparams_type = dso.PCOHParams
     else:
         run = dso.gradient_ascent
         static = dso.AscentConfig(iterations=config["iterations"], natural=algorithm == "natural")
-        make = lambda p: dso.AscentHParams(**{k: p[k] for k in p if k in _AXES[algorithm]})
+        hparams_type = dso.AscentHParams
+    make = lambda p: hparams_type(**{k: p[k] for k in p if k in _AXES[algorithm]})
 
     def metrics(final_state, trace, member):
         # the objective after the last step, and the optimum of the member's gamma
@@ -61,5 +86,5 @@ def sweep_spec(config: dict) -> dict:
         best = mdp.rho @ dsorl.optimal_value(mdp, member.hparams.gamma)
         return {"objective": J, "optimal": best, "gap": best - J}
 
-    return {"run": run, "mdp": model, "grid": Grid(**grid), "config": static,
+    return {"run": run, "mdp": model, "grid": grid, "config": static,
             "params0": jnp.zeros(mdp.R.shape, mdp.R.dtype), "hparams": make, "metrics": metrics}
