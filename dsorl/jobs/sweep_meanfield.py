@@ -7,8 +7,10 @@ member, of the final ensemble `nu_T`: the regularised value `value_tau = V_tau^{
 the unregularised return `value = V^{pi_nu}(rho)`, the soft optimum `soft_optimal =
 rho . V*_tau` of the member's (γ, τ) (`dsorl.soft_value_iteration`), the `gap` between
 them, the particles' `dispersion`, and `first_bad_step` (-1, or the first step whose
-ensemble or update was not finite: a diverging member is listed, not dropped; its values
-are NaN). N, the feature width and the number of steps are static.
+ensemble or update was not finite: a diverging member is listed, not dropped, and its
+other columns describe non-finite particles: NaN or meaningless, since the bounded tanh
+feature can keep the values finite). N, the feature width and the number of steps are
+static.
 """
 from typing import NamedTuple
 
