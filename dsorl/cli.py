@@ -162,7 +162,7 @@ def _list() -> int:
 
 
 def _algorithms() -> list:
-    """`(name, first docstring line)` of each module of `dsorl.algorithms` with a `run`."""
+    """`(name, first docstring line [its run functions])` of each `dsorl.algorithms` module."""
     import importlib
     import pkgutil
 
@@ -177,10 +177,28 @@ def _algorithms() -> list:
         except Exception as err:  # an algorithm under construction must not break `dsorl list`
             out.append((m.name, f"(cannot import: {type(err).__name__})"))
             continue
-        if callable(getattr(module, "run", None)):
+        runs = _run_functions(module)
+        if runs:
             doc = (module.__doc__ or "").strip().splitlines()
-            out.append((m.name, doc[0] if doc else ""))
+            named = "" if runs == ["run"] else f" [{', '.join(runs)}]"
+            out.append((m.name, (doc[0] if doc else "") + named))
     return out
+
+
+def _run_functions(module) -> list:
+    """Public functions of `module` shaped like `run(problem, params0, hparams, key, *, config)`."""
+    import inspect
+
+    runs = []
+    for name in getattr(module, "__all__", dir(module)):
+        fn = getattr(module, name, None)
+        if (name.startswith("_") or name.split("_")[-1] in ("step", "init")
+                or not inspect.isfunction(fn) or fn.__module__ != module.__name__):
+            continue
+        params = inspect.signature(fn).parameters
+        if "hparams" in params and "key" in params and "config" in params:
+            runs.append(name)
+    return sorted(runs, key=lambda n: (n != "run", n))
 
 
 if __name__ == "__main__":

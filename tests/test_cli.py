@@ -20,6 +20,11 @@ def test_list_names_jobs_algorithms_and_environments(capsys):
     out = capsys.readouterr().out
     assert "nbw_analysis" in out and "sweep_pg" in out and "[sweep]" in out
     assert "algorithms" in out and "environments: garnet" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    # modules whose runs are not called `run` list them; step/init functions are not runs
+    assert "[chain_iteration, gradient_ascent, pco]" in rows["dso"]
+    assert "[z_learning]" in rows["lmdp"]
+    assert "[" not in rows["meanfield"]
 
 
 JOB_CONFIGS = [p for p in sorted((ROOT / "configs").glob("*.yaml"))
