@@ -10,6 +10,7 @@ allows:
   coordinates, e.g. the nBw paper's (w_x, w_y) grid of initial parameters, averaged over
   seeds, one panel per environment and setting.
 """
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -97,7 +98,9 @@ def _short(v) -> str:
 
 def _band(plt_ax, x, values, label):
     """Median line and 10–90% quantile band of `values[members, len(x)]`."""
-    lo, mid, hi = np.nanquantile(values, [0.1, 0.5, 0.9], axis=0)
+    with warnings.catch_warnings():  # steps where every member diverged: a gap in the curve
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, mid, hi = np.nanquantile(values, [0.1, 0.5, 0.9], axis=0)
     (line,) = plt_ax.plot(x, mid, label=label)
     if len(values) > 1:
         plt_ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
