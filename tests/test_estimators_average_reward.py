@@ -1,4 +1,5 @@
-"""Sampled gain/bias gradients and Fishers: sample means vs exact values within 5 standard errors.
+"""Sampled gain/bias gradients, Fishers and objective values: sample means vs exact values
+within 5 standard errors; common random numbers.
 
 The reference for each estimator is its exact expectation at the finite episode length T,
 computed here in NumPy from the state laws `P^t(s0, .)` and closed-form sigmoid scores;
@@ -13,11 +14,13 @@ import pytest
 
 from dsorl import envs, policies
 from dsorl.bias_gradient import bias_gradient, gain_gradient
-from dsorl.estimators.average_reward import (episode_estimates, check_mixing, mean_estimates,
-                                             oracle_critic, sample_estimates)
+from dsorl.estimators.average_reward import (check_mixing, common_uniforms, coupled_episodes,
+                                             episode_estimates, mean_estimates, oracle_critic,
+                                             sample_estimates, value_samples)
 from dsorl.fisher import bias_fisher, gain_fisher
 from dsorl.mdp import MDP
 from dsorl.sampling import Trajectory
+from helpers import check_variants
 
 N = 4000  # episodes: standard errors ~1-3% of the estimated quantities here
 Z = 5.0   # tolerance in standard errors
@@ -220,3 +223,139 @@ def test_bad_input_raises():
         sample_estimates(key, MDP(P, np.ones((2, 2)), np.array([1.0, 0.0])), policy, w, 0,
                          episode_length=5, n_episodes=4)
     check_mixing(MDP(P, np.ones((2, 2)), np.array([1.0, 0.0])), aperiodic=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Objective values from coupled episodes (the sampled line search)
+
+
+
+def numpy_values(mdp, w, T, M, s0=0):
+    """Exact law facts for `value_samples`: (E g_hat, E h_hat, g, h(s0), e_T, spans)."""
+    S = mdp.n_states
+    x = np.stack([np.arange(S), np.ones(S)], 1)
+    p0 = 1 / (1 + np.exp(-(x @ np.asarray(w))))
+    pi = np.stack([p0, 1 - p0], 1)
+    P = np.einsum("sa,sat->st", pi, np.asarray(mdp.P))
+    r = (pi * np.asarray(mdp.R)).sum(1)
+    rows = [np.linalg.matrix_power(P, t)[s0] for t in range(T + M)]
+    mean_g = np.mean([rows[t] @ r for t in range(T, T + M)])
+    mean_h = sum(rows[t] @ r for t in range(T)) - T * mean_g
+    vals, vecs = np.linalg.eig(P.T)
+    p = np.real(vecs[:, np.argmin(np.abs(vals - 1))])
+    p /= p.sum()
+    Pstar = np.outer(np.ones(S), p)
+    h = np.linalg.solve(np.eye(S) - P + Pstar, (np.eye(S) - Pstar) @ r)
+    e_T = np.abs(rows[T] - p).sum()
+    return dict(mean_g=mean_g, mean_h=mean_h, g=p @ r, h=h[s0], e_T=e_T,
+                span_r=np.ptp(r), span_h=np.ptp(h))
+
+
+@partial(jax.jit, static_argnames=("T", "M", "n"))
+def _values(key, mdp, w, *, T, M, n=N):
+    pi = _POLICIES[mdp.n_states].probs(w)
+    u = common_uniforms(key, T + M, n, w.dtype)
+    return value_samples(coupled_episodes(mdp, pi, 0, u), episode_length=T)
+
+
+@pytest.mark.parametrize("name, T, M, w", [
+    ("B2", 8, 8, [-0.4, 0.9]),   # T below the mixing time: finite-T expectations
+    ("A2", 3, 1, [0.3, -0.7]),   # P^3(s0, .) = p*: unbiased for g and h(s0) themselves
+    ("B1", 4, 4, [0.5, -0.5]),
+])
+def test_value_samples_match_finite_horizon_expectations(name, T, M, w):
+    mdp = envs.nbw_env(name)
+    v = _values(jax.random.key(11), mdp, jnp.asarray(w), T=T, M=M)
+    ref = numpy_values(mdp, w, T, M)
+    for est, exact in ((v.gain, ref["mean_g"]), (v.bias, ref["mean_h"])):
+        est = np.asarray(est)
+        se = est.std(ddof=1) / np.sqrt(len(est))
+        assert abs(est.mean() - exact) <= Z * se + 1e-12, (est.mean(), exact, se)
+    if name == "A2":
+        np.testing.assert_allclose([ref["mean_g"], ref["mean_h"]], [ref["g"], ref["h"]],
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("name, T", [("B2", 5), ("B2", 8), ("B3", 20), ("A3", 20)])
+def test_value_truncation_bias_is_within_the_documented_bound(name, T):
+    # |E h_hat - h(s0)| <= e_T (T span(r_pi) + span(h)) / 2, |E g_hat - g| <= e_T span(r_pi)/2
+    mdp, w = envs.nbw_env(name), np.array([0.3, -0.5])
+    ref = numpy_values(mdp, w, T, T)
+    assert abs(ref["mean_g"] - ref["g"]) <= ref["e_T"] * ref["span_r"] / 2 + 1e-12
+    bound = ref["e_T"] * (T * ref["span_r"] + ref["span_h"]) / 2
+    assert abs(ref["mean_h"] - ref["h"]) <= bound + 1e-12
+    assert ref["e_T"] > 1e-8  # the bound is not trivially 0 here: no exact mixing
+
+
+def test_value_check_is_sharp_enough_to_catch_a_wrong_estimator():
+    # Subtracting (T - 1) g_hat instead of T g_hat must be detected at N episodes.
+    mdp, T, M, w = envs.nbw_env("B2"), 8, 8, np.array([-0.4, 0.9])
+    v = _values(jax.random.key(12), mdp, jnp.asarray(w), T=T, M=M)
+    wrong = np.asarray(v.bias + v.gain)
+    se = wrong.std(ddof=1) / np.sqrt(N)
+    assert abs(wrong.mean() - numpy_values(mdp, w, T, M)["mean_h"]) > Z * se
+
+
+@partial(jax.jit, static_argnames=("T", "M"))
+def _paired(key_a, key_b, mdp, w, w2, *, T, M):
+    paired = _values(key_a, mdp, w2, T=T, M=M)   # same uniforms as `base`
+    base = _values(key_a, mdp, w, T=T, M=M)
+    independent = _values(key_b, mdp, w2, T=T, M=M)
+    return base, paired, independent
+
+
+@pytest.mark.parametrize("name, T", [("B2", 8), ("B1", 4)])
+def test_common_random_numbers_pair_the_difference(name, T):
+    # D_i = f_i(w2) - f_i(w) on shared uniforms: mean = exact finite-T difference (within
+    # 5 SE), variance far below that of independent estimates. The coupled episodes differ
+    # only if some uniform falls between the two cumulative laws, with probability
+    # <= sum_t max_s |pi_w2(a0|s) - pi_w(a0|s)| (~0.1 per step here), so
+    # Var D <= P(differ) E[D^2 | differ], while independent estimates give Var f(w) + Var f(w2).
+    mdp, M = envs.nbw_env(name), T
+    w, w2 = np.array([-0.4, 0.9]), np.array([-0.35, 0.95])
+    base, paired, indep = _paired(jax.random.key(13), jax.random.key(14), mdp, jnp.asarray(w),
+                                  jnp.asarray(w2), T=T, M=M)
+    r1, r2 = numpy_values(mdp, w, T, M), numpy_values(mdp, w2, T, M)
+    for field, key in (("gain", "mean_g"), ("bias", "mean_h")):
+        d = np.asarray(getattr(paired, field) - getattr(base, field))
+        se = d.std(ddof=1) / np.sqrt(N)
+        assert abs(d.mean() - (r2[key] - r1[key])) <= Z * se + 1e-12
+        var_paired = d.var(ddof=1)
+        var_indep = np.var(np.asarray(getattr(indep, field) - getattr(base, field)), ddof=1)
+        # sample variances of 4000 draws: relative SE about sqrt(2 / N) ~ 2%, so a factor 3
+        # is beyond any sampling error; measured ratios are 0.02-0.2
+        assert var_paired < var_indep / 3, (field, var_paired, var_indep)
+
+
+def test_coupled_episodes_invert_the_cumulative_laws():
+    # Env B1, pi(a0|s) = (0.3, 0.8): a_t = [u >= pi(a0|s_t)]; s1 --a0--> {s0, s1} by halves.
+    mdp = envs.nbw_env("B1")
+    pi = jnp.array([[0.3, 0.7], [0.8, 0.2]])
+    u = jnp.array([[[0.1, 0.9], [0.5, 0.2], [0.9, 0.99], [0.95, 0.0]]])
+    eps = jax.jit(coupled_episodes)(mdp, pi, 0, u)
+    # s0 a0 -> s1 (P = 1); s1 a0 (u=.5<.8), next s0 (u=.2<.5); s0 a1 (u=.9) -> s1; s1 a1 -> s1
+    np.testing.assert_array_equal(eps.states[0], [0, 1, 0, 1, 1])
+    np.testing.assert_array_equal(eps.actions[0], [0, 0, 1, 1])
+    np.testing.assert_allclose(eps.rewards[0], [1.0, 0.5, 3.0, 4.0])
+    # zero-probability actions and states are never drawn, even at u = 0 and near 1
+    masked = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+    edge = jnp.array([[[0.0, 0.0], [1 - 1e-16, 1 - 1e-16], [0.0, 0.0]]])
+    eps = coupled_episodes(mdp, masked, 0, edge)
+    # s0 a1 -> s1 (u = 0 skips P = 0 at s0); s1 a0 (u ~ 1 skips pi = 0) -> s1; s1 a0 -> s0
+    np.testing.assert_array_equal(eps.actions[0], [1, 0, 0])
+    np.testing.assert_array_equal(eps.states[0], [0, 1, 1, 0])
+
+
+def test_value_samples_variants_and_bad_input():
+    mdp = envs.nbw_env("B1")
+    pi = lambda w: _POLICIES[2].probs(w)
+    fn = lambda key, w: value_samples(coupled_episodes(mdp, pi(w), 0, common_uniforms(
+        key, 6, 8, w.dtype)), episode_length=4)
+    keys = jax.random.split(jax.random.key(5), 3)
+    ws = jnp.array([[0.5, -0.5], [1.0, 0.0], [-2.0, 1.0]])
+    check_variants(fn, (keys[0], ws[0]), (keys, ws), (0, 0))
+    with pytest.raises(ValueError, match="gain window"):
+        value_samples(coupled_episodes(mdp, pi(ws[0]), 0, common_uniforms(keys[0], 4, 8)),
+                      episode_length=4)
+    with pytest.raises(ValueError, match="n_episodes"):
+        common_uniforms(keys[0], 4, 0)

@@ -21,11 +21,25 @@ iteration that ends the gain phase also takes the first barrier step (theirs ski
 `run` (Algorithm 1) uses exact gradients and Fishers. `run_sampled` (Algorithm 2) estimates
 every gradient and Fisher from `n_episodes` episodes in **both** phases (the authors' code used
 exact ones in the gain phase and in the line search), including the gain-phase stopping test
-and the slope `c alpha grad.d` of the Armijo test; the objective values that the Armijo test
-compares come from the critic, which the paper's sampled experiments take to be exact
-("all policy evaluations are exact", §6.3) and which `dsorl.estimators.average_reward` also
-uses for `q_b`. `discounted_run` is the baseline: natural gradient ascent on
-`(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
+and the slope `c alpha grad.d` of the Armijo test. The critic (`q_b`, `q_w` of the gradient
+estimators) is exact, as in the paper's sampled experiments ("all policy evaluations are
+exact", §6.3). The objective values are estimated from samples too (`line_search="sampled"`,
+the default): the line search of one iteration draws one array of uniforms and runs
+`line_search_episodes` episodes of `T + M` steps from s0 on it at the current parameters and
+at every trial point, each draw the inverse cumulative law of its uniform (common random
+numbers, `dsorl.estimators.average_reward.coupled_episodes`). Each episode gives
+`g_hat = mean_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat` (`value_samples`); their
+means give the gain objective and the barrier `h_hat + beta log(g_hat - g_ref + delta)`. The
+Armijo test `f(x + alpha d) - f(x) >= c alpha grad.d` then compares a paired difference:
+coupled episodes coincide until a uniform falls between the two policies' cumulative laws
+(probability O(alpha)), so its variance vanishes with the step, while that of independent
+estimates stays `2 Var f`. The coupled estimate is piecewise constant in alpha, so the
+search gives up (step 0) at the first trial whose episodes draw exactly as at `x`: no
+shorter step can show an increase. The same estimates give the barrier gap, `g_ref` at the
+switch, and the traced `objective`; when the sampled gap is <= 0 (the estimate leaves the
+barrier's domain) the iteration takes a gain step instead. `line_search="critic"` keeps the
+paper's exact objective values for comparison. `discounted_run` is the baseline: natural
+gradient ascent on `(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
 
 Each `run` is one `lax.scan` (outer iterations of inner iterations), jittable end to end and
 `vmap`pable over `params0`, `hparams`, `key` and over MDPs of equal size.
@@ -41,8 +55,9 @@ from jax.flatten_util import ravel_pytree
 
 from dsorl import _checks
 from dsorl.envs.nbw import PAPER_SETTINGS
-from dsorl.estimators.average_reward import (check_mixing, mean_estimates, oracle_critic,
-                                             sample_estimates)
+from dsorl.estimators.average_reward import (check_mixing, common_uniforms, coupled_episodes,
+                                             mean_estimates, oracle_critic, sample_estimates,
+                                             value_samples)
 from dsorl.fisher import barrier_preconditioner, bias_fisher, discounted_fisher, gain_fisher
 from dsorl.markov import bias, discounted_value, gain
 from dsorl.mdp import MDP, induced_chain
@@ -56,12 +71,15 @@ class BarrierHyperparams(NamedTuple):
 
     `barrier_init` beta0 > 0, `barrier_divisor` > 0 (beta /= it per outer iteration),
     `slack` delta > 0, `gain_tolerance` eps > 0 (the gain phase ends when `||grad g|| < eps`).
+    `confidence` z >= 0, `run_sampled`'s sampled line search only: a trial must beat the
+    Armijo bound by z standard errors of the sampled increase.
     """
 
     barrier_init: Any = 100.0
     barrier_divisor: Any = 10.0
     slack: Any = 1.0
     gain_tolerance: Any = 1e-4
+    confidence: Any = 2.0
 
 
 class BarrierConfig(NamedTuple):
@@ -71,7 +89,10 @@ class BarrierConfig(NamedTuple):
     `state` s0, the state whose bias is maximised; `absorption_time` tau of eq. 19;
     Armijo settings; the natural direction's `damping`, `pseudo_inverse` and `rcond`;
     `keep_params` adds the parameters to the trace. Algorithm 2 only: `episode_length` T,
-    `n_episodes` N per iteration, `baseline` and `post_mixing` of the estimators.
+    `n_episodes` N per iteration, `baseline` and `post_mixing` of the gradient estimators;
+    `line_search` "sampled" (objective values from coupled episodes, `run_sampled`) or
+    "critic" (from the exact critic, as the paper's experiments); for "sampled",
+    `line_search_episodes` episodes of `T + gain_window` steps (`gain_window` None: T).
     """
 
     inner_iterations: int = 100
@@ -89,6 +110,10 @@ class BarrierConfig(NamedTuple):
     n_episodes: int = 16
     baseline: bool = True
     post_mixing: str = "score"
+    line_search: str = "sampled"
+    line_search_episodes: int = 16
+    max_expansions: int = 10
+    gain_window: Optional[int] = None
 
 
 class BarrierState(NamedTuple):
@@ -103,7 +128,8 @@ class BarrierState(NamedTuple):
 
 
 class Trace(NamedTuple):
-    """Per iteration, before its step: objective, gain, bias at s0, norm of the (sampled)
+    """Per iteration, before its step: objective (as the algorithm estimates it: sampled in
+    `run_sampled`'s sampled line search), exact gain and bias at s0, norm of the (sampled)
     gradient of the objective, accepted step length, number of objective evaluations of
     the line search, phase; `params` if kept."""
 
@@ -115,6 +141,9 @@ class Trace(NamedTuple):
     evaluations: Array
     in_barrier: Array
     params: Any = None
+
+
+LINE_SEARCHES = ("sampled", "critic")
 
 
 class _Evaluation(NamedTuple):
@@ -131,7 +160,7 @@ def paper_hyperparams(env_name: str) -> BarrierHyperparams:
     kind = env_name.removeprefix("Env-")[0]
     return BarrierHyperparams(PAPER_SETTINGS["barrier_init"][kind],
                               PAPER_SETTINGS["barrier_divisor"], PAPER_SETTINGS["barrier_slack"],
-                              PAPER_SETTINGS["gain_phase_tolerance"])
+                              PAPER_SETTINGS["gain_phase_tolerance"])  # confidence: ours
 
 
 def init(mdp: MDP, params0, hparams: BarrierHyperparams, *, policy, config: BarrierConfig,
@@ -162,35 +191,73 @@ def init(mdp: MDP, params0, hparams: BarrierHyperparams, *, policy, config: Barr
 
 def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, policy,
          config: BarrierConfig, sampled: bool = False):
-    """One iteration of Algorithm 1 (`sampled=False`) or 2: returns `(state, Trace row)`."""
+    """One iteration of Algorithm 1 (`sampled=False`) or 2: returns `(state, Trace row)`.
+
+    With `sampled` and `config.line_search == "sampled"`, the gain and bias values the
+    iteration uses (objective, barrier gap, `g_ref` at the switch, Armijo test) are the
+    coupled-episode estimates of `_sampled_values` (see `run_sampled`).
+    """
     flat, unravel = ravel_pytree(state.params)
     s0 = config.state
     if sampled:
+        _check_line_search(config)
         ev = _sampled_evaluation(mdp, policy, state.params, key, config)
     else:
         ev = _exact_evaluation(mdp, policy, state.params, s0, config.absorption_time)
+    from_samples = sampled and config.line_search == "sampled"
+    if from_samples:
+        base, trial = _sampled_values(mdp, policy, unravel, flat, jax.random.fold_in(key, 1),
+                                      config)
+        g_now, h_now = base.gain.mean(), base.bias.mean()
+    else:
+        g_now, h_now = ev.gain, ev.bias
     switch = ~state.in_barrier & (jnp.linalg.norm(ev.grad_gain) < hparams.gain_tolerance)
     in_barrier = state.in_barrier | switch
-    gain_ref = jnp.where(switch, ev.gain, state.gain_ref)
+    gain_ref = jnp.where(switch, g_now, state.gain_ref)
     beta = jnp.where(switch, jnp.asarray(hparams.barrier_init, flat.dtype), state.beta)
-    gap = ev.gain - gain_ref + hparams.slack
+    gap = g_now - gain_ref + hparams.slack
+    # A barrier step needs a feasible point, gap > 0: always so with exact values (the line
+    # search never leaves the interior); a sampled gap can be <= 0, and then the iteration
+    # ascends the gain instead (a feasibility step), as in the gain phase.
+    barrier_step = in_barrier & (gap > 0)
 
-    # In the gain phase the barrier quantities are unused; keep them valid (beta = gap = 1).
-    safe_gap = jnp.where(in_barrier, gap, 1.0)
-    safe_beta = jnp.where(in_barrier, beta, 1.0)
-    grad = jnp.where(in_barrier, ev.grad_bias + beta / safe_gap * ev.grad_gain, ev.grad_gain)
-    precond = jnp.where(in_barrier,
+    # Otherwise the barrier quantities are unused; keep them valid (beta = gap = 1).
+    safe_gap = jnp.where(barrier_step, gap, 1.0)
+    safe_beta = jnp.where(barrier_step, beta, 1.0)
+    grad = jnp.where(barrier_step, ev.grad_bias + beta / safe_gap * ev.grad_gain,
+                     ev.grad_gain)
+    precond = jnp.where(barrier_step,
                         barrier_preconditioner(ev.bias_fisher, ev.gain_fisher, ev.grad_gain,
                                                safe_beta, safe_gap),
                         ev.gain_fisher)
-    objective = jnp.where(in_barrier, ev.bias + beta * jnp.log(safe_gap), ev.gain)
+    objective = jnp.where(barrier_step, h_now + beta * jnp.log(safe_gap), g_now)
 
-    def value(theta):  # the objective at trial parameters, from the critic (exact values)
+    def objective_at(g, h):
+        return jnp.where(barrier_step, h + beta * jnp.log(g - gain_ref + hparams.slack), g)
+
+    def exact_value(theta):
         chain = induced_chain(mdp, policy.probs(unravel(theta)))
-        g = gain(chain)
-        barrier = bias(chain)[s0] + beta * jnp.log(g - gain_ref + hparams.slack)
-        return jnp.where(in_barrier, barrier, g)
+        return objective_at(gain(chain), bias(chain)[s0])
 
+    def sampled_value(theta):
+        # The estimate at theta minus `confidence` standard errors of the paired difference
+        # from the current point, so Armijo accepts only increases that the samples resolve.
+        # Per-episode terms of the difference by the delta method (first order in the means).
+        samples, changed = trial(theta)
+        g, h = samples.gain.mean(), samples.bias.mean()
+
+        def influence(v, g_mean):
+            return jnp.where(barrier_step, v.bias + beta * v.gain / (g_mean - gain_ref
+                                                                   + hparams.slack), v.gain)
+
+        paired = influence(samples, g) - influence(base, g_now)
+        se = jnp.std(paired, ddof=1) / jnp.sqrt(paired.shape[0])
+        f = objective_at(g, h)
+        # unresolved: no episode changed, or a positive increase not yet significant
+        resolved = changed & ~((f > objective) & (f - hparams.confidence * se < objective))
+        return f - hparams.confidence * se, resolved
+
+    value = sampled_value if from_samples else exact_value
     update, line_search, step_size = _natural_armijo_step(
         flat, grad, precond, objective, value, state.line_search, config)
     new = BarrierState(unravel(flat + update), in_barrier, gain_ref, beta, line_search)
@@ -213,19 +280,34 @@ def run(mdp: MDP, params0, hparams: BarrierHyperparams, key=None, *, policy,
 
 def run_sampled(mdp: MDP, params0, hparams: BarrierHyperparams, key, *, policy,
                 config: BarrierConfig, gain_reference=None):
-    """Algorithm 2: Algorithm 1 with gradients and Fishers estimated from episodes.
+    """Algorithm 2: Algorithm 1 with gradients, Fishers and objective values from episodes.
 
-    Each iteration draws `config.n_episodes` episodes of `config.episode_length` steps from
-    `config.state` (key folded with the iteration number) and uses the means of
-    `dsorl.estimators.average_reward.sample_estimates` with the exact critic. Concrete input
-    is also checked for aperiodicity, `n_episodes > 0` and `episode_length >= absorption_time`.
+    Each iteration `k` uses the key `fold_in(key, k)`. Gradients and Fishers: the means of
+    `dsorl.estimators.average_reward.sample_estimates` over `config.n_episodes` episodes of
+    `config.episode_length` steps from `config.state`, with the exact critic.
+    Line search (`config.line_search="sampled"`, the default): from a second key, one array
+    of uniforms `[line_search_episodes, T + M, 2]` (`M = gain_window`, default T) drives
+    coupled episodes at the current parameters and at every trial point; the gain and the
+    bias at s0 are the episode means of `g_hat` (rewards of steps T..T+M-1) and `h_hat =
+    sum_{t<T} r_t - T g_hat` (truncation bias and variance: `value_samples`). Armijo
+    backtracking (alpha0 = 1, halving) accepts the first trial whose sampled objective exceeds
+    the sampled objective at the current point by `c alpha grad_hat.d`, a paired difference
+    under common random numbers, and stops with step 0 when a trial's episodes all draw as
+    at the current point. The barrier gap `g_hat - g_ref + delta`, `g_ref` (g_hat at the
+    switch) and the traced `objective` are these estimates; the gain-phase test
+    `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias` are
+    the iterates' exact values (diagnostics; the algorithm does not use them).
+    `line_search="critic"`: objective values from the exact critic (the paper's setting).
+    Concrete input is also checked for aperiodicity, `n_episodes > 0`,
+    `episode_length >= absorption_time`, `line_search`, `line_search_episodes > 0` and
+    `gain_window >= 1`.
     """
     return _run(mdp, params0, hparams, key, policy, config, gain_reference, sampled=True)
 
 
 def _run(mdp, params0, hparams, key, policy, config, gain_reference, *, sampled):
     if sampled:
-        _validate_sampling(mdp, config)
+        _validate_sampling(mdp, hparams, config)
     state = init(mdp, params0, hparams, policy=policy, config=config,
                  gain_reference=gain_reference)
     key = jax.random.key(0) if key is None else key
@@ -331,8 +413,31 @@ def _sampled_evaluation(mdp, policy, params, key, config) -> _Evaluation:
                        est.bias_gradient, est.gain_fisher, est.bias_fisher)
 
 
-def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5,
-                        max_tries: int = 100) -> optax.GradientTransformationExtraArgs:
+def _sampled_values(mdp, policy, unravel, flat, key, config):
+    """Per-episode gain and bias estimates at s0 from `line_search_episodes` coupled episodes.
+
+    Returns `(base, trial)`: the `ValueSamples` at `flat`, and `trial(theta) ->
+    (ValueSamples, changed)` on the same uniforms (common random numbers), `changed`
+    telling whether any episode draws differently from those at `flat`.
+    """
+    T = config.episode_length
+    window = T if config.gain_window is None else config.gain_window
+    uniforms = common_uniforms(key, T + window, config.line_search_episodes, flat.dtype)
+
+    def episodes(theta):
+        return coupled_episodes(mdp, policy.probs(unravel(theta)), config.state, uniforms)
+
+    base = episodes(flat)
+
+    def trial(theta):
+        eps = episodes(theta)
+        return value_samples(eps, episode_length=T), jnp.any(eps.actions != base.actions)
+
+    return value_samples(base, episode_length=T), trial
+
+
+def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
+                        max_expansions: int = 0) -> optax.GradientTransformationExtraArgs:
     """Armijo backtracking for maximisation, as an optax transformation.
 
     `update(direction, state, params, value=f(x), grad=g, value_fn=f)` returns
@@ -344,10 +449,21 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5,
     `f`, `4 eps max(1, |f|)`: past it the test compares rounding errors (at a converged point it
     would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
     long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
-    scalar function of the flat parameters. The state keeps the last `step_size` and the
-    number of `evaluations`. The numbers may be traced. (`optax.scale_by_backtracking_
-    linesearch` minimises, returns its last tiny trial instead of 0 on failure, and has no
-    rounding-level stop, which is what keeps a vmapped grid of searches short.)
+    scalar function of the flat parameters.
+
+    For objectives estimated from coupled samples (`run_sampled`), piecewise constant in the
+    step, `value_fn` may return `(f, resolved)`: `resolved` False says the trial's samples
+    cannot decide it (they draw as at `x`, or show an increase too small to be significant)
+    and that a shorter step would decide even less. The search stops (step 0) at an
+    unresolved rejected trial, except that while every trial so far was unresolved it
+    lengthens the step instead (`alpha / shrink`, at most `max_expansions` times); after an
+    expansion, the first resolved trial decides (accepted, or step 0). Without `resolved`,
+    `max_expansions` has no effect.
+
+    The state keeps the last `step_size` and the number of `evaluations`. The numbers may be
+    traced. (`optax.scale_by_backtracking_linesearch` minimises, returns its last tiny trial
+    instead of 0 on failure, and has no rounding-level stop, which is what keeps a vmapped
+    grid of searches short.)
     """
 
     def init(params):
@@ -361,17 +477,25 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5,
         resolution = 4 * jnp.finfo(x.dtype).eps * jnp.maximum(1, jnp.abs(value))
 
         def searching(carry):
-            k, alpha, accepted = carry
-            return ~accepted & (k < max_tries) & (alpha * slope > resolution)
+            k, alpha, _, done, _ = carry
+            return ~done & (k < max_tries) & (alpha * slope > resolution)
 
         def trial(carry):
-            k, alpha, _ = carry
-            f = value_fn(x + alpha * d)
+            k, alpha, _, _, grown = carry
+            out = value_fn(x + alpha * d)
+            f, resolved = out if isinstance(out, tuple) else (out, True)
+            resolved = jnp.asarray(resolved, bool)
             accepted = jnp.isfinite(f) & (f >= value + c * alpha * slope)
-            return k + 1, jnp.where(accepted, alpha, alpha * shrink), accepted
+            # expand only while every trial so far has expanded (grown == k)
+            expand = ~accepted & ~resolved & (grown == k) & (grown < max_expansions)
+            done = accepted | (~resolved & ~expand) | (resolved & (grown > 0))
+            alpha = jnp.where(accepted, alpha, jnp.where(expand, alpha / shrink,
+                                                         alpha * shrink))
+            return k + 1, alpha, accepted, done, grown + expand
 
-        start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False))
-        k, alpha, accepted = lax.while_loop(searching, trial, start)
+        start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False),
+                 jnp.asarray(False), jnp.int32(0))
+        k, alpha, accepted, _, _ = lax.while_loop(searching, trial, start)
         alpha = jnp.where(accepted, alpha, 0)
         return ravel_pytree(updates)[1](alpha * d), ArmijoState(alpha, k)
 
@@ -385,7 +509,8 @@ class ArmijoState(NamedTuple):
 
 def _line_search(config):
     return armijo_backtracking(c=config.armijo_c, shrink=config.armijo_shrink,
-                               max_tries=config.max_backtracking)
+                               max_tries=config.max_backtracking,
+                               max_expansions=config.max_expansions)
 
 
 def _natural_armijo_step(flat, grad, precond, value, value_fn, ls_state, config):
@@ -406,14 +531,29 @@ def _validate(mdp, hparams, config) -> None:
         raise ValueError("inner_iterations and outer_iterations must be >= 1.")
 
 
-def _validate_sampling(mdp, config) -> None:
+def _validate_sampling(mdp, hparams, config) -> None:
     check_mixing(mdp)
     _checks.check_positive("n_episodes", config.n_episodes)
     if config.episode_length < max(config.absorption_time, 1):
         raise ValueError(f"episode_length = {config.episode_length} must be >= max(1,"
                          f" absorption_time = {config.absorption_time}).")
+    _check_line_search(config)
+    if config.line_search == "sampled":
+        _checks.check_positive("confidence", hparams.confidence, allow_zero=True)
+        if config.line_search_episodes < 2:  # a standard error needs two episodes
+            raise ValueError(f"line_search_episodes = {config.line_search_episodes} must be"
+                             " >= 2.")
+        if config.gain_window is not None and config.gain_window < 1:
+            raise ValueError(f"gain_window = {config.gain_window} must be >= 1 (or None: the"
+                             " episode length).")
 
 
-__all__ = ["BarrierHyperparams", "BarrierConfig", "BarrierState", "Trace", "paper_hyperparams",
-           "init", "step", "run", "run_sampled", "armijo_backtracking", "ArmijoState", "DiscountedHyperparams", "DiscountedState",
-           "discounted_run"]
+def _check_line_search(config) -> None:
+    if config.line_search not in LINE_SEARCHES:
+        raise ValueError(f"line_search = {config.line_search!r}; choose one of"
+                         f" {LINE_SEARCHES}.")
+
+
+__all__ = ["BarrierHyperparams", "BarrierConfig", "BarrierState", "Trace", "LINE_SEARCHES",
+           "paper_hyperparams", "init", "step", "run", "run_sampled", "armijo_backtracking",
+           "ArmijoState", "DiscountedHyperparams", "DiscountedState", "discounted_run"]

@@ -19,12 +19,24 @@ Each is unbiased for its exact value when `P^T(s0, .) = p*`; otherwise its mean 
 finite-T expectation (tests check both). The critic is an input (`Critic`); `oracle_critic`
 evaluates the policy exactly, as in the paper's experiments ("all policy evaluations are
 exact", §6.3). Gradients are flat `[d]`, Fishers `[d, d]` (layout of `dsorl.fisher`).
+
+Objective values from samples (`value_samples`, used by the sampled line search of
+`dsorl.algorithms.nbw`): an episode of `T + M` steps from `s0` with rewards `r_t = R(s_t, a_t)`
+gives
+
+    gain               g_hat = (1/M) sum_{T <= t < T+M} r_t     (rewards after mixing)
+    bias at s0         h_hat = sum_{t<T} r_t - T g_hat            (the paper's §6.3 "naive"
+                                                                  estimator, from s0)
+
+Episodes are drawn from shared uniforms (`common_uniforms`, `coupled_episodes`), so estimates
+at several parameters are coupled: common random numbers.
 """
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from dsorl import _checks
@@ -32,7 +44,7 @@ from dsorl.bias_gradient import bias_offset_values
 from dsorl.fisher import score_table
 from dsorl.markov import bias, closed_classes, gain
 from dsorl.mdp import MDP, induced_chain
-from dsorl.sampling import Trajectory, rollouts
+from dsorl.sampling import Trajectory, _cumulative, rollouts
 
 Array = jax.Array
 
@@ -149,6 +161,83 @@ def mean_estimates(samples: EpisodeEstimates) -> EpisodeEstimates:
     return jax.tree_util.tree_map(lambda x: x.mean(axis=0), samples)
 
 
+class ValueSamples(NamedTuple):
+    """Per-episode estimates `[N]` of the gain and of the bias at the start state."""
+
+    gain: Array
+    bias: Array
+
+
+def common_uniforms(key: Array, n_steps: int, n_episodes: int, dtype=None) -> Array:
+    """The random numbers of `n_episodes` coupled episodes: uniforms `[N, n_steps, 2]`.
+
+    Step `t` of episode `i` draws its action with `u[i, t, 0]` and its next state with
+    `u[i, t, 1]` (`coupled_episodes`). Reusing one array at several policies gives common
+    random numbers.
+    """
+    _checks.check_positive("n_episodes", n_episodes)
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    return jax.random.uniform(key, (n_episodes, n_steps, 2), dtype)
+
+
+def coupled_episodes(mdp: MDP, pi: Array, state, uniforms: Array) -> Trajectory:
+    """Episodes of `pi[S, A]` from `state`, every draw the inverse cumulative law of a uniform.
+
+    `a_t = min{a : F_pi(a | s_t) > u[t, 0]}`, `s_{t+1} = min{s' : F_P(s' | s_t, a_t) > u[t, 1]}`
+    with `F` the cumulative sums; zero-probability actions and states are never drawn. Each
+    episode has the law of `dsorl.sampling.rollout`; two policies run on the same `uniforms`
+    (shape `[N, L, 2]`) take the same draws until a uniform falls between their cumulative
+    laws, which happens with probability at most `sum_t max_s TV(pi(.|s), pi'(.|s))` before
+    the episodes part. Returns a `Trajectory` with leading axis `[N]`: `states[N, L + 1]`,
+    `actions[N, L]`, `rewards[N, L]` (`r_t = R(s_t, a_t)`).
+    """
+    cdf_pi, cdf_P = _cumulative(pi), _cumulative(mdp.P)
+    draw = lambda cdf, u: jnp.sum(cdf <= u, dtype=jnp.int32)
+
+    def step(s, u):
+        a = draw(cdf_pi[s], u[0])
+        return draw(cdf_P[s, a], u[1]), (s, a)
+
+    def episode(us):
+        s_last, (states, actions) = lax.scan(step, jnp.asarray(state, jnp.int32), us)
+        return Trajectory(jnp.append(states, s_last), actions, mdp.R[states, actions])
+
+    return jax.vmap(episode)(uniforms)
+
+
+def value_samples(episodes: Trajectory, *, episode_length: int) -> ValueSamples:
+    """Per-episode gain and bias estimates at the episodes' start state (§6.3).
+
+    With `T = episode_length` and `M = L - T >= 1` (the gain window; `L` the episodes'
+    number of steps), each episode `(s_t, a_t, r_t)_{t < T+M}` gives
+    `g_hat = (1/M) sum_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat` (Dewanto &
+    Gallagher, arXiv 2105.13609, §6.3: the sum of rewards from `s0` minus the gain estimate
+    times the number of steps).
+
+    Bias (truncation). With `e_T = ||P^T(s0, .) - p*||_1` (nonincreasing in T), span(x) =
+    max x - min x, `r_pi` the policy's reward and `h` its bias:
+    `|E g_hat - g| <= e_T span(r_pi) / 2` and `|E h_hat - h(s0)| <= e_T (T span(r_pi) +
+    span(h)) / 2`, since `h(s0) = sum_{t<T} (P^t r_pi - g)(s0) + ((P^T - P*) h)(s0)`. Both
+    vanish once `P^T(s0, .) = p*`, e.g. for T at least the mixing time (the paper's episode
+    lengths).
+
+    Variance. `Var h_hat` is dominated by `T^2 Var g_hat`: the window averages `M` correlated
+    post-mixing rewards, so `Var g_hat` falls roughly like `1/M` once `M` exceeds the chain's
+    correlation time (Env B2, T = 22, sigmoid w = (0.3, -0.5): the standard deviation of
+    `h_hat` is 114 with M = 1 and 28 with M = T). The standard error of a mean over `N` episodes is the sample
+    standard deviation over `sqrt(N)`.
+
+    Shapes: `episodes.rewards[N, L]` (e.g. from `coupled_episodes`); returns `[N]` arrays.
+    """
+    T = episode_length
+    if not 0 <= T < episodes.rewards.shape[-1]:
+        raise ValueError(f"episodes of {episodes.rewards.shape[-1]} steps leave no gain"
+                         f" window after episode_length = {T} (need T + M steps, M >= 1).")
+    r = episodes.rewards
+    g = r[:, T:].mean(axis=1)
+    return ValueSamples(g, r[:, :T].sum(axis=1) - T * g)
+
+
 def check_mixing(mdp: MDP, *, aperiodic: bool = True) -> None:
     """Raise `ValueError` unless a policy using every available action mixes from any state.
 
@@ -203,4 +292,5 @@ def _period(support: np.ndarray, states: np.ndarray) -> int:
 
 
 __all__ = ["Critic", "EpisodeEstimates", "oracle_critic", "episode_estimates",
-           "sample_estimates", "mean_estimates", "check_mixing", "POST_MIXING_FORMS"]
+           "sample_estimates", "mean_estimates", "ValueSamples", "common_uniforms",
+           "coupled_episodes", "value_samples", "check_mixing", "POST_MIXING_FORMS"]
