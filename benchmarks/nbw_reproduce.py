@@ -167,6 +167,8 @@ def plot(result, config, out: Path) -> None:
     discounted = [m for m in labels if m.startswith("discounted")]
     columns = ["discounted 1", "discounted 2", "discounted 3", "gain landscape",
                "bias landscape", "nbw_exact", "nbw_sampled"]
+    critic = "nbw_sampled_critic" in labels  # the sampled method with the paper's line search
+    columns += ["nbw_sampled_critic"] * critic
     fig, axes = plt.subplots(len(names), len(columns), figsize=(2.6 * len(columns),
                                                                  2.5 * len(names)),
                              squeeze=False)
@@ -178,6 +180,7 @@ def plot(result, config, out: Path) -> None:
         panels += [(f"{name}/gain_landscape", "gain"), (f"{name}/bias_landscape", "bias h(s0)"),
                    (f"{name}/nbw_exact/bias", "nBw exact"), (f"{name}/nbw_sampled/bias",
                                                              "nBw sampled")]
+        panels += [(f"{name}/nbw_sampled_critic/bias", "sampled, critic line search")] * critic
         for j, panel in enumerate(panels):
             ax = axes[i, j]
             ax.set_xticks([]), ax.set_yticks([])

@@ -286,3 +286,21 @@ def test_exact_grid_reproduces_the_authors_bias_errors():
         # match (within 0.02, the spread of rounding-level differences in the line search)
         # or beat the authors' mean absolute bias error
         assert err.mean() <= REFERENCE_BIAS_ERROR["nbw_exact"][name] + 0.02, (name, err.mean())
+
+
+def test_reproduction_job_runs_both_sampled_line_searches():
+    from dsorl.jobs import nbw_reproduce
+
+    config = {**nbw_reproduce.DEFAULTS, "envs": ["A1"], "grid": {"low": -10.0, "high": 10.0,
+              "step": 10.0}, "iterations": 5, "timing_repeats": 1,
+              "methods": ["nbw_sampled", "nbw_sampled_critic"],
+              "sampling": {**nbw_reproduce.DEFAULTS["sampling"], "seeds": 1}}
+    rows = nbw_reproduce.run(config)["tables"]["summary"]
+    assert [r["method"] for r in rows] == ["nbw_sampled", "nbw_sampled_critic"]
+    for row in rows:  # both against the authors' sampled runs (which used exact values)
+        assert row["reference_bias_err"] == 0.122 and row["starts"] == 9
+        assert np.isfinite(row["bias_err_mean"]) and row["nonfinite"] == 0
+    with pytest.raises(ValueError, match="unknown method"):
+        nbw_reproduce.run({**config, "methods": ["nbw_sampled_exact"]})
+    with pytest.raises(ValueError, match="confidence"):
+        nbw_reproduce.run({**config, "sampling": {**config["sampling"], "confidence": -1.0}})

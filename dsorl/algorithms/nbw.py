@@ -24,21 +24,36 @@ exact ones in the gain phase and in the line search), including the gain-phase s
 and the slope `c alpha grad.d` of the Armijo test. The critic (`q_b`, `q_w` of the gradient
 estimators) is exact, as in the paper's sampled experiments ("all policy evaluations are
 exact", §6.3). The objective values are estimated from samples too (`line_search="sampled"`,
-the default): the line search of one iteration draws one array of uniforms and runs
-`line_search_episodes` episodes of `T + M` steps from s0 on it at the current parameters and
-at every trial point, each draw the inverse cumulative law of its uniform (common random
-numbers, `dsorl.estimators.average_reward.coupled_episodes`). Each episode gives
-`g_hat = mean_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat` (`value_samples`); their
-means give the gain objective and the barrier `h_hat + beta log(g_hat - g_ref + delta)`. The
-Armijo test `f(x + alpha d) - f(x) >= c alpha grad.d` then compares a paired difference:
-coupled episodes coincide until a uniform falls between the two policies' cumulative laws
-(probability O(alpha)), so its variance vanishes with the step, while that of independent
-estimates stays `2 Var f`. The coupled estimate is piecewise constant in alpha, so the
-search gives up (step 0) at the first trial whose episodes draw exactly as at `x`: no
-shorter step can show an increase. The same estimates give the barrier gap, `g_ref` at the
-switch, and the traced `objective`; when the sampled gap is <= 0 (the estimate leaves the
-barrier's domain) the iteration takes a gain step instead. `line_search="critic"` keeps the
-paper's exact objective values for comparison. `discounted_run` is the baseline: natural
+the default); the line search of one iteration is done as follows.
+
+1. Draw one array of uniforms `[line_search_episodes, T + M, 2]` (a key independent of the
+   gradient's) and run episodes from s0 on it at the current parameters and at every trial
+   point, each draw the inverse cumulative law of its uniform (common random numbers,
+   `dsorl.estimators.average_reward.coupled_episodes`).
+2. Each episode gives `g_hat = mean_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat`
+   (`value_samples`: truncation bias `O(||P^T(s0, .) - p*||_1)`, variance dominated by
+   `T^2 Var g_hat`); their means give the gain objective or the barrier
+   `h_hat + beta log(g_hat - g_ref + delta)`.
+3. Armijo compares the paired difference `f_hat(x + alpha d) - f_hat(x)` with
+   `c alpha grad_hat.d + z SE`, SE the standard error of the paired difference (per-episode
+   terms by the delta method) and z = `hparams.confidence` (default 2). Coupled episodes
+   coincide until a uniform falls between the two policies' cumulative laws (probability
+   O(alpha)), so the paired variance vanishes with the step, while independent estimates
+   keep `2 Var f_hat`; the z SE margin keeps noise from passing for an increase (Env A3,
+   6 x 6 start grid, 2 seeds: mean bias error 1.19 with z = 0, 0.12 with z = 2).
+4. The coupled estimate is piecewise constant in alpha: a trial whose episodes all draw as
+   at `x`, or whose increase is positive but not significant, is "unresolved". The search
+   starts at alpha = 1 and halves after a resolved rejection; it stops (step 0) at an
+   unresolved trial, except that while every trial so far was unresolved (a nearly
+   deterministic policy that alpha = 1 barely moves) it doubles the step instead, at most
+   `max_expansions` times (`armijo_backtracking`).
+
+The same estimates give the barrier gap, `g_ref` at the switch, and the traced `objective`;
+when the sampled gap is <= 0 (outside the barrier's domain) the iteration takes a gain step
+instead. The price: the line search runs `line_search_episodes` episodes of `T + M` steps
+per trial (the critic's costs one linear solve), and increases smaller than z standard
+errors of `line_search_episodes` episodes are invisible to it. `line_search="critic"` keeps
+the paper's exact objective values for comparison. `discounted_run` is the baseline: natural
 gradient ascent on `(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
 
 Each `run` is one `lax.scan` (outer iterations of inner iterations), jittable end to end and
@@ -92,7 +107,8 @@ class BarrierConfig(NamedTuple):
     `n_episodes` N per iteration, `baseline` and `post_mixing` of the gradient estimators;
     `line_search` "sampled" (objective values from coupled episodes, `run_sampled`) or
     "critic" (from the exact critic, as the paper's experiments); for "sampled",
-    `line_search_episodes` episodes of `T + gain_window` steps (`gain_window` None: T).
+    `line_search_episodes` episodes of `T + gain_window` steps (`gain_window` None: T) and at
+    most `max_expansions` doublings of the step while the estimate is unresolved.
     """
 
     inner_iterations: int = 100
@@ -285,18 +301,20 @@ def run_sampled(mdp: MDP, params0, hparams: BarrierHyperparams, key, *, policy,
     Each iteration `k` uses the key `fold_in(key, k)`. Gradients and Fishers: the means of
     `dsorl.estimators.average_reward.sample_estimates` over `config.n_episodes` episodes of
     `config.episode_length` steps from `config.state`, with the exact critic.
-    Line search (`config.line_search="sampled"`, the default): from a second key, one array
-    of uniforms `[line_search_episodes, T + M, 2]` (`M = gain_window`, default T) drives
-    coupled episodes at the current parameters and at every trial point; the gain and the
-    bias at s0 are the episode means of `g_hat` (rewards of steps T..T+M-1) and `h_hat =
-    sum_{t<T} r_t - T g_hat` (truncation bias and variance: `value_samples`). Armijo
-    backtracking (alpha0 = 1, halving) accepts the first trial whose sampled objective exceeds
-    the sampled objective at the current point by `c alpha grad_hat.d`, a paired difference
-    under common random numbers, and stops with step 0 when a trial's episodes all draw as
-    at the current point. The barrier gap `g_hat - g_ref + delta`, `g_ref` (g_hat at the
-    switch) and the traced `objective` are these estimates; the gain-phase test
-    `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias` are
-    the iterates' exact values (diagnostics; the algorithm does not use them).
+    Line search (`config.line_search="sampled"`, the default; steps 1-4 of the module
+    docstring): from a second key (`fold_in(key_k, 1)`), one array of uniforms
+    `[line_search_episodes, T + M, 2]` (`M = gain_window`, default T) drives coupled episodes
+    at the current parameters and at every trial point; the gain and the bias at s0 are the
+    episode means of `g_hat` (rewards of steps T..T+M-1) and `h_hat = sum_{t<T} r_t - T g_hat`
+    (truncation bias and variance: `value_samples`). Armijo backtracking (alpha0 = 1,
+    halving) accepts the first trial whose sampled objective exceeds that at the current
+    point by `c alpha grad_hat.d` plus `hparams.confidence` standard errors of the paired
+    difference; it doubles the step (at most `max_expansions` times) while the trials are
+    unresolved from the start, and stops with step 0 at an unresolved trial otherwise. The
+    barrier gap `g_hat - g_ref + delta`, `g_ref` (g_hat at the switch) and the traced
+    `objective` are these estimates; a sampled gap <= 0 gives a gain step. The gain-phase
+    test `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias`
+    are the iterates' exact values (diagnostics; the algorithm does not use them).
     `line_search="critic"`: objective values from the exact critic (the paper's setting).
     Concrete input is also checked for aperiodicity, `n_episodes > 0`,
     `episode_length >= absorption_time`, `line_search`, `line_search_episodes > 0` and

@@ -2,8 +2,10 @@
 
 For each environment (A1..B3) and each start on the sigmoid-parameter grid: the exact
 barrier method (Algorithm 1), the sampled one (Algorithm 2, `sampling.seeds` seeds of
-`sampling.episodes` episodes per step) and natural discounted PG for the paper's three
-discount factors, `iterations` steps each. Every method is one jitted, `vmap`ped call per
+`sampling.episodes` episodes per step; `nbw_sampled` with the line search from samples,
+`sampling.line_search_episodes` coupled episodes and `sampling.confidence` standard errors,
+and `nbw_sampled_critic` with the paper's exact objective values in the line search) and
+natural discounted PG for the paper's three discount factors, `iterations` steps each. Every method is one jitted, `vmap`ped call per
 environment (and per seed), timed with the compile apart (median of `timing_repeats` calls
 for the single-seed methods). Output: per environment and
 method, the mean and standard deviation over starts of `|h_final(s0) - h*(s0)|` and of the
@@ -36,7 +38,9 @@ DEFAULTS = {
     "grid": {"low": -10.0, "high": 10.0, "step": 0.5},
     "iterations": 100,
     "outer_iterations": 1,
-    "sampling": {"seeds": 10, "episodes": 16, "baseline": True, "post_mixing": "score"},
+    "sampling": {"seeds": 10, "episodes": 16, "baseline": True, "post_mixing": "score",
+                 "line_search_episodes": 16, "confidence": 2.0, "gain_window": None,
+                 "max_expansions": 10},
     "seed": 0,
     "timing_repeats": 3,
     "output_dir": "benchmarks/results/nbw_reproduce",
@@ -76,11 +80,14 @@ def _methods(name, mdp, policy, config):
     """`(method, label, fn(starts, key) -> (gain[N], bias[N]), seeds)` for each method."""
     ref = envs.nbw_reference(name)
     sampling = config["sampling"]
+    sampling = {**DEFAULTS["sampling"], **sampling}
     barrier = nbw.BarrierConfig(
         inner_iterations=config["iterations"], outer_iterations=config["outer_iterations"],
         episode_length=ref["episode_length"], n_episodes=sampling["episodes"],
-        baseline=sampling["baseline"], post_mixing=sampling["post_mixing"])
-    hp = nbw.paper_hyperparams(name)
+        baseline=sampling["baseline"], post_mixing=sampling["post_mixing"],
+        line_search_episodes=sampling["line_search_episodes"],
+        gain_window=sampling["gain_window"], max_expansions=sampling["max_expansions"])
+    hp = nbw.paper_hyperparams(name)._replace(confidence=sampling["confidence"])
     nbw.init(mdp, jnp.zeros(2), hp, policy=policy, config=barrier)  # entry checks, concrete
     finals = lambda trace: (trace.gain[:, -1], trace.bias[:, -1])
     out = []
@@ -89,11 +96,14 @@ def _methods(name, mdp, policy, config):
             fn = lambda w, key: finals(jax.vmap(
                 lambda w0: nbw.run(mdp, w0, hp, policy=policy, config=barrier)[1])(w))
             out.append((method, method, fn, 1))
-        elif method == "nbw_sampled":
-            fn = lambda w, key: finals(jax.vmap(
+        elif method in ("nbw_sampled", "nbw_sampled_critic"):
+            line_search = "sampled" if method == "nbw_sampled" else "critic"
+            sampled = barrier._replace(line_search=line_search)
+            fn = lambda w, key, sampled=sampled: finals(jax.vmap(
                 lambda w0: nbw.run_sampled(mdp, w0, hp, key, policy=policy,
-                                           config=barrier)[1])(w))
-            out.append((method, method, fn, sampling["seeds"]))
+                                           config=sampled)[1])(w))
+            # both compare with the authors' sampled runs (theirs used the critic's values)
+            out.append(("nbw_sampled", method, fn, sampling["seeds"]))
         elif method == "discounted":
             for gamma in PAPER_SETTINGS["discounts"][name]:
                 dhp = nbw.DiscountedHyperparams(gamma, PAPER_SETTINGS["gain_phase_tolerance"])
@@ -103,7 +113,7 @@ def _methods(name, mdp, policy, config):
                 out.append((method, f"discounted_{gamma:g}", fn, 1))
         else:
             raise ValueError(f"unknown method {method!r}; choose from nbw_exact, nbw_sampled,"
-                             " discounted.")
+                             " nbw_sampled_critic, discounted.")
     return out
 
 
