@@ -290,3 +290,106 @@ def test_bad_input():
                       config=dynpg.Config(**{"max_epochs": 2, **bad}))
     with pytest.raises(ValueError, match="step_scale"):
         dynpg.run(mdp, zeros, dynpg.HParams(0.9, -1.0), jax.random.key(0), config=cfg)
+
+
+def _numpy_dynpg(env, hp, key, budget, E):
+    """Interaction-budgeted sampled DynPG (episodes of at most 3 steps) as a plain NumPy
+    loop fed the random numbers `run_interactions` documents: the objective after every
+    interaction, the epochs completed, the frozen policies, the gradient steps."""
+    mdp = env.mdp
+    gamma = hp.gamma
+    k_u, k_z = jax.random.split(key)
+    U = np.asarray(jax.random.uniform(k_u, (budget, 3), jnp.float64))
+    Z = np.asarray(jax.random.normal(k_z, (budget,), jnp.float64))
+    P, R, std, mask, rho = (np.asarray(x) for x in (mdp.P, mdp.R, env.reward_std,
+                                                     mdp.allowed, mdp.rho))
+    terminal = np.asarray(env.terminal)
+
+    def softmax(theta):
+        z = np.exp(np.where(mask, theta, -np.inf) - theta.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def pick(p, u):
+        c = np.cumsum(p)
+        return int(np.searchsorted(c, u * c[-1], side="right"))
+
+    def objective(pi):
+        v = np.zeros(len(rho))
+        for _ in range(4):
+            v = (pi * R).sum(1) + gamma * np.einsum("sa,sat,t->s", pi, P, v)
+        return rho @ v
+
+    h = k = t = steps = 0
+    theta, frozen, objectives = np.zeros(R.shape), [], []
+    for i in range(budget):
+        policies = [softmax(theta)] + frozen[::-1]  # at t: pi_theta, then newest first
+        if t == 0:
+            s, ret = pick(rho, U[i, 0]), 0.0
+        a = pick(policies[t][s], U[i, 1])
+        s_next = pick(P[s, a], U[i, 2])
+        if t == 0:
+            s0, a0 = s, a
+        ret += gamma ** t * (R[s, a] + std[s, a] * Z[i])
+        t = 0 if terminal[s_next] or t + 1 == min(h + 1, 3) else t + 1
+        if t == 0 and h < E:
+            eta, n = (float(x) for x in dynpg.epoch_schedule(h, hp, xp=np))
+            theta[s0] += eta * ret * (np.eye(R.shape[1])[a0] - policies[0][s0])
+            k, steps = k + 1, steps + 1
+        objectives.append(objective(softmax(theta)))
+        if t == 0 and h < E and k == n:
+            frozen.append(softmax(theta))
+            h, k, theta = h + 1, 0, np.zeros(R.shape)
+        s = s_next
+    return np.array(objectives), h, np.array(frozen), steps
+
+
+def test_run_interactions_equals_a_numpy_loop():
+    """Interaction-budgeted sampled DynPG on Sutton-extended (noisy rewards, masked
+    actions; epochs of 45, 85, 122, 156, ... steps), jitted and vmapped over gamma and key,
+    equals a plain NumPy loop of the algorithm fed the same random numbers: the objective
+    after every interaction, the epochs reached, the frozen policies, the steps."""
+    env = sutton_extended()
+    mdp = env.mdp
+    budget, E = 700, 6
+    cfg = dynpg.Config(max_epochs=E, estimator="reinforce", episode_length=3,
+                       evaluation_sweeps=4)
+    gammas = [0.9, 0.99]
+    keys = jax.random.split(jax.random.key(7), 2)
+    states, traces = jax.jit(jax.vmap(lambda g, k: dynpg.run_interactions(
+        mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(g), k, budget=budget, config=cfg,
+        reward_std=env.reward_std)))(jnp.array(gammas), keys)
+    for i, gamma in enumerate(gammas):
+        objectives, h, frozen, steps = _numpy_dynpg(env, dynpg.HParams(gamma), keys[i],
+                                                    budget, E)
+        assert h == int(states.epoch[i]) >= 3
+        np.testing.assert_allclose(traces.objective[i], objectives, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(states.policies[i, :h], frozen, rtol=1e-12, atol=1e-14)
+        assert int(states.steps[i]) == steps == int(traces.steps[i, -1])
+        assert np.all(np.diff(np.asarray(traces.epoch[i])) >= 0)
+
+
+def test_run_interactions_stops_after_max_epochs_and_bad_input():
+    """After `max_epochs` epochs the run stops: the last epoch's policy stays the output."""
+    env = sutton_extended()
+    mdp = env.mdp
+    zeros = jnp.zeros(mdp.R.shape)
+    cfg = dynpg.Config(max_epochs=2, estimator="reinforce", episode_length=3,
+                       evaluation_sweeps=4, schedule="constant")
+    state, trace = jax.jit(lambda: dynpg.run_interactions(
+        mdp, zeros, dynpg.HParams(0.9, 1.0, 3.0), jax.random.key(2), budget=40, config=cfg,
+        reward_std=env.reward_std))()
+    done = np.asarray(trace.epoch) == 2
+    assert done.any() and np.all(np.asarray(trace.steps)[done] == 6)
+    final = _value(mdp, np.asarray(state.policies[1]), 0.9) @ np.asarray(mdp.rho)
+    np.testing.assert_allclose(np.asarray(trace.objective)[done], final, rtol=1e-13)
+    with pytest.raises(ValueError, match="budget"):
+        dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0), budget=0,
+                               config=cfg)
+    for bad in (dict(optimizer=optax.sgd), dict(batch_size=2), dict(estimator="exact"),
+                dict(solver="greedy")):
+        with pytest.raises(ValueError, match="run_interactions"):
+            dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0),
+                                   budget=5, config=dynpg.Config(**{**vars(cfg), **bad}))
+    for hp, match in ((dynpg.HParams(1.0), "gamma"), (dynpg.HParams(0.9, 0.0), "step_scale")):
+        with pytest.raises(ValueError, match=match):
+            dynpg.run_interactions(mdp, zeros, hp, jax.random.key(0), budget=5, config=cfg)

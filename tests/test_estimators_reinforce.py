@@ -8,7 +8,7 @@ import pytest
 import dsorl
 from dsorl.envs.chains import committal_chain
 from dsorl.envs.dynpg import sutton_extended
-from dsorl.estimators.reinforce import (absorbing_states, bandit_gradient, interactions,
+from dsorl.estimators.reinforce import (absorbing_states, bandit_gradient, draw, interactions,
                                         reinforce_gradient, returns_to_go, sample_episode)
 from dsorl.policies import tabular_softmax
 from dsorl.sampling import Trajectory
@@ -145,3 +145,22 @@ def test_reinforce_mean_matches_exact(discount_steps):
         np.testing.assert_allclose(exact, full, atol=1e-12)
     se = _assert_mean_matches(grads, exact)
     assert se.max() < 0.02  # sharp: a wrong weighting would be caught
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 17, 300, 301])
+def test_draw_inverts_the_cumulative_distribution(n):
+    """`draw` returns NumPy's searchsorted index of u * total in cumsum(probs), the same
+    index as the plain inverse CDF (hence the same law), and never a zero-probability
+    entry, including u next to 1 and rows with zero blocks."""
+    rng = np.random.default_rng(n)
+    p = rng.random(n) * (rng.random(n) < 0.6)
+    p[min(n - 1, 2)] = 0.5
+    p[: n // 3] = 0  # a leading run of zeros spans whole blocks when n is large
+    if n > 2:
+        p[-1] = 0  # trailing zeros
+    u = np.concatenate([rng.random(4000), [0.0, 1 - 2 ** -53]])
+    got = np.asarray(jax.jit(jax.vmap(lambda v: draw(jnp.asarray(p), v)))(jnp.asarray(u)))
+    cdf = np.cumsum(p)
+    ref = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n - 1)
+    np.testing.assert_array_equal(got, ref)
+    assert np.all(p[got] > 0)

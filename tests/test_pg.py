@@ -131,3 +131,101 @@ def test_bad_input():
     with pytest.raises(ValueError, match="leaves state 1 without actions"):
         pg.run(broken, zeros, pg.HParams(0.9, 1.0), jax.random.key(0),
                config=pg.Config(n_steps=1))
+
+
+def _numpy_uniforms(key, budget):
+    """The random numbers `run_interactions` documents: uniforms [budget, 3], normals."""
+    k_u, k_z = jax.random.split(key)
+    return (np.asarray(jax.random.uniform(k_u, (budget, 3), jnp.float64)),
+            np.asarray(jax.random.normal(k_z, (budget,), jnp.float64)))
+
+
+def _inverse_cdf(p, u):
+    c = np.cumsum(p)
+    return int(np.searchsorted(c, u * c[-1], side="right"))
+
+
+def _numpy_softmax(theta, mask):
+    z = np.where(mask, theta, -np.inf)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def _numpy_reinforce(env, theta0, gamma, eta, key, budget, discount_steps):
+    """The objective after every interaction and the final logits of interaction-budgeted
+    REINFORCE (episodes of at most 3 steps), as a plain NumPy loop fed the random numbers
+    `run_interactions` documents."""
+    mdp = env.mdp
+    U, Z = _numpy_uniforms(key, budget)
+    P, R, std, mask, rho = (np.asarray(x) for x in (mdp.P, mdp.R, env.reward_std,
+                                                     mdp.allowed, mdp.rho))
+    terminal = np.asarray(env.terminal)
+    theta, episode, objectives = np.array(theta0, float), [], []
+    pi = _numpy_softmax(theta, mask)
+    for i in range(budget):
+        if not episode:
+            s = _inverse_cdf(rho, U[i, 0])
+        a = _inverse_cdf(pi[s], U[i, 1])
+        s_next = _inverse_cdf(P[s, a], U[i, 2])
+        episode.append((s, a, R[s, a] + std[s, a] * Z[i]))
+        if terminal[s_next] or len(episode) == 3:  # ceil(1/(1-gamma)) >= 10 > 3
+            G = 0.0
+            for t in reversed(range(len(episode))):
+                s_t, a_t, r_t = episode[t]
+                G = r_t + gamma * G
+                w = G * gamma ** t if discount_steps else G
+                theta[s_t] += eta * w * (np.eye(R.shape[1])[a_t] - pi[s_t])
+            pi, episode = _numpy_softmax(theta, mask), []
+        s = s_next
+        v = np.zeros(len(rho))
+        for _ in range(4):
+            v = (pi * R).sum(1) + gamma * np.einsum("sa,sat,t->s", pi, P, v)
+        objectives.append(rho @ v)
+    return np.array(objectives), theta
+
+
+def test_run_interactions_equals_a_numpy_loop():
+    """Interaction-budgeted REINFORCE on Sutton-extended (noisy rewards, masked actions,
+    episodes of 1-3 steps), jitted and vmapped over gamma, step size and key, equals a
+    plain NumPy loop of the algorithm fed the same random numbers; also with w_t = gamma^t."""
+    env = sutton_extended()
+    mdp = env.mdp
+    budget = 150
+    theta0 = np.random.default_rng(1).normal(size=mdp.R.shape)
+    cfg = pg.Config(n_steps=0, estimator="reinforce", episode_length=3, evaluation_sweeps=4)
+
+    def run(gamma, eta, key, config=cfg):
+        return pg.run_interactions(mdp, jnp.asarray(theta0), pg.HParams(gamma, eta), key,
+                                   budget=budget, config=config, reward_std=env.reward_std)
+
+    gammas, etas = [0.9, 0.95], [0.3, 1.0]
+    keys = jax.random.split(jax.random.key(5), 2)
+    states, traces = jax.jit(jax.vmap(run))(jnp.array(gammas), jnp.array(etas), keys)
+    for i in range(2):
+        objectives, theta = _numpy_reinforce(env, theta0, gammas[i], etas[i], keys[i],
+                                             budget, False)
+        np.testing.assert_allclose(traces.objective[i], objectives, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(states.params[i], theta, rtol=1e-11, atol=1e-12)
+        assert int(states.steps[i]) == int(traces.steps[i, -1]) > 40
+    discounted = pg.Config(**{**vars(cfg), "discount_steps": True})
+    state, trace = jax.jit(lambda k: run(0.9, 0.3, k, discounted))(keys[0])
+    objectives, theta = _numpy_reinforce(env, theta0, 0.9, 0.3, keys[0], budget, True)
+    np.testing.assert_allclose(trace.objective, objectives, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(state.params, theta, rtol=1e-11, atol=1e-12)
+
+
+def test_run_interactions_bad_input():
+    env = sutton_extended()
+    mdp = env.mdp
+    cfg = pg.Config(n_steps=0, estimator="reinforce", episode_length=3, evaluation_sweeps=4)
+    zeros = jnp.zeros(mdp.R.shape)
+    with pytest.raises(ValueError, match="budget"):
+        pg.run_interactions(mdp, zeros, pg.HParams(0.9, 1.0), jax.random.key(0), budget=0,
+                            config=cfg)
+    for bad in (dict(optimizer=optax.adam), dict(batch_size=2), dict(estimator="exact")):
+        with pytest.raises(ValueError, match="run_interactions"):
+            pg.run_interactions(mdp, zeros, pg.HParams(0.9, 1.0), jax.random.key(0),
+                                budget=5, config=pg.Config(**{**vars(cfg), **bad}))
+    with pytest.raises(ValueError, match="gamma"):
+        pg.run_interactions(mdp, zeros, pg.HParams(1.0, 1.0), jax.random.key(0), budget=5,
+                            config=cfg)

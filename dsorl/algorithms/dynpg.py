@@ -29,6 +29,12 @@ Gradients: `estimator="exact"` uses the closed form of `softmax_bandit_gradient`
 `a_0 ~ pi_theta`, later actions from the frozen policies) and uses
 `grad log pi_theta(a_0|s_0) sum_{t<=h} gamma^t r_t`, counting environment interactions
 exactly (steps taken from non-terminal states).
+
+`run_interactions` runs sampled DynPG (one episode per step, plain SGD) for a budget of
+environment interactions as one scan with one interaction per step: the same algorithm
+as `run` with `estimator="reinforce"`, with work proportional to the interactions used
+and one policy row per update (`run` pads every epoch to `max_steps_per_epoch` steps and
+every episode to `episode_length` steps).
 """
 import dataclasses
 from typing import Callable, NamedTuple, Optional
@@ -40,8 +46,8 @@ import optax
 from jax import lax
 
 from dsorl import _checks
-from dsorl.algorithms.pg import chain_objective, policy_objective
-from dsorl.estimators.reinforce import absorbing_states, interactions, sample_episode
+from dsorl.algorithms.pg import chain_objective, policy_objective, softmax_rows
+from dsorl.estimators.reinforce import absorbing_states, draw, interactions, sample_episode
 from dsorl.mdp import MDP
 from dsorl.policies import tabular_softmax
 
@@ -184,13 +190,19 @@ def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
         raise ValueError(f"the context law mu = mdp.rho gives non-terminal state"
                          f" {uncovered[0]} probability {rho[uncovered[0]]}: DynPG needs"
                          " full support on the non-terminal states.")
-    if config.estimator == "reinforce" and _checks.is_concrete(hparams):
-        epochs = np.arange(config.max_epochs)[:, None]
-        batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
-        need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
-        if config.max_steps_per_epoch < need:
-            raise ValueError(f"max_steps_per_epoch = {config.max_steps_per_epoch} is below"
-                             f" the schedule's largest epoch ({need} steps).")
+
+
+def _check_epoch_length(hparams: HParams, config: Config) -> None:
+    """`run`'s sampled epochs are scans of `max_steps_per_epoch` steps: that must cover
+    the schedule's longest epoch (checked on concrete hparams)."""
+    if config.estimator != "reinforce" or not _checks.is_concrete(hparams):
+        return
+    epochs = np.arange(config.max_epochs)[:, None]
+    batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
+    need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
+    if config.max_steps_per_epoch < need:
+        raise ValueError(f"max_steps_per_epoch = {config.max_steps_per_epoch} is below"
+                         f" the schedule's largest epoch ({need} steps).")
 
 
 def init(mdp: MDP, params0: Array, key: Array, config: Config) -> State:
@@ -216,6 +228,7 @@ def run(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, config: Confi
     """
     hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
     validate(mdp, hparams, config)
+    _check_epoch_length(hparams, config)
     std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
 
     def body(state, _):
@@ -354,16 +367,6 @@ def _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps, theta
     `optax.sgd`, but `pi` and the chain `(P_pi, r_pi)` are updated row by row instead of
     recomputed, which keeps a step's memory traffic to a few rows (large vmaps are
     memory-bound)."""
-    allowed = mdp.allowed
-    low = jnp.finfo(theta.dtype).min / 2
-
-    def row_policy(rows, s):
-        return jax.nn.softmax(jnp.where(allowed[s], rows, low), axis=-1)
-
-    def chain_rows(pi_rows, s):
-        return (jnp.einsum("ba,bat->bt", pi_rows, mdp.P[s]),
-                jnp.sum(pi_rows * jnp.where(allowed[s], mdp.R[s], 0), axis=-1))
-
     def step(carry, k):
         theta, pi, P_pi, r_pi, count, key = carry
         key, sub = jax.random.split(key)
@@ -372,15 +375,12 @@ def _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps, theta
         live = k < n_steps
         value = _chain_objective(mdp, P_pi, r_pi, hparams.gamma, config)
         theta = theta.at[s0].add(jnp.where(live, eta / config.batch_size, 0) * rows)
-        new_pi = row_policy(theta[s0], s0)
-        new_P, new_r = chain_rows(new_pi, s0)
+        new_pi, new_P, new_r = softmax_rows(mdp, theta[s0], s0)
         carry = (theta, pi.at[s0].set(new_pi), P_pi.at[s0].set(new_P), r_pi.at[s0].set(new_r),
                  count + jnp.where(live, used, 0), key)
         return carry, StepTrace(live, count, value)
 
-    S = mdp.n_states
-    pi = row_policy(theta, jnp.arange(S))
-    P_pi, r_pi = chain_rows(pi, jnp.arange(S))
+    pi, P_pi, r_pi = softmax_rows(mdp, theta, jnp.arange(mdp.n_states))
     return step, (theta, pi, P_pi, r_pi, state.interactions, state.key)
 
 
@@ -394,3 +394,106 @@ def _objective(mdp, pi, gamma, config):
     if not config.evaluate:
         return jnp.full((), jnp.nan, pi.dtype)
     return policy_objective(mdp, pi, gamma, config.evaluation_sweeps)
+
+
+# ----------------------------------------------------------------------------------------
+# Sampled DynPG for a budget of interactions, one interaction per scan step.
+
+
+class BudgetState(NamedTuple):
+    """`run_interactions` after the budget: `epoch` (epochs completed), gradient `steps`,
+    `params[max_epochs, S, A]` (row `h`: the logits epoch `h` ended with, or `params0`
+    if not reached) and `policies[max_epochs, S, A]` (their softmax policies)."""
+
+    epoch: Array
+    steps: Array
+    params: Array
+    policies: Array
+
+
+class BudgetTrace(NamedTuple):
+    """One row per interaction `i`: `objective` `mu . V^pi` of the newest policy after
+    `i + 1` interactions (after that interaction's update, before an epoch's restart;
+    NaN unless `evaluate`), the `epoch` and the gradient `steps` completed by then."""
+
+    objective: Array
+    epoch: Array
+    steps: Array
+
+
+def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, budget: int,
+                     config: Config, reward_std: Optional[Array] = None):
+    """Sampled DynPG for `budget` environment interactions, one per `lax.scan` step.
+
+    The algorithm of `run` with `estimator="reinforce"`, `batch_size=1` and plain SGD
+    (Klein et al., arXiv 2411.04913; DESIGN 5.5): in epoch `h` each step plays one episode
+    (`s_0 ~ mu`, `a_0 ~ pi_theta`, `a_t ~ pi_{h-t}` for `t = 1..h`, at most
+    `min(h + 1, episode_length)` steps, ending in a terminal state), one interaction per
+    scan step, then `theta[s_0] += eta_h G (e_{a_0} - pi_theta(.|s_0))`,
+    `G = sum_t gamma^t r_t`; after `N_h` steps the epoch's policy is frozen and `theta`
+    restarts at `params0`. Only the updated row of the policy and of its chain
+    `(P_pi, r_pi)` is recomputed. After `max_epochs` epochs the run stops learning (its last
+    policy stays the output); an episode cut by the budget makes no update.
+    Random numbers: `k_u, k_z = jax.random.split(key)`, uniforms `[budget, 3]` from `k_u`
+    (start state, action, next state) and normals `[budget]` from `k_z` (reward noise).
+    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over `params0`, `hparams`,
+    `key`.
+    """
+    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
+    validate(mdp, hparams, config)
+    if budget < 1:
+        raise ValueError(f"budget = {budget} must be >= 1 interaction.")
+    if (config.estimator != "reinforce" or config.optimizer is not None
+            or config.batch_size != 1 or config.solver != "gradient"):
+        raise ValueError("run_interactions runs sampled DynPG with one episode per step and"
+                         " plain SGD: use estimator='reinforce', optimizer=None,"
+                         " batch_size=1, solver='gradient' (or use run).")
+    dtype = mdp.R.dtype
+    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, dtype)
+    E, L = config.max_epochs, config.episode_length or config.max_epochs
+    terminal = absorbing_states(mdp)
+    theta0 = jnp.asarray(params0, dtype)
+    pi0, P0, r0 = softmax_rows(mdp, theta0, jnp.arange(mdp.n_states))
+    gamma = hparams.gamma
+    k_u, k_z = jax.random.split(key)
+    xs = (jax.random.uniform(k_u, (budget, 3), dtype), jax.random.normal(k_z, (budget,), dtype))
+
+    def step(carry, x):
+        (h, k, steps, thetas, policies, P_pi, r_pi), (t, s, s0, a0, ret, disc) = carry
+        (u_start, u_action, u_next), z = x
+        live = h < E
+        h = jnp.minimum(h, E - 1)
+        s = jnp.where(t == 0, draw(mdp.rho, u_start), s)
+        # pi_theta at t = 0, then the frozen policies, newest first
+        a = draw(policies[h - t, s], u_action)
+        s_next = draw(mdp.P[s, a], u_next)
+        s0, a0 = jnp.where(t == 0, s, s0), jnp.where(t == 0, a, a0)
+        disc = jnp.where(t == 0, 1, disc)
+        ret = jnp.where(t == 0, 0, ret) + disc * (mdp.R[s, a] + std[s, a] * z)
+        end = terminal[s_next] | (t + 1 >= jnp.minimum(h + 1, L))
+        update = end & live
+        eta, n_steps = epoch_schedule(h, hparams, config.schedule)
+        # the row s0 of epoch h, recomputed from theta (unchanged unless `update`)
+        score = jax.nn.one_hot(a0, mdp.n_actions, dtype=dtype) - policies[h, s0]
+        row = thetas[h, s0] + jnp.where(update, eta * ret, 0) * score
+        pi_row, P_row, r_row = (x[0] for x in softmax_rows(mdp, row[None], s0[None]))
+        thetas, policies = thetas.at[h, s0].set(row), policies.at[h, s0].set(pi_row)
+        P_pi, r_pi = P_pi.at[s0].set(P_row), r_pi.at[s0].set(r_row)
+        objective = (chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
+                     if config.evaluate else jnp.full((), jnp.nan, dtype))
+        k, steps = k + update, steps + update
+        finished = update & (k >= n_steps)
+        restart = finished & (h + 1 < E)  # the next epoch starts from params0
+        P_pi, r_pi = jnp.where(restart, P0, P_pi), jnp.where(restart, r0, r_pi)
+        h = jnp.where(live, h + finished, E)
+        k = jnp.where(finished, 0, k)
+        episode = (jnp.where(end, 0, t + 1), s_next, s0, a0, ret, disc * gamma)
+        return ((h, k, steps, thetas, policies, P_pi, r_pi), episode), \
+            BudgetTrace(objective, h, steps)
+
+    zero = jnp.int32(0)
+    learner = (zero, zero, zero, jnp.broadcast_to(theta0, (E,) + theta0.shape),
+               jnp.broadcast_to(pi0, (E,) + pi0.shape), P0, r0)
+    episode = (zero, zero, zero, zero, jnp.zeros((), dtype), jnp.ones((), dtype))
+    ((h, _, steps, thetas, policies, _, _), _), trace = lax.scan(step, (learner, episode), xs)
+    return BudgetState(h, steps, thetas, policies), trace

@@ -15,6 +15,10 @@ Maximises `J(theta) = rho . V^{pi_theta}` (discounted, rewards maximised) by
   per step, step size equal to DynPG's at horizon 6 (`dynpg_horizon_step_size`).
 
 `run` is one `lax.scan` over `n_steps` steps, vmappable over `params0`, `hparams`, `key`.
+`run_interactions` runs sampled REINFORCE (tabular softmax, plain SGD) for a budget of
+environment interactions, one interaction per scan step: the same algorithm, with work
+proportional to the interactions (not to a padded episode length) and to a few policy
+rows (not the whole table) per step.
 """
 import dataclasses
 from typing import Callable, NamedTuple, Optional
@@ -26,8 +30,8 @@ import optax
 from jax import lax
 
 from dsorl import _checks
-from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
-                                        sample_episode)
+from dsorl.estimators.reinforce import (absorbing_states, draw, interactions,
+                                        reinforce_gradient, returns_to_go, sample_episode)
 from dsorl._struct import unchecked
 from dsorl.markov import Chain, discounted_value
 from dsorl.mdp import MDP, induced_chain
@@ -108,8 +112,10 @@ def chain_objective(rho: Array, P_pi: Array, r_pi: Array, gamma,
     """`rho . v` for the chain `(P_pi[S, S], r_pi[S])`: see `policy_objective`."""
     if sweeps is None:
         return rho @ discounted_value(unchecked(Chain, P=P_pi, r=r_pi), gamma)
-    v = lax.fori_loop(0, sweeps, lambda _, v: r_pi + gamma * P_pi @ v, jnp.zeros_like(r_pi))
-    return rho @ v
+    # products and sums, not dots: XLA:CPU runs small batched dots one tiny GEMM at a time
+    v = lax.fori_loop(0, sweeps, lambda _, v: r_pi + gamma * jnp.sum(P_pi * v, axis=-1),
+                      jnp.zeros_like(r_pi), unroll=min(sweeps, 8))
+    return jnp.sum(rho * v)
 
 
 def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
@@ -189,3 +195,122 @@ def run(mdp: MDP, params0, hparams: HParams, key: Array, *, config: Config,
 
     return lax.scan(body, init(mdp, params0, hparams, key, config), None,
                     length=config.n_steps)
+
+
+# ----------------------------------------------------------------------------------------
+# Interaction-budgeted sampled REINFORCE, and the row-wise softmax machinery it shares with
+# DynPG's sampled runs.
+
+
+DENSE_CHAIN_STATES = 16  # up to this many states, `softmax_rows` computes all S chain rows
+
+
+def softmax_rows(mdp: MDP, theta_rows: Array, states: Array):
+    """Masked softmax rows `pi[states]` of the logits `theta_rows[K, A]` and the induced
+    chain's rows: `(pi_rows[K, A], P_pi rows[K, S], r_pi rows[K])`,
+    `P_pi[s] = sum_a pi(a|s) P[s, a]`, `r_pi[s] = sum_a pi(a|s) R[s, a]`. Keeping a tabular
+    policy and its chain row by row lets a sampled step touch only the rows it changed."""
+    allowed = mdp.allowed[states]
+    low = jnp.finfo(theta_rows.dtype).min / 2
+    pi = jax.nn.softmax(jnp.where(allowed, theta_rows, low), axis=-1)
+    # [S, A, S + 1]: transitions and (masked) rewards side by side
+    table = jnp.concatenate([mdp.P, jnp.where(mdp.allowed, mdp.R, 0)[..., None]], axis=-1)
+    if mdp.n_states <= DENSE_CHAIN_STATES:
+        # the rows of every state, then the wanted one: one GEMM in a vmap, where gathering
+        # `table[states]` ([K, A, S + 1] per run) is memory-bound and several times slower
+        rows = jnp.einsum("ka,sat->kst", pi, table)
+        rows = jnp.take_along_axis(rows, states[:, None, None], axis=1)[:, 0]
+    else:
+        rows = jnp.sum(pi[..., None] * table[states], axis=-2)
+    return pi, rows[:, :-1], rows[:, -1]
+
+
+class BudgetState(NamedTuple):
+    """`run_interactions`: logits `params[S, A]`, `pi[S, A]`, the chain `(P_pi, r_pi)`,
+    gradient `steps` (episodes) completed."""
+
+    params: Array
+    pi: Array
+    P_pi: Array
+    r_pi: Array
+    steps: Array
+
+
+class BudgetTrace(NamedTuple):
+    """One row per interaction `i`: `objective` `rho . V^pi` of the policy after `i + 1`
+    interactions (NaN unless `evaluate`), `steps` completed by then."""
+
+    objective: Array
+    steps: Array
+
+
+def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, budget: int,
+                     config: Config, reward_std: Optional[Array] = None):
+    """Sampled REINFORCE for `budget` environment interactions, one per `lax.scan` step.
+
+    The algorithm of `run` with `estimator="reinforce"`, `batch_size=1`, plain SGD
+    (`optax.sgd`) and the tabular softmax (Williams 1992; the baseline of Klein et al.,
+    arXiv 2411.04913): an episode (`s_0 ~ rho`, `a_t ~ pi`, at most
+    `min(ceil(1/(1-gamma)), episode_length)` steps, ending in a terminal state) is played one
+    interaction per scan step with `pi` fixed; when it ends,
+    `theta[s_t] += eta w_t G_t (e_{a_t} - pi(.|s_t))` for its steps (`G_t` the discounted
+    return from `t`, `w_t = 1` or `gamma^t` if `discount_steps`), and `pi`, `P_pi`, `r_pi`
+    are updated on those rows only. An episode cut by the budget makes no update.
+    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over `params0`, `hparams`, `key`.
+    """
+    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
+    validate(mdp, hparams, config)
+    _check_budget_config(config, budget)
+    dtype = mdp.R.dtype
+    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, dtype)
+    L = config.episode_length
+    cap = jnp.minimum(episode_cap(hparams.gamma), L)
+    terminal = absorbing_states(mdp)
+    everything = jnp.arange(mdp.n_states)
+    theta = jnp.asarray(params0, dtype)
+    pi, P_pi, r_pi = softmax_rows(mdp, theta, everything)
+    eta, gamma = hparams.step_size, hparams.gamma
+    k_u, k_z = jax.random.split(key)
+    xs = (jax.random.uniform(k_u, (budget, 3), dtype), jax.random.normal(k_z, (budget,), dtype))
+
+    def step(carry, x):
+        (theta, pi, P_pi, r_pi, steps), (t, s, states, actions, rewards) = carry
+        (u_start, u_action, u_next), z = x
+        s = jnp.where(t == 0, draw(mdp.rho, u_start), s)
+        a = draw(pi[s], u_action)
+        s_next = draw(mdp.P[s, a], u_next)
+        states, actions = states.at[t].set(s), actions.at[t].set(a)
+        rewards = rewards.at[t].set(mdp.R[s, a] + std[s, a] * z)
+        end = terminal[s_next] | (t + 1 >= cap)
+        # the update of a finished episode (all-zero otherwise): L rows, duplicates added
+        alive = (jnp.arange(L) <= t) & end
+        weight = jnp.where(alive, returns_to_go(jnp.where(alive, rewards, 0), gamma), 0)
+        if config.discount_steps:
+            weight = weight * gamma ** jnp.arange(L, dtype=dtype)
+        score = jax.nn.one_hot(actions, pi.shape[-1], dtype=dtype) - pi[states]
+        theta = theta.at[states].add(eta * weight[:, None] * score)
+        # rows recomputed from theta even when unchanged: repeated states get equal rows
+        new_pi, new_P, new_r = softmax_rows(mdp, theta[states], states)
+        pi, P_pi, r_pi = pi.at[states].set(new_pi), P_pi.at[states].set(new_P), \
+            r_pi.at[states].set(new_r)
+        steps = steps + end
+        objective = (chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
+                     if config.evaluate else jnp.full((), jnp.nan, dtype))
+        episode = (jnp.where(end, 0, t + 1), s_next, states, actions, rewards)
+        return ((theta, pi, P_pi, r_pi, steps), episode), BudgetTrace(objective, steps)
+
+    episode0 = (jnp.int32(0), jnp.int32(0), jnp.zeros(L, jnp.int32), jnp.zeros(L, jnp.int32),
+                jnp.zeros(L, dtype))
+    carry = ((theta, pi, P_pi, r_pi, jnp.int32(0)), episode0)
+    (final, _), trace = lax.scan(step, carry, xs)
+    return BudgetState(*final), trace
+
+
+def _check_budget_config(config: Config, budget: int) -> None:
+    if budget < 1:
+        raise ValueError(f"budget = {budget} must be >= 1 interaction.")
+    if (config.estimator != "reinforce" or config.optimizer is not optax.sgd
+            or config.batch_size != 1 or config.policy is not None):
+        raise ValueError("run_interactions runs sampled REINFORCE with one episode per step,"
+                         " plain SGD and the tabular softmax: use estimator='reinforce',"
+                         " optimizer=optax.sgd, batch_size=1, policy=None (or use run).")

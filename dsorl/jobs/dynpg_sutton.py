@@ -1,11 +1,13 @@
 """Reproduction of Klein et al.'s experiment (arXiv 2411.04913): sampled DynPG against
 REINFORCE on Sutton-extended, success probability against environment interactions.
 
-For each `gamma`, each algorithm runs `runs` times in one jitted, vmapped program (one key
-per run). A run succeeds within `c` interactions when some policy it has output after at
-most `c` interactions has mean gap `rho . (V* - V^pi) <= epsilon` over the initial states
-(the first hitting time). DynPG's output is its newest policy (during epoch `h`, the one
-being trained); REINFORCE's is its current policy.
+For each `gamma`, each algorithm runs `runs` times in one jitted program (one key per run,
+vmapped in chunks of `chunk` runs), each run for exactly `interactions` environment interactions, one interaction per
+scan step (`dynpg.run_interactions`, `pg.run_interactions`). A run succeeds within `c`
+interactions when some policy it has output after at most `c` interactions has mean gap
+`rho . (V* - V^pi) <= epsilon` over the initial states (the first hitting time). DynPG's
+output is its newest policy (during epoch `h`, the one being trained); REINFORCE's is its
+current policy.
 
 - DynPG: one episode per step, the authors' adaptive schedule, parameters restarted at 0
   each epoch, as many epochs as the interaction budget can use.
@@ -13,14 +15,16 @@ being trained); REINFORCE's is its current policy.
   `ceil(1 / (1 - gamma))` steps, step size equal to DynPG's at horizon 6.
 
 Speed: the same two algorithms written as a per-run NumPy loop (what a user would write
-without JAX) run on `baseline_runs` runs in the same process; the table reports the time
-per run of both and their ratio, with jit compile time apart.
+without JAX), run for the same interaction budget on `baseline_runs` runs in the same
+process; the table reports the time per run of both and their ratio, with jit compile time
+apart.
 """
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
@@ -31,6 +35,7 @@ DEFAULTS = {
     "epsilon": 0.01,
     "interactions": 1200,
     "runs": 2000,
+    "chunk": 250,
     "seed": 0,
     "baseline_runs": 20,
     "repeats": 1,
@@ -39,22 +44,22 @@ DEFAULTS = {
 }
 
 
-def dynpg_epochs(gamma: float, budget: int) -> tuple:
-    """`(epochs, largest epoch)`: enough epochs for `budget` steps (each step uses at least
-    one interaction), and the static scan length of an epoch."""
+def dynpg_epochs(gamma: float, budget: int) -> int:
+    """Epochs a run can reach within `budget` interactions (each step uses at least one)."""
     hp = dynpg.HParams(gamma)
     counts = []
     while sum(counts) < budget:
         counts.append(int(dynpg.epoch_schedule(len(counts), hp, xp=np)[1]))
-    return len(counts), max(counts)
+    return len(counts)
 
 
-def first_success(objective, interactions, valid, j_star, eps):
-    """Per run: interactions used before the first evaluated policy with gap <= eps
-    (`inf` if none). Arrays `[runs, K]`."""
-    hit = valid & (j_star - objective <= eps)
-    used = np.where(hit, interactions, np.inf)
-    return used.min(axis=1)
+def first_success(initial, objective, j_star, eps):
+    """Per run: the fewest interactions after which an output policy had gap <= eps
+    (`inf` if none): 0 if the initial policy (objective `initial`) does, else `i + 1` for the
+    first `objective[:, i]` (the policy after `i + 1` interactions) that does."""
+    hit = j_star - objective <= eps
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1.0, np.inf)
+    return np.where(j_star - initial <= eps, 0.0, first)
 
 
 def success_curve(first, budget):
@@ -68,37 +73,29 @@ def _programs(env, gamma, config):
     zeros = jnp.zeros(mdp.R.shape)
     budget = config["interactions"]
     sweeps = env.max_episode_length + 1  # exact values for this acyclic MDP
-    epochs, longest = dynpg_epochs(gamma, budget)
-    dcfg = dynpg.Config(max_epochs=epochs, estimator="reinforce", max_steps_per_epoch=longest,
+    epochs = dynpg_epochs(gamma, budget)
+    dcfg = dynpg.Config(max_epochs=epochs, estimator="reinforce",
                         episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
-    rcfg = pg.Config(n_steps=budget, estimator="reinforce",
+    rcfg = pg.Config(n_steps=0, estimator="reinforce",
                      episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
     step = float(pg.dynpg_horizon_step_size(gamma, SUTTON_EXTENDED["experiment"]
                                             ["reinforce_step_horizon"]))
 
+    # runs vmapped in chunks of `chunk` (lax.map): each chunk's policy tables stay in cache
+    # (2000 runs at once were 1.3-1.5x slower per run on this 2-core machine)
     def run_dynpg(keys):
-        def one(k):
-            state, (ep, st) = dynpg.run(mdp, zeros, dynpg.HParams(gamma), k, config=dcfg,
-                                        reward_std=env.reward_std)
-            runs_obj = jnp.concatenate([st.objective.reshape(-1), ep.objective])
-            runs_int = jnp.concatenate([st.interactions.reshape(-1), ep.interactions])
-            runs_ok = jnp.concatenate([st.valid.reshape(-1), jnp.ones(epochs, bool)])
-            return runs_obj, runs_int, runs_ok
-        return jax.vmap(one)(keys)
+        return lax.map(lambda k: dynpg.run_interactions(
+            mdp, zeros, dynpg.HParams(gamma), k, budget=budget, config=dcfg,
+            reward_std=env.reward_std)[1].objective, keys, batch_size=config["chunk"])
 
     def run_reinforce(keys):
-        def one(k):
-            state, tr = pg.run(mdp, zeros, pg.HParams(gamma, step), k, config=rcfg,
-                               reward_std=env.reward_std)
-            final = pg.policy_objective(mdp, jnp.exp(_log_policy(mdp, state.params)), gamma,
-                                        sweeps)
-            return (jnp.append(tr.objective, final), jnp.append(tr.interactions,
-                                                                state.interactions),
-                    jnp.ones(budget + 1, bool))
-        return jax.vmap(one)(keys)
+        return lax.map(lambda k: pg.run_interactions(
+            mdp, zeros, pg.HParams(gamma, step), k, budget=budget, config=rcfg,
+            reward_std=env.reward_std)[1].objective, keys, batch_size=config["chunk"])
 
+    initial = float(pg.policy_objective(mdp, jnp.exp(_log_policy(mdp, zeros)), gamma, sweeps))
     return {"dynpg": run_dynpg, "reinforce": run_reinforce}, dict(
-        epochs=epochs, steps_per_epoch=longest, reinforce_step_size=step)
+        epochs=epochs, reinforce_step_size=step, initial_objective=initial)
 
 
 def _log_policy(mdp, theta):
@@ -126,8 +123,8 @@ def run(config: dict) -> dict:
                 out = jax.block_until_ready(compiled(keys))
                 times.append(time.perf_counter() - start)
             run_s = float(np.median(times))
-            obj, used, ok = (np.asarray(x) for x in out)
-            first = first_success(obj, used, ok, ref["mean_v_star"], config["epsilon"])
+            first = first_success(info["initial_objective"], np.asarray(out),
+                                  ref["mean_v_star"], config["epsilon"])
             curve = success_curve(first, budget)
             base = BASELINES[name]
             rng = np.random.default_rng(config["seed"] + 1000 + gi)
@@ -141,8 +138,8 @@ def run(config: dict) -> dict:
                 "success_at_budget": float(curve[-1]),
                 "success_at_300": float(curve[min(300, budget - 1)]),
                 "success_at_600": float(curve[min(600, budget - 1)]),
-                # interactions before the first success (runs continue past the budget;
-                # inf when more than half never succeed)
+                # interactions before the first success (inf when more than half of the
+                # runs do not succeed within the budget)
                 "median_first_success": float(np.median(first)),
                 "compile_s": compile_s, "run_s": run_s, "jax_ms_per_run": 1e3 * jax_per_run,
                 "numpy_ms_per_run": 1e3 * base_s, "speedup_per_run": base_s / jax_per_run,
@@ -201,8 +198,8 @@ def _numpy_episode(P, R, std, terminal, policies, s, length, rng):
 
 
 def numpy_dynpg(env, gamma, budget, eps, j_star, rng, info):
-    """Sampled DynPG, one run of the whole budget, as a NumPy loop; returns the
-    interactions used before the first epsilon-optimal policy (`inf` if none)."""
+    """Sampled DynPG for `budget` interactions as a NumPy loop; returns the interactions
+    used before the first epsilon-optimal policy (`inf` if none)."""
     P, R, std, mask, starts, terminal = _numpy_env(env)
     sweeps = env.max_episode_length + 1
     tail, used, first = [], 0, np.inf
@@ -216,6 +213,8 @@ def numpy_dynpg(env, gamma, budget, eps, j_star, rng, info):
             s0 = rng.choice(starts)
             ep = _numpy_episode(P, R, std, terminal, [pi] + tail[::-1], s0,
                                 min(h + 1, env.max_episode_length), rng)
+            if used + len(ep) > budget:  # the budget ends inside this episode
+                return first
             ret = sum(gamma ** t * r for t, (_, _, r) in enumerate(ep))
             a0 = ep[0][1]
             grad = -pi[s0] * ret
@@ -229,7 +228,7 @@ def numpy_dynpg(env, gamma, budget, eps, j_star, rng, info):
 
 
 def numpy_reinforce(env, gamma, budget, eps, j_star, rng, info):
-    """The REINFORCE baseline, one run of `budget` steps, as a NumPy loop; returns the
+    """The REINFORCE baseline for `budget` interactions as a NumPy loop; returns the
     interactions used before the first epsilon-optimal policy (`inf` if none)."""
     P, R, std, mask, starts, terminal = _numpy_env(env)
     sweeps = env.max_episode_length + 1
@@ -237,11 +236,13 @@ def numpy_reinforce(env, gamma, budget, eps, j_star, rng, info):
     cap = min(int(np.ceil(1 / (1 - gamma) - 1e-9)), env.max_episode_length)
     theta = np.zeros(R.shape)
     used, first = 0, np.inf
-    for _ in range(budget):
+    while used < budget:
         pi = _softmax_rows(theta, mask)
         if j_star - _mean_value(P, R, pi, gamma, starts, sweeps) <= eps:
             first = min(first, used)
         ep = _numpy_episode(P, R, std, terminal, [pi] * cap, rng.choice(starts), cap, rng)
+        if used + len(ep) > budget:  # the budget ends inside this episode
+            break
         G = 0.0
         for s, a, r in reversed(ep):  # pi stays that of the step's start
             G = r + gamma * G
