@@ -2,8 +2,9 @@
 REINFORCE on Sutton-extended, success probability against environment interactions.
 
 For each `gamma`, each algorithm runs `runs` times in one jitted program (one key per run,
-vmapped in chunks of `chunk` runs), each run for exactly `interactions` environment interactions, one interaction per
-scan step (`dynpg.run_interactions`, `pg.run_interactions`). A run succeeds within `c`
+vmapped in chunks of `chunk` runs), each run for exactly `interactions` environment
+interactions, one interaction per scan step (`dynpg.run_interactions`,
+`pg.run_interactions`). A run succeeds within `c`
 interactions when some policy it has output after at most `c` interactions has mean gap
 `rho . (V* - V^pi) <= epsilon` over the initial states (the first hitting time). DynPG's
 output is its newest policy (during epoch `h`, the one being trained); REINFORCE's is its
