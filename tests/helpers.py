@@ -28,9 +28,9 @@ def random_policy(seed: int, n_states: int, n_actions: int) -> np.ndarray:
 def central_difference(f, x, eps: float = 1e-4) -> np.ndarray:
     """Gradient of scalar `f` at array `x` by the five-point central stencil (float64).
 
-    Truncation error O(eps^4), rounding error ~ (rounding of f) / eps: with eps = 1e-4 a
-    forward pass carrying 1e-13 of rounding gives ~1e-9, where the three-point stencil needs
-    eps ~ 1e-6 for the same truncation and amplifies that rounding to ~1e-7.
+    Truncation error O(eps^4 f^(5)), rounding error ~ (rounding of f) / eps: with eps = 1e-4
+    a forward pass carrying 1e-13 of rounding costs ~1e-9, where the three-point stencil at
+    eps = 1e-6 (truncation O(eps^2 f^(3))) amplifies the same rounding to ~1e-7.
     """
     x = np.asarray(x, np.float64)
     grad = np.zeros_like(x)

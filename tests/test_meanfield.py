@@ -188,7 +188,7 @@ def test_lions_derivative_is_n_times_the_particle_gradient():
         def value_of(leaf, name=name):
             tree = {"params": {**ps["params"], name: ps["params"][name].at[2].set(leaf)}}
             return _VALUE(prob, tree, 0.9, 0.7)
-        fd = central_difference(value_of, ps["params"][name][2], eps=1e-5)
+        fd = central_difference(value_of, ps["params"][name][2])
         np.testing.assert_allclose(lions["params"][name][2], n * fd, rtol=1e-6, atol=1e-9)
 
 
