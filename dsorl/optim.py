@@ -6,13 +6,20 @@ so it chains with any optax transformation:
 `optax.chain(natural_direction(1e-3), optax.scale(-lr))` and
 `tx.update(grads, state, params, fisher=F)`. The matrix acts on the parameters flattened
 by `jax.flatten_util.ravel_pytree` (Amari 1998; Kakade 2001).
+
+Rewards are maximised everywhere, optax minimises: `ascent(tx)` is the one place that
+turns an ascent direction into optax's convention, and `maximise` is the one optax
+inner loop (Chain Iteration's surrogate, PCO's epochs, DynPG's bandits).
 """
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 from jax.flatten_util import ravel_pytree
+
+__all__ = ["NaturalDirectionState", "natural_direction", "ascent", "maximise"]
 
 
 class NaturalDirectionState(NamedTuple):
@@ -27,13 +34,14 @@ def natural_direction(damping: float = 0.0, *, pseudo_inverse: bool = False,
 
     `pseudo_inverse=False`: solve `(F + damping I) x = g` (damping may be 0 only if `F`
     is nonsingular). `pseudo_inverse=True`: `x = (F + damping I)^+ g` by SVD, singular
-    values below `rcond * max` dropped (default: numpy's rule). Traced `damping` works
+    values below `rcond * max` dropped (default, `rcond=None`: JAX's
+    `jnp.linalg.pinv` cutoff `10 * max(M, N) * eps` of the dtype, not NumPy's fixed 1e-15). Traced `damping` works
     (wrap with `optax.inject_hyperparams` to sweep it).
     """
 
     def init(params):
-        del params
-        return NaturalDirectionState(jnp.zeros(()))
+        # the norm in the parameters' dtype, so a float32 run keeps a float32 scan carry
+        return NaturalDirectionState(jnp.zeros((), ravel_pytree(params)[0].dtype))
 
     def update(updates, state, params=None, *, fisher, **extra):
         del state, params, extra
@@ -50,3 +58,31 @@ def natural_direction(damping: float = 0.0, *, pseudo_inverse: bool = False,
         return unravel(direction), NaturalDirectionState(jnp.linalg.norm(direction))
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def ascent(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """`tx` fed the negated updates: hand it a gradient of an objective to *maximise*.
+
+    `ascent(optax.sgd(lr)).update(g, state, params)` gives `+lr g`; extra arguments (e.g.
+    `fisher=` for `natural_direction` inside `tx`) pass through.
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def update(updates, state, params=None, **extra):
+        return tx.update(jax.tree_util.tree_map(jnp.negative, updates), state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+def maximise(objective: Callable, params, tx: optax.GradientTransformation, n_steps: int):
+    """`n_steps` steps of `ascent(tx)` on `objective(params) -> scalar` from `params`, one
+    `lax.scan` (the optimiser state starts fresh): returns the final parameters."""
+    tx = ascent(tx)
+
+    def body(carry, _):
+        theta, opt_state = carry
+        updates, opt_state = tx.update(jax.grad(objective)(theta), opt_state, theta)
+        return (optax.apply_updates(theta, updates), opt_state), None
+
+    (theta, _), _ = lax.scan(body, (params, tx.init(params)), None, length=n_steps)
+    return theta

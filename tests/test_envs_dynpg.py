@@ -10,7 +10,8 @@ from dsorl.envs.chains import ADVANCE, EXIT, committal_chain, committal_chain_op
 from dsorl.envs.dynpg import (SUTTON_EXTENDED, episodic_mdp, longest_episode, sutton_extended,
                               sutton_extended_reference)
 from dsorl.envs.gridworld import cell_states, gridworld
-from dsorl.estimators.reinforce import absorbing_states, sample_episode
+from dsorl.estimators.reinforce import absorbing_states
+from dsorl.sampling import sample_episode
 
 
 def _backward_induction(P, R, gamma, mask, sweeps):

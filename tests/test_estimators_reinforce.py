@@ -8,10 +8,10 @@ import pytest
 import dsorl
 from dsorl.envs.chains import committal_chain
 from dsorl.envs.dynpg import sutton_extended
-from dsorl.estimators.reinforce import (absorbing_states, bandit_gradient, draw, interactions,
-                                        reinforce_gradient, returns_to_go, sample_episode)
+from dsorl.estimators.reinforce import (absorbing_states, bandit_gradient, interactions,
+                                        reinforce_gradient, returns_to_go)
 from dsorl.policies import tabular_softmax
-from dsorl.sampling import Trajectory
+from dsorl.sampling import Trajectory, draw, sample_episode
 from helpers import check_variants
 
 N_SE = 5  # tolerance in standard errors of the sample mean

@@ -46,8 +46,9 @@ import optax
 from jax import lax
 
 from dsorl import _checks
-from dsorl.algorithms.pg import chain_objective, policy_objective, softmax_rows
-from dsorl.estimators.reinforce import absorbing_states, draw, interactions, sample_episode
+from dsorl.estimators.reinforce import absorbing_states, interactions
+from dsorl.objectives import chain_objective, policy_objective, softmax_rows
+from dsorl.sampling import draw, sample_episode
 from dsorl.mdp import MDP
 from dsorl.policies import tabular_softmax
 

@@ -30,11 +30,11 @@ import optax
 from jax import lax
 
 from dsorl import _checks
-from dsorl.estimators.reinforce import (absorbing_states, draw, interactions,
-                                        reinforce_gradient, returns_to_go, sample_episode)
-from dsorl._struct import unchecked
-from dsorl.markov import Chain, discounted_value
-from dsorl.mdp import MDP, induced_chain
+from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
+                                        returns_to_go)
+from dsorl.objectives import chain_objective, policy_objective, softmax_rows
+from dsorl.sampling import draw, sample_episode
+from dsorl.mdp import MDP
 from dsorl.objectives import discounted_return
 from dsorl.policies import Policy, tabular_softmax
 
@@ -98,24 +98,6 @@ def dynpg_horizon_step_size(gamma, horizon: int = 6):
     """DynPG's step size at horizon `H`: `2 (1 - gamma) / (1 - gamma^H)` (Klein et al.'s
     baseline uses `H = 6`)."""
     return 2 * (1 - gamma) / (1 - gamma ** horizon)
-
-
-def policy_objective(mdp: MDP, pi: Array, gamma, sweeps: Optional[int] = None) -> Array:
-    """`rho . V^pi`, by a linear solve or by `sweeps` Bellman sweeps `v <- r_pi + gamma P_pi v`
-    from `v = 0` (exact when every episode ends within `sweeps` steps). Scalar."""
-    chain = induced_chain(mdp, pi)
-    return chain_objective(mdp.rho, chain.P, chain.r, gamma, sweeps)
-
-
-def chain_objective(rho: Array, P_pi: Array, r_pi: Array, gamma,
-                    sweeps: Optional[int] = None) -> Array:
-    """`rho . v` for the chain `(P_pi[S, S], r_pi[S])`: see `policy_objective`."""
-    if sweeps is None:
-        return rho @ discounted_value(unchecked(Chain, P=P_pi, r=r_pi), gamma)
-    # products and sums, not dots: XLA:CPU runs small batched dots one tiny GEMM at a time
-    v = lax.fori_loop(0, sweeps, lambda _, v: r_pi + gamma * jnp.sum(P_pi * v, axis=-1),
-                      jnp.zeros_like(r_pi), unroll=min(sweeps, 8))
-    return jnp.sum(rho * v)
 
 
 def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
@@ -200,29 +182,6 @@ def run(mdp: MDP, params0, hparams: HParams, key: Array, *, config: Config,
 # ----------------------------------------------------------------------------------------
 # Interaction-budgeted sampled REINFORCE, and the row-wise softmax machinery it shares with
 # DynPG's sampled runs.
-
-
-DENSE_CHAIN_STATES = 16  # up to this many states, `softmax_rows` computes all S chain rows
-
-
-def softmax_rows(mdp: MDP, theta_rows: Array, states: Array):
-    """Masked softmax rows `pi[states]` of the logits `theta_rows[K, A]` and the induced
-    chain's rows: `(pi_rows[K, A], P_pi rows[K, S], r_pi rows[K])`,
-    `P_pi[s] = sum_a pi(a|s) P[s, a]`, `r_pi[s] = sum_a pi(a|s) R[s, a]`. Keeping a tabular
-    policy and its chain row by row lets a sampled step touch only the rows it changed."""
-    allowed = mdp.allowed[states]
-    low = jnp.finfo(theta_rows.dtype).min / 2
-    pi = jax.nn.softmax(jnp.where(allowed, theta_rows, low), axis=-1)
-    # [S, A, S + 1]: transitions and (masked) rewards side by side
-    table = jnp.concatenate([mdp.P, jnp.where(mdp.allowed, mdp.R, 0)[..., None]], axis=-1)
-    if mdp.n_states <= DENSE_CHAIN_STATES:
-        # the rows of every state, then the wanted one: one GEMM in a vmap, where gathering
-        # `table[states]` ([K, A, S + 1] per run) is memory-bound and several times slower
-        rows = jnp.einsum("ka,sat->kst", pi, table)
-        rows = jnp.take_along_axis(rows, states[:, None, None], axis=1)[:, 0]
-    else:
-        rows = jnp.sum(pi[..., None] * table[states], axis=-2)
-    return pi, rows[:, :-1], rows[:, -1]
 
 
 class BudgetState(NamedTuple):

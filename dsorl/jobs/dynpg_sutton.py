@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 
 from dsorl.algorithms import dynpg, pg
+from dsorl.objectives import policy_objective
 from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
 from dsorl.policies import tabular_softmax
 
@@ -94,7 +95,7 @@ def _programs(env, gamma, config):
             mdp, zeros, pg.HParams(gamma, step), k, budget=budget, config=rcfg,
             reward_std=env.reward_std)[1].objective, keys, batch_size=config["chunk"])
 
-    initial = float(pg.policy_objective(mdp, jnp.exp(_log_policy(mdp, zeros)), gamma, sweeps))
+    initial = float(policy_objective(mdp, jnp.exp(_log_policy(mdp, zeros)), gamma, sweeps))
     return {"dynpg": run_dynpg, "reinforce": run_reinforce}, dict(
         epochs=epochs, reinforce_step_size=step, initial_objective=initial)
 
