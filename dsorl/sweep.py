@@ -178,7 +178,14 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     """Run `run` for every member of `grid`; one table row per member.
 
     Args:
-      run: `run(mdp, params0, hparams, key, *, config) -> (final_state, trace)`.
+      run: an algorithm (a module or `dsorl.algorithms.base.Algorithm` with the contract
+        of `dsorl.algorithms.base`), or any `run(mdp, params0, hparams, key, *, config) ->
+        (final_state, trace)`. For an algorithm, each member's hyperparameters are its
+        `HParams` built from the grid point (missing or unknown fields: `ValueError`), and
+        before anything is compiled the algorithm's `validate` runs on every concrete
+        hyperparameter point of the grid (and `params0` is checked for shape and
+        finiteness), so a bad grid value raises a `ValueError` naming the point instead
+        of returning numbers.
       mdp: `run`'s first argument: one MDP (any pytree of arrays is passed as an argument;
         another object, e.g. a DSO `ChainModel`, is closed over), or `{name: MDP}` (an
         outer `env` axis; one compiled program per entry, so the MDPs may differ in size).
@@ -210,6 +217,10 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     """
     if not isinstance(grid, Grid):
         raise ValueError(f"grid must be a dsorl.sweep.Grid, got {type(grid).__name__}.")
+    algorithm = _as_algorithm(run)
+    if algorithm is not None:
+        hparams = _HParamsOf(algorithm, hparams)
+        run = _AlgorithmRun(algorithm)
     if "params0" not in grid.axes and params0 is None:
         raise ValueError("give initial parameters: a 'params0' grid axis or params0=...")
     if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 1:
@@ -251,6 +262,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         if not todo.any():
             continue  # everything on disk: nothing to compile
         p0 = params0(env) if callable(params0) else params0
+        if algorithm is not None:
+            _validate_grid(algorithm, env, env_name, grid, config, hparams, p0)
         program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh,
                            env_name)
         size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
@@ -292,6 +305,95 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         "fingerprint": spec["fingerprint"],
     }
     return SweepResult(table, trace_arrays, meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Algorithms: hyperparameters from grid points, validated before compiling
+
+
+def _as_algorithm(run):
+    """The `Algorithm` record of `run` if it is an algorithm (record or module), else None."""
+    from dsorl.algorithms import base
+
+    if isinstance(run, base.Algorithm):
+        return run
+    if all(hasattr(run, name) for name in ("HParams", "init", "step", "validate")):
+        return base.as_algorithm(run)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _AlgorithmRun:
+    """`run` of an algorithm, hashable and described by the algorithm (resume check)."""
+
+    algorithm: Any
+
+    def __call__(self, mdp, params0, hparams, key, *, config):
+        return self.algorithm.run(mdp, params0, hparams, key, config=config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HParamsOf:
+    """A member's `HParams` from its grid point: `given` is None, a mapping of defaults,
+    or a callable `point -> HParams or mapping` (see `sweep`'s `hparams`)."""
+
+    algorithm: Any
+    given: Any
+
+    def __call__(self, point):
+        from dsorl.algorithms import base
+
+        if callable(self.given):  # it may read the entry's name, point["env"]
+            values = self.given(point)
+        else:
+            point = {k: v for k, v in point.items() if k != "env"}
+            values = point if self.given is None else {**self.given, **point}
+        return base.make_hparams(self.algorithm.HParams, values)
+
+
+_MAX_CHECKED_POINTS = 4096
+
+
+def _validate_grid(algorithm, env, env_name, grid, config, hparams, params0) -> None:
+    """Run `algorithm.validate` on every concrete hyperparameter point of `grid` (each axis
+    alone when their product exceeds `_MAX_CHECKED_POINTS`), and check `params0`."""
+    from dsorl.algorithms import base
+
+    names = [n for n in grid.names if n not in RESERVED]
+    sizes = [grid.sizes[grid.names.index(n)] for n in names]
+    if int(np.prod(sizes, dtype=np.int64)) <= _MAX_CHECKED_POINTS:
+        combos = list(np.ndindex(*sizes)) if names else [()]
+    else:  # every value of every axis, the others at their first point
+        combos = [tuple(j if a == i else 0 for a in range(len(names)))
+                  for i, n in enumerate(sizes) for j in range(n)]
+    problems = [env]
+    if "mdp" in grid.axes:  # a stacked MDP axis: validate with every point (or the first 64)
+        values = grid.axes["mdp"].values
+        problems = [jax.tree_util.tree_map(lambda v: v[i], values)
+                    for i in range(min(_axis_size(grid.axes["mdp"]), 64))]
+    p0_points = [params0]
+    if "params0" in grid.axes:
+        values = grid.axes["params0"].values
+        p0_points = [jax.tree_util.tree_map(lambda v: v[i], values)
+                     for i in range(_axis_size(grid.axes["params0"]))]
+    for problem in problems:
+        expected = (None if algorithm.expected_params is None
+                    else algorithm.expected_params(problem, config))
+        dtype = base.problem_dtype(problem, p0_points[0])
+        for i, p0 in enumerate(p0_points):
+            label = "params0" if len(p0_points) == 1 else f"params0 axis point {i}"
+            base.check_params0(p0, expected, name=label)
+        for combo in combos:
+            point = {n: jax.tree_util.tree_map(lambda v: np.asarray(v)[j], grid.axes[n].values)
+                     for n, j in zip(names, combo)}
+            where = ", ".join(f"{n}={np.asarray(v).tolist()}" for n, v in point.items()
+                              if np.ndim(v) == 0)
+            try:
+                hp = hparams(point if env_name is None else {**point, "env": env_name})
+                algorithm.validate(problem, base.coerce_hparams(hp, dtype), config)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"grid point {where or '(no swept hyperparameters)'}:"
+                                 f" {err}") from err
 
 
 def grid_columns(grid: Grid) -> list:

@@ -39,11 +39,14 @@ import numpy as np
 from jax import lax
 
 from dsorl import _checks
+# the validation vocabulary an algorithm's `validate` uses (one home: dsorl._checks)
+from dsorl._checks import check_discount, check_positive, is_concrete
 
 Array = jax.Array
 
 __all__ = ["Algorithm", "as_algorithm", "run", "make_hparams", "coerce_hparams",
-           "problem_dtype", "check_params0", "nan_like", "tree_norm"]
+           "problem_dtype", "check_params0", "nan_like", "tree_norm", "check_discount",
+           "check_positive", "is_concrete"]
 
 _REQUIRED = ("HParams", "Config", "State", "Trace", "init", "step", "validate")
 
