@@ -6,17 +6,19 @@ matrix) is a linear solve that `jax.grad` differentiates implicitly and `jax.vma
 batches over discount factors, MDPs and policy parameters.
 """
 from dsorl import envs, policies
-from dsorl.fixed_point import implicit_fixed_point, optimal_value, soft_optimal_value
-from dsorl.markov import (Chain, bias, closed_classes, deviation_matrix, discounted_value,
-                          gain, is_unichain, mixing_time, occupancy, stationary_distribution)
+from dsorl.fixed_point import implicit_fixed_point
+from dsorl.graph import closed_classes
+from dsorl.markov import (Chain, bias, deviation_matrix, discounted_value, gain, is_unichain,
+                          mixing_time, occupancy, stationary_distribution)
 from dsorl.mdp import (MDP, action_values, bias_action_values, entropy_regularised_chain,
                        induced_chain, policy_kl, reference_measure, soft_action_values)
 from dsorl.objectives import (discounted_policy_gradient, discounted_return,
                               entropy_regularised_return, gain_policy_gradient, policy_bias,
                               policy_gain)
 from dsorl.planning import (NearlyBlackwellSolution, Solution, SoftSolution,
-                            deterministic_policies, nearly_blackwell_optimal, policy_iteration,
-                            soft_value_iteration, value_iteration)
+                            deterministic_policies, nearly_blackwell_optimal, optimal_value,
+                            policy_iteration, soft_optimal_value, soft_value_iteration,
+                            value_iteration)
 
 __version__ = "0.1.0"
 

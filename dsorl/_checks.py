@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsorl.graph import closed_classes, period
+
 
 def is_concrete(*xs) -> bool:
     """True when no leaf of `xs` is a JAX tracer (so its values can be inspected)."""
@@ -84,3 +86,52 @@ def check_positive(name: str, x, *, allow_zero: bool = False) -> None:
     if not np.all(np.isfinite(v) & ok):
         sign = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} = {v} must be finite and {sign}.")
+
+
+def check_unichain(P, subject: str, consequence: str, *, aperiodic: bool = False) -> None:
+    """The support `P[S, S] > 0` has one closed class (and, if `aperiodic`, of period 1);
+    else `ValueError` "{subject} has K closed recurrent classes (...): {consequence}."
+    Traced `P` passes unchecked."""
+    if not is_concrete(P):
+        return
+    classes = closed_classes(P)
+    if len(classes) != 1:
+        shown = "; ".join(str(c[:8].tolist()).rstrip("]") + ("...]" if len(c) > 8 else "]")
+                          for c in classes[:4])
+        raise ValueError(f"{subject} has {len(classes)} closed recurrent classes ({shown}):"
+                         f" {consequence}.")
+    if aperiodic:
+        d = period(P, classes[0])
+        if d != 1:
+            raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} of {subject} is"
+                             f" periodic (period {d}): P^t never converges, so episodes"
+                             " never mix.")
+
+
+def check_actions_available(action_mask) -> None:
+    """Every state keeps at least one action: `ValueError` naming the first that has none
+    (a terminal state keeps one absorbing zero-reward action). Traced masks pass."""
+    if action_mask is None or not is_concrete(action_mask):
+        return
+    empty = np.flatnonzero(~np.asarray(action_mask, bool).any(axis=-1))
+    if empty.size:
+        raise ValueError(f"the action mask leaves state {empty[0]} without actions ({empty.size}"
+                         " such states); a terminal state keeps one absorbing zero-reward"
+                         " action.")
+
+
+def check_covers(name: str, target, cover, skip_rows=None) -> None:
+    """Importance weights `target / cover` exist: `cover[x, y] > 0` wherever
+    `target[x, y] > 0` (rows in `skip_rows` excepted); else `ValueError` naming the entry."""
+    if not is_concrete(target, cover):
+        return
+    target, cover = np.asarray(target), np.asarray(cover)
+    bad = (target > 0) & (cover <= 0)
+    if skip_rows is not None:
+        bad &= ~np.asarray(skip_rows, bool)[:, None]
+    idx = np.argwhere(bad)
+    if idx.size:
+        x, y = idx[0]
+        raise ValueError(f"{name} does not cover the target law: {name}[{x}, {y}] = 0 but the"
+                         f" target's entry is {target[x, y]:.3g} > 0, so the importance"
+                         " weights miss that transition.")

@@ -6,14 +6,13 @@ solution, never backpropagation through the iterations. For the optimality opera
 `dT/dv = gamma P_{pi*}` (greedy pi*); for the soft operator `dT/dv = gamma P_{pi*_tau}`.
 """
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import _checks
-from dsorl.mdp import MDP, reference_measure
+from dsorl.mdp import MDP
 
 Array = jax.Array
 
@@ -44,7 +43,7 @@ def _implicit_fixed_point_jvp(operator, solver, primals, tangents):
 def bellman_optimality_operator(v: Array, params) -> Array:
     """`(T v)(s) = max_{a available} R[s, a] + gamma P[s, a] . v`; params `(mdp, gamma)`."""
     mdp, gamma = params
-    return jnp.max(_masked_q(mdp, mdp.R + gamma * mdp.P @ v), axis=-1)
+    return jnp.max(masked_q(mdp, mdp.R + gamma * mdp.P @ v), axis=-1)
 
 
 def soft_bellman_operator(v: Array, params) -> Array:
@@ -56,46 +55,12 @@ def soft_bellman_operator(v: Array, params) -> Array:
     ICML 2022; Haarnoja et al. 2017).
     """
     mdp, gamma, tau, mu = params
-    q = _masked_q(mdp, mdp.R + gamma * mdp.P @ v)
+    q = masked_q(mdp, mdp.R + gamma * mdp.P @ v)
     return tau * jax.nn.logsumexp(q / tau, axis=-1, b=mu)
 
 
-def optimal_value(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Array:
-    """Optimal discounted value `v*[S]`, differentiable by the implicit function theorem.
-
-    Forward: policy iteration (exact after finitely many steps). Derivative: at a state
-    where several actions tie, `jnp.max` splits the derivative evenly among them.
-    """
-    from dsorl.planning import policy_iteration_solver
-
-    _checks.check_discount(gamma)
-    v, _ = implicit_fixed_point(bellman_optimality_operator,
-                                partial(policy_iteration_solver, max_iter=max_iter),
-                                (mdp, gamma))
-    return v
-
-
-def soft_optimal_value(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
-                       tol: Optional[float] = None, max_iter: int = 1_000) -> Array:
-    """Soft-optimal (entropy-regularised) value `V*_tau[S]`, differentiable implicitly.
-
-    Maximises `E sum_t gamma^t [r - tau log(pi / mu)]`; `mu` defaults to the uniform law
-    on available actions. Forward: soft policy iteration (Newton's method on the soft
-    Bellman equation). Differentiable in `mdp`, `gamma`, `tau` and `mu`.
-    """
-    from dsorl.planning import soft_policy_iteration_solver
-
-    _checks.check_discount(gamma)
-    _checks.check_positive("tau", tau)
-    mu = reference_measure(mdp, mu)
-    v, _ = implicit_fixed_point(soft_bellman_operator,
-                                partial(soft_policy_iteration_solver, tol=tol,
-                                        max_iter=max_iter),
-                                (mdp, gamma, tau, mu))
-    return v
-
-
-def _masked_q(mdp: MDP, q: Array) -> Array:
+def masked_q(mdp: MDP, q: Array) -> Array:
+    """`q[S, A]` with `-inf` on masked actions (so `max`/`argmax` over actions ignore them)."""
     if mdp.action_mask is None:
         return q
     return jnp.where(mdp.action_mask, q, -jnp.inf)

@@ -19,13 +19,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 from jax import lax
 
 from dsorl import _checks
 from dsorl._struct import pytree_dataclass
 from dsorl.gamma_sweep import resolvent_solve
+from dsorl.graph import closed_classes
 
 Array = jax.Array
 
@@ -192,17 +191,6 @@ def is_unichain(chain: Chain) -> Array:
     return _is_unichain_traced(chain.P)
 
 
-def closed_classes(P) -> list:
-    """Closed communicating (recurrent) classes of a concrete chain, as arrays of states."""
-    src, dst = np.nonzero(np.asarray(P) > 0)
-    graph = scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
-    n, labels = scipy.sparse.csgraph.connected_components(graph, directed=True,
-                                                          connection="strong")
-    leaks = np.zeros(n, bool)
-    leaks[labels[src][labels[src] != labels[dst]]] = True
-    return [np.flatnonzero(labels == c) for c in range(n) if not leaks[c]]
-
-
 @jax.jit
 def _is_unichain_traced(P: Array) -> Array:
     S = P.shape[-1]
@@ -213,15 +201,8 @@ def _is_unichain_traced(P: Array) -> Array:
 
 
 def _require_unichain(chain: Chain, what: str) -> None:
-    if not _checks.is_concrete(chain.P):
-        return
-    classes = closed_classes(chain.P)
-    if len(classes) != 1:
-        shown = "; ".join(str(list(map(int, c[:8]))) + ("..." if len(c) > 8 else "")
-                          for c in classes[:4])
-        raise ValueError(f"{what} needs a unichain chain, but this one has {len(classes)}"
-                         f" closed recurrent classes ({shown}): its average-reward"
-                         " quantities depend on the initial state.")
+    _checks.check_unichain(chain.P, f"{what} needs a unichain chain, but this one",
+                           "its average-reward quantities depend on the initial state")
 
 
 # Jitted kernels: the public functions validate concrete input, then call these (one

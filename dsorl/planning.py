@@ -13,7 +13,7 @@ import numpy as np
 from jax import lax
 
 from dsorl import _checks
-from dsorl.fixed_point import (bellman_optimality_operator, implicit_fixed_point,
+from dsorl.fixed_point import (bellman_optimality_operator, implicit_fixed_point, masked_q,
                                soft_bellman_operator)
 from dsorl.markov import bias, discounted_value, gain, is_unichain
 from dsorl.mdp import MDP, induced_chain, reference_measure
@@ -88,6 +88,37 @@ def soft_value_iteration(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
     return SoftSolution(v, q, _soft_policy(q, v, tau, mu), iterations)
 
 
+def optimal_value(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Array:
+    """Optimal discounted value `v*[S]`, differentiable by the implicit function theorem.
+
+    Forward: policy iteration (exact after finitely many steps). Derivative: at a state
+    where several actions tie, `jnp.max` splits the derivative evenly among them.
+    """
+    _checks.check_discount(gamma)
+    v, _ = implicit_fixed_point(bellman_optimality_operator,
+                                partial(policy_iteration_solver, max_iter=max_iter),
+                                (mdp, gamma))
+    return v
+
+
+def soft_optimal_value(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
+                       tol: Optional[float] = None, max_iter: int = 1_000) -> Array:
+    """Soft-optimal (entropy-regularised) value `V*_tau[S]`, differentiable implicitly.
+
+    Maximises `E sum_t gamma^t [r - tau log(pi / mu)]`; `mu` defaults to the uniform law
+    on available actions. Forward: soft policy iteration (Newton's method on the soft
+    Bellman equation). Differentiable in `mdp`, `gamma`, `tau` and `mu`.
+    """
+    _checks.check_discount(gamma)
+    _checks.check_positive("tau", tau)
+    mu = reference_measure(mdp, mu)
+    v, _ = implicit_fixed_point(soft_bellman_operator,
+                                partial(soft_policy_iteration_solver, tol=tol,
+                                        max_iter=max_iter),
+                                (mdp, gamma, tau, mu))
+    return v
+
+
 # ----------------------------------------------------------------------------------------
 # Forward solvers: `params -> (v, iterations)`, used under `implicit_fixed_point`.
 
@@ -103,14 +134,14 @@ def policy_iteration_solver(params, *, max_iter: int):
 
     def improve(carry):
         actions, v, k, _ = carry
-        q = _masked_q(mdp, mdp.R + gamma * mdp.P @ v)
+        q = masked_q(mdp, mdp.R + gamma * mdp.P @ v)
         best = jnp.argmax(q, axis=-1)
         current = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
         gainful = jnp.max(q, axis=-1) > current + slack * jnp.maximum(1, jnp.abs(v))
         new = jnp.where(gainful, best, actions)
         return new, evaluate(new), k + 1, jnp.any(gainful)
 
-    first = jnp.argmax(_masked_q(mdp, mdp.R), axis=-1)
+    first = jnp.argmax(masked_q(mdp, mdp.R), axis=-1)
     init = (first, evaluate(first), jnp.int32(0), jnp.bool_(True))
     _, v, k, _ = lax.while_loop(lambda c: c[3] & (c[2] < max_iter), improve, init)
     return v, k
@@ -150,7 +181,7 @@ def soft_policy_iteration_solver(params, *, tol, max_iter: int):
 
     def step(carry):
         v, k, _ = carry
-        q = _masked_q(mdp, mdp.R + gamma * mdp.P @ v)
+        q = masked_q(mdp, mdp.R + gamma * mdp.P @ v)
         new = evaluate(q, soft_bellman_operator(v, params))
         change = jnp.max(jnp.abs(new - v)) - tol * jnp.maximum(1, jnp.max(jnp.abs(new)))
         return new, k + 1, change
@@ -168,14 +199,8 @@ def _soft_policy(q, v, tau, mu):
 
 
 def _greedy_solution(mdp, gamma, v, iterations) -> Solution:
-    actions = jnp.argmax(_masked_q(mdp, mdp.R + gamma * mdp.P @ v), axis=-1)
+    actions = jnp.argmax(masked_q(mdp, mdp.R + gamma * mdp.P @ v), axis=-1)
     return Solution(v, actions, deterministic(actions, mdp.n_actions, v.dtype), iterations)
-
-
-def _masked_q(mdp, q):
-    if mdp.action_mask is None:
-        return q
-    return jnp.where(mdp.action_mask, q, -jnp.inf)
 
 
 def _default_tol(dtype, tol):

@@ -1,0 +1,70 @@
+"""Structure of a transition graph (which `P[s, s'] > 0`): host-side, on concrete arrays.
+
+The one home of the graph questions that validation asks (DESIGN §2): the closed
+(recurrent) classes of a chain, the period of a class, and which states reach a target
+set. Values never matter here, only the support, so every function takes any array whose
+positive entries are the edges. These run in NumPy/SciPy on concrete input only; the
+jittable structural test is `dsorl.markov.is_unichain`.
+"""
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+
+__all__ = ["closed_classes", "period", "reaches", "action_support"]
+
+
+def closed_classes(P) -> list:
+    """Closed communicating (recurrent) classes of the chain `P[S, S]`, as arrays of states.
+
+    Strongly connected components of the support graph with no edge leaving them
+    (Puterman 1994, §A.2). One class: unichain; several: multichain.
+    """
+    src, dst = np.nonzero(np.asarray(P) > 0)
+    graph = scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
+    n, labels = scipy.sparse.csgraph.connected_components(graph, directed=True,
+                                                          connection="strong")
+    leaks = np.zeros(n, bool)
+    leaks[labels[src][labels[src] != labels[dst]]] = True
+    return [np.flatnonzero(labels == c) for c in range(n) if not leaks[c]]
+
+
+def period(P, states) -> int:
+    """Period of the closed class `states` of `P`: the gcd of `level(u) + 1 - level(v)`
+    over its edges `u -> v`, with BFS levels from its first state (1: aperiodic)."""
+    states = np.asarray(states)
+    sub = np.asarray(P)[np.ix_(states, states)] > 0
+    level = np.full(len(states), -1)
+    level[0], frontier = 0, [0]
+    while frontier:
+        nxt = []
+        for u in frontier:
+            for v in np.flatnonzero(sub[u]):
+                if level[v] < 0:
+                    level[v] = level[u] + 1
+                    nxt.append(v)
+        frontier = nxt
+    src, dst = np.nonzero(sub)
+    return int(np.gcd.reduce(np.abs(level[src] + 1 - level[dst])))
+
+
+def reaches(P, target) -> np.ndarray:
+    """Which states reach the set `target[S]` (bool) along `P > 0` edges, `[S]` bool.
+
+    A backward search from `target`; the rows of target states are ignored (an episode
+    ends there)."""
+    P, target = np.asarray(P), np.asarray(target, bool)
+    edges = (P > 0) & ~target[:, None]
+    reach = target.copy()
+    while True:
+        new = reach | (edges & reach[None, :]).any(axis=1)
+        if (new == reach).all():
+            return reach
+        reach = new
+
+
+def action_support(P, action_mask=None) -> np.ndarray:
+    """`[S, S]` bool: the edges of a policy that uses every available action of the MDP
+    `P[S, A, S]` (every softmax or sigmoid policy has exactly this support)."""
+    P = np.asarray(P)
+    allowed = np.ones(P.shape[:2], bool) if action_mask is None else np.asarray(action_mask, bool)
+    return (P * allowed[..., None]).sum(axis=1) > 0
