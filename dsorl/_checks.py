@@ -116,8 +116,9 @@ def check_actions_available(action_mask) -> None:
     empty = np.flatnonzero(~np.asarray(action_mask, bool).any(axis=-1))
     if empty.size:
         raise ValueError(f"the action mask leaves state {empty[0]} without actions ({empty.size}"
-                         " such states); a terminal state keeps one absorbing zero-reward"
-                         " action.")
+                         " such states): with not a single action available no policy exists"
+                         " there; a terminal state keeps one absorbing zero-reward action (a"
+                         " state without any action is not allowed).")
 
 
 def check_covers(name: str, target, cover, skip_rows=None) -> None:

@@ -68,11 +68,7 @@ def validate_mdp(P, R, rho, action_mask=None) -> None:
     if action_mask is not None:
         _checks.check_shape("action_mask", action_mask, (S, A), "[S, A]")
         mask = np.asarray(action_mask, bool)
-        empty = np.flatnonzero(~mask.any(axis=1))
-        if empty.size:
-            raise ValueError(f"action_mask leaves state {empty[0]} without any action"
-                             f" ({empty.size} such states); give terminal states one"
-                             " absorbing action instead.")
+        _checks.check_actions_available(mask)
     else:
         mask = np.ones((S, A), bool)
     for name, x in (("P", P), ("R", R), ("rho", rho)):

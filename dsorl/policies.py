@@ -16,7 +16,8 @@ Array = jax.Array
 
 
 class Policy(NamedTuple):
-    """`init(dtype=float32) -> params`, `log_probs(params) -> log pi[S, A]`."""
+    """`init(dtype=None) -> params` (default: JAX's default float, float64 under x64),
+    `log_probs(params) -> log pi[S, A]`."""
 
     init: Callable
     log_probs: Callable
@@ -36,8 +37,8 @@ def tabular_softmax(n_states: int, n_actions: int, mask: Optional[Array] = None)
     """
     mask = _check_mask(mask, n_states, n_actions)
 
-    def init(dtype=jnp.float32):
-        return jnp.zeros((n_states, n_actions), dtype)
+    def init(dtype=None):
+        return jnp.zeros((n_states, n_actions), _float(dtype))
 
     def log_probs(theta):
         return _masked_log_softmax(theta, mask)
@@ -54,8 +55,8 @@ def sigmoid(n_states: int) -> Policy:
     """
     states = np.arange(n_states)
 
-    def init(dtype=jnp.float32):
-        return jnp.zeros(2, dtype)
+    def init(dtype=None):
+        return jnp.zeros(2, _float(dtype))
 
     def log_probs(w):
         z = w[0] * states.astype(w.dtype) + w[1]
@@ -66,14 +67,15 @@ def sigmoid(n_states: int) -> Policy:
 
 
 def sigmoid_grid(low: float = -10.0, high: float = 10.0, step: float = 0.5,
-                 dtype=jnp.float32) -> Array:
+                 dtype=None) -> Array:
     """The paper's initial parameters: `[(w_x, w_y)]` on a square grid, shape `[n*n, 2]`.
 
-    Defaults give 41 x 41 = 1681 points, `w_x` varying slowest.
+    Defaults give 41 x 41 = 1681 points, `w_x` varying slowest; `dtype` None: JAX's default
+    float (float64 under x64).
     """
     ticks = np.linspace(low, high, int(round((high - low) / step)) + 1)
     wx, wy = np.meshgrid(ticks, ticks, indexing="ij")
-    return jnp.asarray(np.stack([wx.ravel(), wy.ravel()], axis=-1), dtype)
+    return jnp.asarray(np.stack([wx.ravel(), wy.ravel()], axis=-1), _float(dtype))
 
 
 def linear_softmax(features: Array, mask: Optional[Array] = None) -> Policy:
@@ -87,8 +89,8 @@ def linear_softmax(features: Array, mask: Optional[Array] = None) -> Policy:
     n_states, n_actions, dim = features.shape
     mask = _check_mask(mask, n_states, n_actions)
 
-    def init(dtype=jnp.float32):
-        return jnp.zeros(dim, dtype)
+    def init(dtype=None):
+        return jnp.zeros(dim, _float(dtype))
 
     def log_probs(theta):
         return _masked_log_softmax(features.astype(theta.dtype) @ theta, mask)
@@ -96,9 +98,14 @@ def linear_softmax(features: Array, mask: Optional[Array] = None) -> Policy:
     return Policy(init, log_probs)
 
 
-def deterministic(actions: Array, n_actions: int, dtype=jnp.float32) -> Array:
+def deterministic(actions: Array, n_actions: int, dtype=None) -> Array:
     """The one-hot policy `pi[S, A]` of an array of action indices `actions[S]`."""
-    return jax.nn.one_hot(actions, n_actions, dtype=dtype)
+    return jax.nn.one_hot(actions, n_actions, dtype=_float(dtype))
+
+
+def _float(dtype):
+    """`dtype`, or JAX's default float (float64 under x64) when None."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
 
 
 def _masked_log_softmax(logits: Array, mask: Optional[Array]) -> Array:
@@ -113,7 +120,5 @@ def _check_mask(mask, n_states: int, n_actions: int):
         return None
     if _checks.is_concrete(mask):
         _checks.check_shape("mask", mask, (n_states, n_actions), "[S, A]")
-        empty = np.flatnonzero(~np.asarray(mask, bool).any(axis=1))
-        if empty.size:
-            raise ValueError(f"mask leaves state {empty[0]} without any action.")
+        _checks.check_actions_available(mask)
     return jnp.asarray(mask, bool)
