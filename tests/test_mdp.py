@@ -110,7 +110,7 @@ def test_bad_mdps_raise_naming_the_entry(change, message):
 
 
 def test_mask_leaving_a_state_without_actions_raises():
-    with pytest.raises(ValueError, match="state 1 without any action"):
+    with pytest.raises(ValueError, match="leaves state 1 without actions"):
         dsorl.MDP(*valid(), action_mask=np.array([[True, False], [False, False]]))
 
 

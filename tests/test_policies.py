@@ -69,7 +69,7 @@ def test_policies_vmap_over_parameters():
 
 
 def test_bad_masks_raise():
-    with pytest.raises(ValueError, match="without any action"):
+    with pytest.raises(ValueError, match="without actions"):
         policies.tabular_softmax(2, 2, np.array([[True, True], [False, False]]))
     with pytest.raises(ValueError, match="mask must have shape"):
         policies.tabular_softmax(2, 2, np.ones((3, 2), bool))
