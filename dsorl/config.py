@@ -17,6 +17,9 @@ import yaml
 
 import dsorl.jobs
 
+__all__ = ["SWEEP_DEFAULTS", "Free", "available_jobs", "job_module", "is_sweep_job",
+           "job_summaries", "load_config", "resolve"]
+
 
 # Settings of every sweep job (the `sweep` mapping of its config); a job's DEFAULTS may
 # give other defaults under its own "sweep" key.

@@ -14,6 +14,9 @@ import numpy as np
 
 from dsorl.mdp import MDP
 
+__all__ = ["implicit_fixed_point", "bellman_optimality_operator", "soft_bellman_operator",
+           "masked_q"]
+
 Array = jax.Array
 
 

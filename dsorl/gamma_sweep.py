@@ -30,6 +30,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+__all__ = ["resolvent_factor", "resolvent_solve", "gamma_sweep_factor", "hessenberg_lu",
+           "MIN_STATES", "MIN_BATCH"]
+
 Array = jax.Array
 
 # Smallest chain and batch of discount factors for which the shared reduction is used.

@@ -26,6 +26,9 @@ from dsorl._struct import pytree_dataclass
 from dsorl.gamma_sweep import resolvent_solve
 from dsorl.graph import closed_classes
 
+__all__ = ["Chain", "validate_chain", "discounted_value", "occupancy", "stationary_distribution",
+           "gain", "bias", "deviation_matrix", "mixing_time", "is_unichain"]
+
 Array = jax.Array
 
 

@@ -14,6 +14,10 @@ from dsorl import _checks
 from dsorl._struct import pytree_dataclass, unchecked
 from dsorl.markov import Chain, bias, discounted_value, gain
 
+__all__ = ["MDP", "validate_mdp", "validate_policy", "induced_chain", "entropy_regularised_chain",
+           "reference_measure", "policy_kl", "action_values", "bias_action_values",
+           "soft_action_values"]
+
 Array = jax.Array
 
 

@@ -17,6 +17,10 @@ from dsorl.markov import (Chain, bias, discounted_value, gain, occupancy,
 from dsorl.mdp import (MDP, action_values, bias_action_values, entropy_regularised_chain,
                        induced_chain)
 
+__all__ = ["discounted_return", "entropy_regularised_return", "policy_gain", "policy_bias",
+           "discounted_policy_gradient", "gain_policy_gradient", "policy_objective",
+           "chain_objective", "softmax_rows"]
+
 Array = jax.Array
 
 
@@ -92,7 +96,7 @@ def chain_objective(rho: Array, P_pi: Array, r_pi: Array, gamma,
     return jnp.sum(rho * v)
 
 
-DENSE_CHAIN_STATES = 16  # up to this many states, `softmax_rows` computes all S chain rows
+_DENSE_CHAIN_STATES = 16  # up to this many states, `softmax_rows` computes all S chain rows
 
 
 def softmax_rows(mdp: MDP, theta_rows: Array, states: Array):
@@ -105,7 +109,7 @@ def softmax_rows(mdp: MDP, theta_rows: Array, states: Array):
     pi = jax.nn.softmax(jnp.where(allowed, theta_rows, low), axis=-1)
     # [S, A, S + 1]: transitions and (masked) rewards side by side
     table = jnp.concatenate([mdp.P, jnp.where(mdp.allowed, mdp.R, 0)[..., None]], axis=-1)
-    if mdp.n_states <= DENSE_CHAIN_STATES:
+    if mdp.n_states <= _DENSE_CHAIN_STATES:
         # the rows of every state, then the wanted one: one GEMM in a vmap, where gathering
         # `table[states]` ([K, A, S + 1] per run) is memory-bound and several times slower
         rows = jnp.einsum("ka,sat->kst", pi, table)

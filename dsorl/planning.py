@@ -63,7 +63,7 @@ def policy_iteration(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Solution:
     finitely many iterations (Puterman 1994, Thm 6.4.2). Value differentiable implicitly.
     """
     _checks.check_discount(gamma)
-    solver = partial(policy_iteration_solver, max_iter=max_iter)
+    solver = partial(_policy_iteration_solver, max_iter=max_iter)
     v, iterations = implicit_fixed_point(bellman_optimality_operator, solver, (mdp, gamma))
     return _greedy_solution(mdp, gamma, v, iterations)
 
@@ -82,7 +82,7 @@ def soft_value_iteration(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
     _checks.check_discount(gamma)
     _checks.check_positive("tau", tau)
     mu = reference_measure(mdp, mu)
-    solver = partial(soft_policy_iteration_solver, tol=tol, max_iter=max_iter)
+    solver = partial(_soft_policy_iteration_solver, tol=tol, max_iter=max_iter)
     v, iterations = implicit_fixed_point(soft_bellman_operator, solver, (mdp, gamma, tau, mu))
     q = mdp.R + gamma * mdp.P @ v
     return SoftSolution(v, q, _soft_policy(q, v, tau, mu), iterations)
@@ -96,7 +96,7 @@ def optimal_value(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Array:
     """
     _checks.check_discount(gamma)
     v, _ = implicit_fixed_point(bellman_optimality_operator,
-                                partial(policy_iteration_solver, max_iter=max_iter),
+                                partial(_policy_iteration_solver, max_iter=max_iter),
                                 (mdp, gamma))
     return v
 
@@ -113,7 +113,7 @@ def soft_optimal_value(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
     _checks.check_positive("tau", tau)
     mu = reference_measure(mdp, mu)
     v, _ = implicit_fixed_point(soft_bellman_operator,
-                                partial(soft_policy_iteration_solver, tol=tol,
+                                partial(_soft_policy_iteration_solver, tol=tol,
                                         max_iter=max_iter),
                                 (mdp, gamma, tau, mu))
     return v
@@ -123,7 +123,7 @@ def soft_optimal_value(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
 # Forward solvers: `params -> (v, iterations)`, used under `implicit_fixed_point`.
 
 
-def policy_iteration_solver(params, *, max_iter: int):
+def _policy_iteration_solver(params, *, max_iter: int):
     mdp, gamma = params
     A = mdp.n_actions
     dtype = mdp.R.dtype
@@ -167,7 +167,7 @@ def _value_iteration_solver(params, *, tol, max_iter: int):
     return v, k
 
 
-def soft_policy_iteration_solver(params, *, tol, max_iter: int):
+def _soft_policy_iteration_solver(params, *, tol, max_iter: int):
     mdp, gamma, tau, mu = params
     tol = _default_tol(mdp.R.dtype, tol)
 

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+__all__ = ["plot_results"]
+
 MAX_CURVES = 12
 MAX_PANELS = 6
 

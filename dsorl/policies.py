@@ -12,6 +12,9 @@ import numpy as np
 
 from dsorl import _checks
 
+__all__ = ["Policy", "tabular_softmax", "sigmoid", "sigmoid_grid", "linear_softmax",
+           "deterministic"]
+
 Array = jax.Array
 
 

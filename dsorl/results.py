@@ -18,6 +18,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+__all__ = ["Table", "environment_record", "write_results", "read_results", "format_table"]
+
 Table = Union[Sequence[Mapping], Mapping[str, Sequence]]  # rows, or columns of equal length
 
 

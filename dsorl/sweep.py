@@ -42,6 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = ["Axis", "axis", "Grid", "Member", "SweepResult", "last_values", "sweep", "grid_columns",
+           "load", "RESERVED"]
+
 RESERVED = ("mdp", "params0", "seed")
 MAX_CHUNK_PER_DEVICE = 8192
 MESH_AXIS = "members"

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 
 from dsorl.mdp import MDP
 
+__all__ = ["garnet"]
+
 
 def garnet(key: jax.Array, n_states: int, n_actions: int, branching: int,
            dtype=None) -> MDP:

@@ -16,6 +16,8 @@ import numpy as np
 from dsorl.envs.dynpg import EpisodicMDP
 from dsorl.mdp import MDP
 
+__all__ = ["gridworld", "cell_states", "MOVES"]
+
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
 

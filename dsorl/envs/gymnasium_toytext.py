@@ -10,6 +10,8 @@ import numpy as np
 
 from dsorl.mdp import MDP
 
+__all__ = ["from_transition_table", "from_gymnasium"]
+
 
 def from_transition_table(table, initial_distribution, *, dtype=np.float64) -> MDP:
     """An MDP from a Gymnasium-style table `table[s][a] = [(p, s', r, terminated), ...]`.

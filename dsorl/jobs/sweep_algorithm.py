@@ -17,6 +17,8 @@ from dsorl.config import Free
 from dsorl.jobs.sweep_pg import make_env
 from dsorl.sweep import Grid
 
+__all__ = ["DEFAULTS", "load_algorithm", "sweep_spec"]
+
 DEFAULTS = {
     "algorithm": "dsorl.algorithms.pg",
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},
