@@ -44,8 +44,8 @@ def test_bad_configs_are_named(tmp_path, text, overrides, message):
 
 def test_free_mappings_are_replaced_wholesale(tmp_path):
     cfg = config_lib.load_config(_write(tmp_path, "job: sweep_pg\nalgorithm: dynpg\n"
-                                        "grid: {gamma: [0.9], step_scale: [1, 2]}\n"))
-    assert cfg["grid"] == {"gamma": [0.9], "step_scale": [1, 2]}
+                                        "grid: {gamma: [0.9], step_size: [1, 2]}\n"))
+    assert cfg["grid"] == {"gamma": [0.9], "step_size": [1, 2]}
     default = config_lib.load_config(_write(tmp_path, "job: sweep_pg\n"))
     assert default["grid"]["step_size"] == [1.0] and default["sweep"] == config_lib.SWEEP_DEFAULTS
     # the job's DEFAULTS object is not shared with (and so not mutated through) a config

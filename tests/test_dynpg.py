@@ -11,6 +11,7 @@ import pytest
 from dsorl._struct import unchecked
 from dsorl.algorithms import dynpg
 from dsorl.envs.dynpg import sutton_extended, sutton_extended_reference
+from dsorl.episodic import EpisodicMDP
 from dsorl.mdp import MDP
 from dsorl.policies import tabular_softmax
 from helpers import check_compiled_variants, check_variants, random_mdp
@@ -76,7 +77,7 @@ def test_greedy_bandits_give_backward_induction(make):
     """Each bandit solved exactly: V_h = T^h 0 for every h, and the output acts greedily."""
     mdp = make()
     H = 6
-    cfg = dynpg.Config(max_epochs=H, solver="greedy", evaluate=False)
+    cfg = dynpg.Config(n_steps=H, solver="greedy", evaluate=False)
     state, trace = jax.jit(lambda: dynpg.run(mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(GAMMA),
                                              jax.random.key(0), config=cfg))()
     ref = _bellman_iterates(mdp, GAMMA, H)
@@ -92,7 +93,7 @@ def test_exact_dynpg_solves_a_slippery_gridworld():
     mdp = env.mdp
     rho = np.where(env.terminal, 0.0, 1.0)
     mdp = MDP(mdp.P, mdp.R, rho / rho.sum(), action_mask=mdp.action_mask)  # full support
-    cfg = dynpg.Config(max_epochs=30)
+    cfg = dynpg.Config(n_steps=30)
     _, trace = jax.jit(lambda: dynpg.run(mdp, jnp.zeros(mdp.R.shape),
                                          dynpg.HParams(GAMMA, 1.0, 2000.0),
                                          jax.random.key(0), config=cfg))()
@@ -106,7 +107,7 @@ def test_bandit_objective_equals_rollout_enumeration():
     policy first and the frozen ones after it, by enumerating every path."""
     mdp = random_mdp(3, 3, 2)
     H = 3
-    cfg = dynpg.Config(max_epochs=H, schedule="constant")
+    cfg = dynpg.Config(n_steps=H, schedule="constant")
     state, trace = dynpg.run(mdp, jnp.zeros((3, 2)), dynpg.HParams(GAMMA, 1.0, 5.0),
                              jax.random.key(0), config=cfg)
     pis = np.exp(np.asarray(state.log_tail))  # policy of epoch h at row h
@@ -134,7 +135,7 @@ def test_error_bounds_hold_along_a_run():
     mdp = _masked_mdp()
     H = 25
     hp = dynpg.HParams(GAMMA, 1.0, 500.0)  # bandits solved to about 1e-2
-    cfg = dynpg.Config(max_epochs=H)
+    cfg = dynpg.Config(n_steps=H)
     state, trace = dynpg.run(mdp, jnp.zeros((4, 3)), hp, jax.random.key(0), config=cfg)
     P, R, rho, mask = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho, mdp.allowed))
     v_star = _bellman_iterates(mdp, GAMMA, 600)[-1]
@@ -162,9 +163,9 @@ def test_error_bounds_hold_along_a_run():
     np.testing.assert_array_equal(trace.steps, steps)
 
 
-def test_run_variants_over_gamma_and_step_scale():
+def test_run_variants_over_gamma_and_step_size():
     mdp = _masked_mdp()
-    cfg = dynpg.Config(max_epochs=3, optimizer=optax.sgd)
+    cfg = dynpg.Config(n_steps=3, optimizer=optax.sgd)
 
     def final_objective(gamma, scale):
         return dynpg.run(mdp, jnp.zeros((4, 3)), dynpg.HParams(gamma, scale),
@@ -223,11 +224,12 @@ def test_sampled_bandit_gradient_mean_matches_exact():
 def test_sampled_run_counts_interactions_and_learns():
     env = sutton_extended()
     mdp = env.mdp
-    cfg = dynpg.Config(max_epochs=3, estimator="reinforce", max_steps_per_epoch=134,
+    cfg = dynpg.Config(n_steps=3, estimator="reinforce", max_steps_per_epoch=134,
                        episode_length=3, evaluation_sweeps=4)
-    run = jax.jit(jax.vmap(lambda k: dynpg.run(mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(0.99),
-                                               k, config=cfg, reward_std=env.reward_std)))
-    state, (epochs, steps) = run(jax.random.split(jax.random.key(0), 32))
+    run = jax.jit(jax.vmap(lambda k: dynpg.run(env, jnp.zeros(mdp.R.shape), dynpg.HParams(0.99),
+                                               k, config=cfg)))
+    state, epochs = run(jax.random.split(jax.random.key(0), 32))
+    steps = epochs.inner
     # epoch 0 has horizon 1: exactly one interaction per step (every s0 is non-terminal)
     np.testing.assert_array_equal(epochs.interactions[:, 0], 45)
     np.testing.assert_array_equal(epochs.steps[0], [45, 135, 269])
@@ -252,12 +254,12 @@ def test_sparse_sgd_matches_optax_sgd():
     mdp = _masked_mdp()
     out = []
     for optimizer in (None, optax.sgd):
-        cfg = dynpg.Config(max_epochs=3, estimator="reinforce", max_steps_per_epoch=20,
+        cfg = dynpg.Config(n_steps=3, estimator="reinforce", max_steps_per_epoch=20,
                            schedule="constant", optimizer=optimizer, batch_size=2)
-        state, (epochs, steps) = jax.jit(lambda k: dynpg.run(
-            mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(0.9, 0.5, 20.0), k, config=cfg,
-            reward_std=jnp.ones(mdp.R.shape)))(jax.random.key(4))
-        out.append((state.params, steps.objective, epochs.interactions))
+        state, epochs = jax.jit(lambda k: dynpg.run(
+            EpisodicMDP(mdp, jnp.ones(mdp.R.shape)), jnp.zeros(mdp.R.shape),
+            dynpg.HParams(0.9, 0.5, 20.0), k, config=cfg))(jax.random.key(4))
+        out.append((state.params, epochs.inner.objective, epochs.interactions))
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -265,7 +267,7 @@ def test_sparse_sgd_matches_optax_sgd():
 def test_bad_input():
     mdp = _masked_mdp()
     zeros = jnp.zeros((4, 3))
-    cfg = dynpg.Config(max_epochs=2)
+    cfg = dynpg.Config(n_steps=2)
     for gamma in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="gamma"):
             dynpg.run(mdp, zeros, dynpg.HParams(gamma), jax.random.key(0), config=cfg)
@@ -283,18 +285,18 @@ def test_bad_input():
     broken = unchecked(MDP, P=mdp.P, R=mdp.R, rho=mdp.rho, action_mask=jnp.asarray(mask))
     with pytest.raises(ValueError, match="leaves state 2 without actions"):
         dynpg.run(broken, zeros, dynpg.HParams(0.9), jax.random.key(0), config=cfg)
-    with pytest.raises(ValueError, match="leaves state 2 without any action"):
+    with pytest.raises(ValueError, match="leaves state 2 without"):
         MDP(mdp.P, mdp.R, mdp.rho, action_mask=mask)
     with pytest.raises(ValueError, match="max_steps_per_epoch"):
         dynpg.run(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0),
-                  config=dynpg.Config(max_epochs=3, estimator="reinforce",
+                  config=dynpg.Config(n_steps=3, estimator="reinforce",
                                       max_steps_per_epoch=50))
     for bad in (dict(schedule="cosine"), dict(estimator="td"), dict(solver="newton"),
-                dict(max_epochs=0)):
+                dict(n_steps=0)):
         with pytest.raises(ValueError):
             dynpg.run(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0),
-                      config=dynpg.Config(**{"max_epochs": 2, **bad}))
-    with pytest.raises(ValueError, match="step_scale"):
+                      config=dynpg.Config(**{"n_steps": 2, **bad}))
+    with pytest.raises(ValueError, match="step_size"):
         dynpg.run(mdp, zeros, dynpg.HParams(0.9, -1.0), jax.random.key(0), config=cfg)
 
 
@@ -360,13 +362,13 @@ def test_run_interactions_equals_a_numpy_loop():
     env = sutton_extended()
     mdp = env.mdp
     budget, E = 700, 4  # the gamma = 0.9 run ends its 4 epochs and stops learning
-    cfg = dynpg.Config(max_epochs=E, estimator="reinforce", episode_length=3,
+    cfg = dynpg.Config(n_steps=E, estimator="reinforce", episode_length=3,
                        evaluation_sweeps=4)
     gammas = [0.9, 0.99]
     keys = jax.random.split(jax.random.key(7), 2)
     states, traces = jax.jit(jax.vmap(lambda g, k: dynpg.run_interactions(
-        mdp, jnp.zeros(mdp.R.shape), dynpg.HParams(g), k, budget=budget, config=cfg,
-        reward_std=env.reward_std)))(jnp.array(gammas), keys)
+        env, jnp.zeros(mdp.R.shape), dynpg.HParams(g), k, budget=budget, config=cfg)))(
+        jnp.array(gammas), keys)
     for i, gamma in enumerate(gammas):
         objectives, h, frozen, steps = _numpy_dynpg(env, dynpg.HParams(gamma), keys[i],
                                                     budget, E)
@@ -381,7 +383,7 @@ def test_run_interactions_bad_input():
     env = sutton_extended()
     mdp = env.mdp
     zeros = jnp.zeros(mdp.R.shape)
-    cfg = dynpg.Config(max_epochs=2, estimator="reinforce", episode_length=3,
+    cfg = dynpg.Config(n_steps=2, estimator="reinforce", episode_length=3,
                        evaluation_sweeps=4)
     with pytest.raises(ValueError, match="budget"):
         dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0), budget=0,
@@ -391,6 +393,171 @@ def test_run_interactions_bad_input():
         with pytest.raises(ValueError, match="run_interactions"):
             dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0),
                                    budget=5, config=dynpg.Config(**{**vars(cfg), **bad}))
-    for hp, match in ((dynpg.HParams(1.0), "gamma"), (dynpg.HParams(0.9, 0.0), "step_scale")):
+    for hp, match in ((dynpg.HParams(1.0), "gamma"), (dynpg.HParams(0.9, 0.0), "step_size")):
         with pytest.raises(ValueError, match=match):
             dynpg.run_interactions(mdp, zeros, hp, jax.random.key(0), budget=5, config=cfg)
+
+
+# ----------------------------------------------------------------------------------------
+# The algorithm contract (dsorl.algorithms.base): the trace after each epoch, captured and
+# passed problems, dtypes, keys, bad params0.
+
+
+def _objective_of(mdp, theta, gamma):
+    """`rho . V^pi` of the softmax of `theta` by a NumPy solve (independent of dsorl)."""
+    mask = np.asarray(mdp.allowed)
+    z = np.where(mask, np.asarray(theta, float), -np.inf)
+    pi = np.exp(z - z.max(1, keepdims=True))
+    pi /= pi.sum(1, keepdims=True)
+    return float(np.asarray(mdp.rho) @ _value(mdp, pi, gamma))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(solver="greedy"), dict(optimizer=optax.adam),
+                                dict(estimator="reinforce", max_steps_per_epoch=90)])
+def test_trace_records_the_objective_after_each_epoch(kw):
+    mdp = _masked_mdp()
+    cfg = dynpg.Config(n_steps=3, **kw)
+    hp = dynpg.HParams(GAMMA, 0.5 if "optimizer" in kw else 1.0, 30.0)
+    state, trace = dynpg.run(mdp, jnp.zeros((4, 3)), hp, jax.random.key(2), config=cfg,
+                             keep_params=True)
+    assert trace.objective.shape == (3,) and trace.params.shape == (3, 4, 3)
+    np.testing.assert_array_equal(trace.params[-1], state.params)
+    for h in range(3):
+        assert float(trace.objective[h]) == pytest.approx(
+            _objective_of(mdp, trace.params[h], GAMMA), rel=1e-10, abs=1e-12)
+    # grad_norm: the exact bandit gradient's norm at the epoch's policy (0 when greedy)
+    v = np.zeros(4)
+    for h in range(3):
+        q = np.asarray(mdp.R) + GAMMA * np.asarray(mdp.P) @ v
+        g = dynpg.softmax_bandit_gradient(trace.params[h], jnp.asarray(q), mdp.rho,
+                                          mdp.action_mask)
+        assert float(trace.grad_norm[h]) == pytest.approx(float(jnp.linalg.norm(g)),
+                                                          rel=1e-9, abs=1e-12)
+        v = np.asarray(trace.tail_value[h])
+    if kw.get("solver") == "greedy":
+        np.testing.assert_allclose(trace.grad_norm, 0, atol=1e-12)
+    np.testing.assert_array_equal(state.params0, 0)  # every epoch restarts there
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(estimator="reinforce", max_steps_per_epoch=40,
+                                             schedule="constant")])
+def test_jit_vmap_with_the_problem_captured_or_passed(kw):
+    """`validate` reads only concrete host arrays: an MDP captured in a closure under
+    jit(vmap) runs (without an action mask, `mdp.allowed` would be a traced array there:
+    TracerArrayConversionError before), and equals the MDP passed."""
+    env = EpisodicMDP(_masked_mdp(), jnp.full((4, 3), 0.5))
+    cfg = dynpg.Config(n_steps=3, **kw)
+    hp = dynpg.HParams(GAMMA, 0.5, 40.0)
+    keys = jax.random.split(jax.random.key(3), 3)
+    zeros = jnp.zeros((4, 3))
+    for problem in (random_mdp(3, 4, 3), env.mdp, env):
+        captured = jax.jit(jax.vmap(lambda k: dynpg.run(problem, zeros, hp, k, config=cfg)))(keys)
+        passed = jax.jit(jax.vmap(lambda p, k: dynpg.run(p, zeros, hp, k, config=cfg),
+                                  in_axes=(None, 0)))(problem, keys)
+        for a, b in zip(jax.tree_util.tree_leaves(captured), jax.tree_util.tree_leaves(passed)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_run_interactions_with_the_problem_captured_or_passed():
+    from dsorl.envs.chains import committal_chain
+
+    chain = committal_chain(4, 0.9)
+    env = chain._replace(reward_std=jnp.full((5, 2), 0.3))
+    bcfg = dynpg.Config(n_steps=2, estimator="reinforce", episode_length=4)
+    z = jnp.zeros(env.mdp.R.shape)
+    keys = jax.random.split(jax.random.key(3), 3)
+    captured = jax.jit(jax.vmap(lambda k: dynpg.run_interactions(
+        env, z, dynpg.HParams(0.9), k, budget=60, config=bcfg)))(keys)
+    passed = jax.jit(jax.vmap(lambda e, k: dynpg.run_interactions(
+        e, z, dynpg.HParams(0.9), k, budget=60, config=bcfg), in_axes=(None, 0)))(env, keys)
+    for a, b in zip(jax.tree_util.tree_leaves(captured), jax.tree_util.tree_leaves(passed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float32_problem_stays_float32():
+    base = _masked_mdp()
+    mdp = MDP(np.asarray(base.P, np.float32), np.asarray(base.R, np.float32),
+              np.asarray(base.rho, np.float32), action_mask=base.action_mask)
+    zeros = jnp.zeros((4, 3), jnp.float32)
+    for cfg in (dynpg.Config(n_steps=3),
+                dynpg.Config(n_steps=2, estimator="reinforce", max_steps_per_epoch=90)):
+        state, trace = jax.jit(lambda k: dynpg.run(mdp, zeros, dynpg.HParams(0.9), k,
+                                                   config=cfg))(jax.random.key(0))
+        for x in (state.params, state.tail_value, trace.objective, trace.grad_norm,
+                  trace.step_size):
+            assert x.dtype == jnp.float32
+        assert np.all(np.isfinite(np.asarray(trace.objective)))
+    cfg = dynpg.Config(n_steps=2, estimator="reinforce", episode_length=4)
+    state, trace = dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), jax.random.key(0),
+                                          budget=30, config=cfg, keep_params=True)
+    assert state.params.dtype == trace.objective.dtype == trace.params.dtype == jnp.float32
+
+
+def test_keys_params0_and_problem_errors():
+    mdp = _masked_mdp()
+    zeros = jnp.zeros((4, 3))
+    exact = dynpg.Config(n_steps=2)
+    # exact runs are deterministic: no key needed, any key gives the same numbers
+    a = dynpg.run(mdp, zeros, dynpg.HParams(0.9), config=exact)[1].objective
+    b = dynpg.run(mdp, zeros, dynpg.HParams(0.9), jax.random.key(5), config=exact)[1].objective
+    np.testing.assert_array_equal(a, b)
+    sampled = dynpg.Config(n_steps=2, estimator="reinforce", max_steps_per_epoch=90)
+    with pytest.raises(ValueError, match="explicit key"):
+        dynpg.run(mdp, zeros, dynpg.HParams(0.9), config=sampled)
+    with pytest.raises(ValueError, match="explicit key"):
+        dynpg.run_interactions(mdp, zeros, dynpg.HParams(0.9), None, budget=5,
+                               config=dynpg.Config(n_steps=2, estimator="reinforce"))
+    with pytest.raises(ValueError, match=r"params0 must have shape \(4, 3\)"):
+        dynpg.run(mdp, jnp.zeros((4, 2)), dynpg.HParams(0.9), config=exact)
+    with pytest.raises(ValueError, match=r"params0 must have shape \(4, 3\)"):
+        dynpg.run_interactions(mdp, jnp.zeros(3), dynpg.HParams(0.9), jax.random.key(0),
+                               budget=5, config=dynpg.Config(n_steps=2, estimator="reinforce"))
+    with pytest.raises(ValueError, match="params0.*not finite"):
+        dynpg.run(mdp, zeros.at[1, 2].set(jnp.nan), dynpg.HParams(0.9), config=exact)
+    with pytest.raises(ValueError, match="reward_std"):
+        dynpg.run(EpisodicMDP(mdp, -jnp.ones((4, 3))), zeros, dynpg.HParams(0.9), config=exact)
+    with pytest.raises(TypeError, match="dsorl.MDP"):
+        dynpg.run({"P": mdp.P}, zeros, dynpg.HParams(0.9), config=exact)
+
+
+def test_run_interactions_final_params_and_keep_params():
+    """`BudgetState.params` is the policy the last trace row evaluated, `keep_params` the
+    policy of every row; `epoch_params` rows are the epochs' final logits."""
+    env = sutton_extended()
+    mdp = env.mdp
+    cfg = dynpg.Config(n_steps=3, estimator="reinforce", episode_length=3, evaluation_sweeps=4)
+    state, trace = dynpg.run_interactions(env, jnp.zeros(mdp.R.shape), dynpg.HParams(0.9),
+                                          jax.random.key(1), budget=150, config=cfg,
+                                          keep_params=True)
+    assert trace.params.shape == (150,) + mdp.R.shape
+    np.testing.assert_array_equal(trace.params[-1], state.params)
+    for i in (0, 44, 45, 120, 149):
+        assert float(trace.objective[i]) == pytest.approx(
+            _objective_of(mdp, trace.params[i], 0.9), rel=1e-10, abs=1e-12)
+    h = int(state.epoch)
+    assert h >= 1
+    np.testing.assert_array_equal(state.epoch_params[h], state.params)
+    without = dynpg.run_interactions(env, jnp.zeros(mdp.R.shape), dynpg.HParams(0.9),
+                                     jax.random.key(1), budget=150, config=cfg)[1]
+    assert without.params is None
+    np.testing.assert_array_equal(without.objective, trace.objective)
+
+
+def test_sweep_over_step_size_validates_the_grid():
+    """The module is an algorithm for `dsorl.sweep`: a bad grid value is named."""
+    from dsorl import sweep
+
+    mdp = _masked_mdp()
+    grid = sweep.Grid(gamma=[0.5, 0.9], step_size=[0.5, 1.0])
+    result = sweep.sweep(dynpg, mdp, grid, config=dynpg.Config(n_steps=3),
+                         params0=jnp.zeros((4, 3)),
+                         metrics=lambda s, t, m: {"objective": t.objective[-1]})
+    rows = result.rows()
+    for row in rows:
+        direct = dynpg.run(mdp, jnp.zeros((4, 3)), dynpg.HParams(row["gamma"], row["step_size"]),
+                           config=dynpg.Config(n_steps=3))[1].objective[-1]
+        assert row["objective"] == pytest.approx(float(direct), rel=1e-12)
+    with pytest.raises(ValueError, match="step_size"):
+        sweep.sweep(dynpg, mdp, sweep.Grid(gamma=[0.9], step_size=[-1.0]),
+                    config=dynpg.Config(n_steps=3), params0=jnp.zeros((4, 3)),
+                    metrics=lambda s, t, m: {"objective": t.objective[-1]})

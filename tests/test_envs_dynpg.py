@@ -177,3 +177,22 @@ def test_facts_carried_from_the_authors_configuration():
     facts = SUTTON_EXTENDED
     assert facts["experiment"]["runs"] == 2000 and facts["experiment"]["epsilon"] == 0.01
     assert facts["actions_per_state"] == (0, 300, 3, 0, 5, 5, 0)
+
+
+def test_episodic_container_lives_beside_the_mdp():
+    """Algorithms take `dsorl.episodic.EpisodicMDP`; the environments build that class."""
+    from dsorl import episodic
+    from dsorl.envs import dynpg as envs_dynpg
+
+    assert envs_dynpg.EpisodicMDP is episodic.EpisodicMDP
+    assert isinstance(sutton_extended(), episodic.EpisodicMDP)
+    assert isinstance(committal_chain(3, 0.9), episodic.EpisodicMDP)
+    assert isinstance(gridworld(["S.G"]), episodic.EpisodicMDP)
+    env = sutton_extended()
+    mdp, std = episodic.mdp_and_noise(env)
+    assert mdp is env.mdp and std.dtype == mdp.R.dtype
+    np.testing.assert_array_equal(std, env.reward_std)
+    mdp, std = episodic.mdp_and_noise(env.mdp)
+    np.testing.assert_array_equal(std, 0)
+    with pytest.raises(TypeError, match="dsorl.MDP"):
+        episodic.problem_mdp(np.zeros(3))

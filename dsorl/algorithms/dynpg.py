@@ -11,12 +11,20 @@ with `V_0 = 0` and, after the epoch, `V_{h+1}(s) = sum_a pi_h(a|s) Q_h(s, a)` (`
 policy the epoch ends with). The context law `mu` is the MDP's initial law `rho` and must
 charge every non-terminal state. The output is the newest policy, used stationarily.
 
+The algorithm contract (`dsorl.algorithms.base`): **one step of the driver is one epoch**
+and `Config.n_steps` counts epochs (the horizon of the output policy). An epoch is the
+unit DynPG is defined by: it solves one contextual bandit and freezes its policy, and the
+number of gradient steps inside it, `N_h`, is data-dependent (traced: it depends on the
+swept `gamma` and `steps_coefficient` through the authors' schedule), so it cannot be a
+static count of driver steps. `State.params0` holds the logits every epoch restarts from.
+
 Schedule (the authors' code; `schedule="adaptive"`, the default): `theta` restarts at
 `params0` (zeros: uniform) each epoch, step size `eta_h = 2 s / c_h` and
 `N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))` steps, `c_h = (1 - gamma^(h+1)) / (1 - gamma)`
-(the bandit's reward scale), with `s = step_scale = 1` and `k = steps_coefficient = 45`
-(the ceiling is of the exact number: rounding errors of 1e-12 relative are shaved off).
-`schedule="constant"`: `eta_h = step_scale`, `N_h = steps_coefficient`.
+(the bandit's reward scale), with `s = step_size = 1` (`HParams.step_size` multiplies the
+schedule's step size) and `k = steps_coefficient = 45` (the ceiling is of the exact
+number: rounding errors of 1e-12 relative are shaved off).
+`schedule="constant"`: `eta_h = step_size`, `N_h = ceil(steps_coefficient)`.
 
 Error bounds checked by the tests (approximate dynamic programming, e.g. Bertsekas &
 Tsitsiklis 1996, §6.2, the error propagation behind Klein et al.'s analysis): with the
@@ -24,11 +32,14 @@ bandit gaps `delta_h(s) = max_a Q_h(s, a) - V_{h+1}(s) >= 0` and `V*` the optima
     ||V* - V_{h+1}||_inf <= gamma ||V* - V_h||_inf + ||delta_h||_inf,
     ||V* - V^{pi_h}||_inf <= (2 gamma ||V* - V_h||_inf + ||delta_h||_inf) / (1 - gamma).
 
-Gradients: `estimator="exact"` uses the closed form of `softmax_bandit_gradient`;
+Problems: a `dsorl.MDP`, or a `dsorl.episodic.EpisodicMDP` whose `reward_std[S, A]` adds
+Gaussian noise to sampled rewards. Gradients: `estimator="exact"` uses the closed form of
+`softmax_bandit_gradient` (deterministic; `key` may be None);
 `estimator="reinforce"` samples `batch_size` episodes per step (`s_0 ~ mu`,
 `a_0 ~ pi_theta`, later actions from the frozen policies) and uses
 `grad log pi_theta(a_0|s_0) sum_{t<=h} gamma^t r_t`, counting environment interactions
-exactly (steps taken from non-terminal states).
+exactly (steps taken from non-terminal states). Keys: epoch `h` gets `fold_in(key, h)`
+(the driver's), its gradient step `k` `fold_in(fold_in(key, h), k)`.
 
 `run_interactions` runs sampled DynPG (one episode per step, plain SGD) for a budget of
 environment interactions as one scan with one interaction per step: the same algorithm
@@ -37,7 +48,8 @@ and one policy row per update (`run` pads every epoch to `max_steps_per_epoch` s
 every episode to `episode_length` steps).
 """
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+import sys
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,41 +58,46 @@ import optax
 from jax import lax
 
 from dsorl import _checks
+from dsorl.algorithms import base
+from dsorl.episodic import check_reward_std, mdp_and_noise, problem_mdp
 from dsorl.estimators.reinforce import absorbing_states, interactions
-from dsorl.objectives import chain_objective, policy_objective, softmax_rows
-from dsorl.sampling import draw, sample_episode
 from dsorl.mdp import MDP
+from dsorl.objectives import chain_objective, policy_objective, softmax_rows
+from dsorl.optim import ascent
 from dsorl.policies import tabular_softmax
+from dsorl.sampling import draw, sample_episode
 
 Array = jax.Array
 
 
 class HParams(NamedTuple):
-    """Swept numbers (traced): discount `gamma`, `step_scale` and `steps_coefficient` of
-    the schedule (see the module docstring)."""
+    """Swept numbers (traced): discount `gamma`; `step_size` `s`, the factor of the
+    schedule's step size (`eta_h = 2 s / c_h` adaptive, `eta_h = s` constant); the
+    `steps_coefficient` `k` of its step counts (see the module docstring)."""
 
     gamma: Array
-    step_scale: Array = 1.0
+    step_size: Array = 1.0
     steps_coefficient: Array = 45.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Static choices. `max_epochs`: number of epochs (horizon of the output policy);
-    `schedule`: "adaptive" (authors) or "constant"; `optimizer`: `lr -> optax
-    GradientTransformation` (applied to the negated gradient, so it ascends), or None for
-    plain gradient ascent `theta += eta g` (the authors'; in sampled runs it updates only
-    the sampled rows, with the same numbers as `optax.sgd`);
+    """Static choices. `n_steps`: number of epochs (one driver step is one epoch, see the
+    module docstring; the horizon of the output policy); `schedule`: "adaptive" (authors)
+    or "constant"; `optimizer`: `lr -> optax GradientTransformation` (fed the gradient via
+    `dsorl.optim.ascent`, so it ascends), or None for plain gradient ascent
+    `theta += eta g` (the authors'; in sampled runs it updates only the sampled rows, with
+    the same numbers as `optax.sgd`);
     `estimator`: "exact" or "reinforce"; `solver`: "gradient" or "greedy" (each bandit
     solved exactly by argmax: DynPG is then backward induction); `evaluate`: trace the
     exact stationary value of the newest policy. Sampled runs only: `batch_size`
     episodes per step, `max_steps_per_epoch` (static scan length; steps past `N_h` are
     masked; must be >= every `N_h`), `episode_length` (static rollout length, default
-    `max_epochs`; an episodic MDP needs no more than its longest episode).
+    `n_steps`; an episodic MDP needs no more than its longest episode).
     `evaluation_sweeps`: evaluate by that many Bellman sweeps instead of a solve (exact
     when every episode ends within that many steps; much cheaper in large vmaps)."""
 
-    max_epochs: int
+    n_steps: int
     schedule: str = "adaptive"
     optimizer: Optional[Callable] = None
     estimator: str = "exact"
@@ -93,57 +110,66 @@ class Config:
 
 
 class State(NamedTuple):
-    """After `epoch` epochs: `params` of the newest policy (the output), `tail_value`
-    `V_epoch[S]`, `log_tail[max_epochs, S, A]` (log-policies of the frozen epochs, oldest
-    first), gradient `steps` and environment `interactions` so far, the PRNG `key`."""
+    """After `epoch` epochs: `params[S, A]` the newest policy's logits (the output; for
+    `solver="greedy"` the greedy logits, 0 on the argmax and a very negative number
+    elsewhere), `params0[S, A]` the logits every epoch restarts from, `tail_value[S]`
+    `V_epoch`, `log_tail[n_steps, S, A]` (log-policies of the frozen epochs, oldest first;
+    rows not reached hold the uniform policy), gradient `steps` and environment
+    `interactions` so far."""
 
     epoch: Array
     params: Array
+    params0: Array
     tail_value: Array
     log_tail: Array
     steps: Array
     interactions: Array
-    key: Array
 
 
-class EpochTrace(NamedTuple):
-    """One row per epoch `h`: cumulative `steps` and `interactions` at its end, the
-    step size `eta` and step count `n_steps` used, `objective` = `mu . V^{pi_h}` (the
-    newest policy used stationarily; NaN unless `evaluate`), `bandit_gap[S]` = `delta_h`,
-    `tail_value[S]` = `V_{h+1}`."""
-
-    steps: Array
-    interactions: Array
-    eta: Array
-    n_steps: Array
-    objective: Array
-    bandit_gap: Array
-    tail_value: Array
-
-
-class StepTrace(NamedTuple):
-    """Sampled runs, shape `[max_epochs, max_steps_per_epoch]`: `valid` (step taken),
-    `interactions` used before the step, and the `objective` of `pi_theta` (stationary)
-    before the step (NaN unless `evaluate`); the policy after an epoch's last step is in
-    the `EpochTrace`."""
+class InnerTrace(NamedTuple):
+    """Sampled runs, one row per gradient step of an epoch (`[max_steps_per_epoch]` per
+    epoch): `valid` (step taken), `interactions` used before the step, and the `objective`
+    of `pi_theta` (stationary) before the step (NaN unless `evaluate`); the policy after
+    an epoch's last step is in the `Trace` row."""
 
     valid: Array
     interactions: Array
     objective: Array
 
 
+class Trace(NamedTuple):
+    """One row per epoch `h`, after it: cumulative gradient `steps` and `interactions`,
+    the `step_size` `eta_h` and step count `inner_steps` `N_h` it used, `objective`
+    `mu . V^{pi_h}` (the newest policy used stationarily; NaN unless `evaluate`),
+    `grad_norm` `||grad J_h||` of the exact bandit gradient at `pi_h` (how well the
+    bandit was solved), `bandit_gap[S]` `delta_h`, `tail_value[S]` `V_{h+1}`; `inner`: the
+    `InnerTrace[max_steps_per_epoch]` of sampled runs (None for exact ones)."""
+
+    steps: Array
+    interactions: Array
+    step_size: Array
+    inner_steps: Array
+    objective: Array
+    grad_norm: Array
+    bandit_gap: Array
+    tail_value: Array
+    inner: Any = None
+    params: Any = None
+
+
 def epoch_schedule(epoch, hparams: HParams, kind: str = "adaptive", xp=jnp):
     """`(eta_h, N_h)` of epoch `h` (0-based). Adaptive (Klein et al.'s code):
     `eta_h = 2 s (1 - gamma) / (1 - gamma^(h+1))`, `N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))`;
-    constant: `(s, ceil(k))`. `xp=numpy` evaluates it on the host (for validation)."""
+    constant: `(s, ceil(k))`; `s = step_size`, `k = steps_coefficient`. `xp=numpy`
+    evaluates it on the host (for validation)."""
     gamma = xp.asarray(hparams.gamma)
     if kind == "constant":
         steps = xp.ceil(xp.asarray(hparams.steps_coefficient, gamma.dtype))
-        return xp.asarray(hparams.step_scale, gamma.dtype) + 0 * epoch, steps.astype(xp.int32)
+        return xp.asarray(hparams.step_size, gamma.dtype) + 0 * epoch, steps.astype(xp.int32)
     if kind != "adaptive":
         raise ValueError(f"schedule must be 'adaptive' or 'constant', got {kind!r}.")
     span = 1 - gamma ** (epoch + 1)
-    eta = 2 * hparams.step_scale * (1 - gamma) / span
+    eta = 2 * hparams.step_size * (1 - gamma) / span
     # ceil of the exact number: shave the rounding error of the division (45 (1 - g) / (1 - g)
     # evaluates to 45.00000000000001 for g = 0.99)
     n = xp.ceil(hparams.steps_coefficient * span / (1 - gamma) * (1 - 1e-12))
@@ -154,34 +180,65 @@ def softmax_bandit_gradient(theta: Array, q: Array, mu: Array, mask: Optional[Ar
     """Exact gradient of `J(theta) = sum_s mu(s) sum_a pi_theta(a|s) q(s, a)` for the
     tabular softmax: `dJ/dtheta[s, a] = mu(s) pi(a|s) (q(s, a) - sum_b pi(b|s) q(s, b))`
     (Klein et al., arXiv 2411.04913; Mei et al. 2020, Lemma 1, bandit case). `[S, A]`."""
-    pi = tabular_softmax(*theta.shape, mask).probs(theta)
+    return _bandit_gradient(tabular_softmax(*theta.shape, mask).probs(theta), q, mu)
+
+
+def _bandit_gradient(pi, q, mu):
+    """`softmax_bandit_gradient` from the policy `pi[S, A]` instead of its logits."""
     q = jnp.where(pi > 0, q, 0)
     v = jnp.sum(pi * q, axis=-1, keepdims=True)
     return mu[:, None] * pi * (q - v)
 
 
-def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
-    """Raise `ValueError` for bad concrete inputs: gamma outside [0, 1), a context law
-    (`mdp.rho`) without full support on the non-terminal states, an action mask that
-    leaves a state without actions, bad static choices."""
-    _checks.check_discount(hparams.gamma)
-    _checks.check_positive("step_scale", hparams.step_scale)
-    _checks.check_positive("steps_coefficient", hparams.steps_coefficient)
-    if config.max_epochs < 1:
-        raise ValueError(f"max_epochs = {config.max_epochs} must be >= 1.")
+def uses_key(config: Config) -> bool:
+    """Only sampled runs draw random numbers."""
+    return config.estimator != "exact"
+
+
+def expected_params(problem, config: Config):
+    """`params0` is a logit table `[S, A]`."""
+    return tuple(problem_mdp(problem).R.shape)
+
+
+def validate(problem, hparams: HParams, config: Config) -> None:
+    """Raise `ValueError` for bad concrete inputs: gamma outside [0, 1), a non-positive
+    `step_size` or `steps_coefficient`, a context law (`mdp.rho`) without full support on
+    the non-terminal states, an action mask that leaves a state without actions, negative
+    reward noise, bad static choices, and (sampled runs) a `max_steps_per_epoch` below the
+    schedule's longest epoch. Traced problems and hparams pass unchecked."""
+    _validate(problem, hparams, config)
+    if config.estimator != "reinforce" or not _checks.is_concrete(hparams):
+        return
+    # sampled epochs are scans of max_steps_per_epoch steps: that must cover every N_h
+    epochs = np.arange(config.n_steps)[:, None]
+    batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
+    need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
+    if config.max_steps_per_epoch < need:
+        raise ValueError(f"max_steps_per_epoch = {config.max_steps_per_epoch} is below"
+                         f" the schedule's largest epoch ({need} steps).")
+
+
+def _validate(problem, hparams: HParams, config: Config) -> None:
+    """`validate` without the epoch-length check (shared with `run_interactions`)."""
+    mdp = problem_mdp(problem)
+    base.check_discount(hparams.gamma)
+    base.check_positive("step_size", hparams.step_size)
+    base.check_positive("steps_coefficient", hparams.steps_coefficient)
+    n = config.n_steps
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"config.n_steps = {n!r} must be an int >= 1 (the number of epochs).")
     for name, value, allowed in (("schedule", config.schedule, ("adaptive", "constant")),
                                  ("estimator", config.estimator, ("exact", "reinforce")),
                                  ("solver", config.solver, ("gradient", "greedy"))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
-    if not _checks.is_concrete(mdp):
+    check_reward_std(problem)
+    _checks.check_actions_available(mdp.action_mask)
+    if not base.is_concrete(mdp):
         return
-    allowed = np.asarray(mdp.allowed)
-    empty = np.flatnonzero(~allowed.any(axis=1))
-    if empty.size:
-        raise ValueError(f"the action mask leaves state {empty[0]} without actions; only a"
-                         " terminal state may lose its actions, and it must keep one"
-                         " absorbing zero-reward action.")
+    # host arrays only (`mdp.allowed` would build a traced array inside jit)
+    allowed = (np.ones(np.shape(mdp.R), bool) if mdp.action_mask is None
+               else np.asarray(mdp.action_mask, bool))
     P, R = np.asarray(mdp.P), np.asarray(mdp.R)
     stay = np.diagonal(P, axis1=0, axis2=2).T
     terminal = np.all(((stay == 1) & (R == 0)) | ~allowed, axis=-1)  # as absorbing_states
@@ -193,99 +250,86 @@ def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
                          " full support on the non-terminal states.")
 
 
-def _check_epoch_length(hparams: HParams, config: Config) -> None:
-    """`run`'s sampled epochs are scans of `max_steps_per_epoch` steps: that must cover
-    the schedule's longest epoch (checked on concrete hparams)."""
-    if config.estimator != "reinforce" or not _checks.is_concrete(hparams):
-        return
-    epochs = np.arange(config.max_epochs)[:, None]
-    batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
-    need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
-    if config.max_steps_per_epoch < need:
-        raise ValueError(f"max_steps_per_epoch = {config.max_steps_per_epoch} is below"
-                         f" the schedule's largest epoch ({need} steps).")
-
-
-def init(mdp: MDP, params0: Array, key: Array, config: Config) -> State:
-    """The state before epoch 0: `V_0 = 0`, no step taken (unused `log_tail` rows hold
-    the uniform policy)."""
+def init(problem, params0: Array, hparams: HParams, key: Array, *, config: Config) -> State:
+    """The state before epoch 0: `V_0 = 0`, no step taken, `params = params0`."""
+    del hparams, key
+    mdp = problem_mdp(problem)
     S, A = mdp.R.shape
     dtype = mdp.R.dtype
+    params0 = jnp.asarray(params0, dtype)
     uniform = tabular_softmax(S, A, mdp.action_mask).log_probs(jnp.zeros((S, A), dtype))
-    return State(epoch=jnp.int32(0), params=jnp.asarray(params0, dtype),
+    return State(epoch=jnp.int32(0), params=params0, params0=params0,
                  tail_value=jnp.zeros(S, dtype),
-                 log_tail=jnp.broadcast_to(uniform, (config.max_epochs, S, A)),
-                 steps=jnp.int32(0), interactions=jnp.int32(0), key=key)
+                 log_tail=jnp.broadcast_to(uniform, (config.n_steps, S, A)),
+                 steps=jnp.int32(0), interactions=jnp.int32(0))
 
 
-def run(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, config: Config,
-        reward_std: Optional[Array] = None):
-    """A whole DynPG run: `max_epochs` epochs as one `lax.scan` -> `(State, trace)`.
+def step(problem, state: State, hparams: HParams, key: Array, *, config: Config):
+    """One epoch (the horizon grows by one) -> `(State, Trace row)`; see `run`."""
+    mdp, std = mdp_and_noise(problem)
+    if config.estimator == "exact":
+        return _exact_epoch(mdp, state, hparams, config)
+    return _sampled_epoch(mdp, std, state, hparams, key, config)
 
-    `params0[S, A]`: the logits each epoch restarts from (zeros in the paper);
-    `reward_std[S, A]`: Gaussian reward noise of sampled episodes (default none).
-    `trace` is an `EpochTrace` (rows = epochs), plus a `StepTrace` for sampled runs
-    (`(EpochTrace, StepTrace)`). Jittable; vmap over `params0`, `hparams`, `key`.
+
+def run(problem, params0: Array, hparams: HParams, key: Optional[Array] = None, *,
+        config: Config, keep_params: bool = False):
+    """A whole DynPG run: `config.n_steps` epochs as one `lax.scan` -> `(State, Trace)`.
+
+    `problem`: an `MDP` or an `EpisodicMDP` (Gaussian reward noise of sampled episodes);
+    `params0[S, A]`: the logits each epoch restarts from (zeros in the paper); `key`:
+    None for exact runs. `Trace` rows are epochs (`trace.inner`: the gradient steps of
+    sampled runs). `dsorl.algorithms.base.run` on this module: jittable; vmap over the
+    problem, `params0`, `hparams`, `key`.
     """
-    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
-    validate(mdp, hparams, config)
-    _check_epoch_length(hparams, config)
-    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
-
-    def body(state, _):
-        return step(mdp, params0, hparams, state, config=config, reward_std=std)
-
-    return lax.scan(body, init(mdp, params0, key, config), None, length=config.max_epochs)
-
-
-def step(mdp: MDP, params0: Array, hparams: HParams, state: State, *, config: Config,
-         reward_std: Optional[Array] = None):
-    """One epoch (the horizon grows by one) -> `(State, trace row)`; see `run`."""
-    std = jnp.zeros_like(mdp.R) if reward_std is None else reward_std
-    epoch = _exact_epoch if config.estimator == "exact" else _sampled_epoch
-    return epoch(mdp, params0, hparams, config, std, state)
+    return base.run(sys.modules[__name__], problem, params0, hparams, key, config=config,
+                    keep_params=keep_params)
 
 
 def _bandit_q(mdp: MDP, gamma, tail_value):
     return jnp.where(mdp.allowed, mdp.R + gamma * mdp.P @ tail_value, 0)
 
 
-def _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps, interactions_):
+def _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps, interactions_,
+                  inner=None):
     """Freeze `pi_theta`, update `V`, and write the epoch's trace row."""
     policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
     if config.solver == "greedy":
         best = jnp.argmax(jnp.where(mdp.allowed, q, -jnp.inf), axis=-1)
         log_pi = jnp.where(jax.nn.one_hot(best, q.shape[-1], dtype=q.dtype) > 0, 0,
                            jnp.finfo(q.dtype).min / 2)
+        theta = log_pi  # logits of the greedy policy
     else:
         log_pi = policy.log_probs(theta)
     pi = jnp.exp(log_pi)
     value = jnp.sum(pi * q, axis=-1)
     gap = jnp.max(jnp.where(mdp.allowed, q, -jnp.inf), axis=-1) - value
     objective = _objective(mdp, pi, hparams.gamma, config)
-    new = State(epoch=state.epoch + 1, params=theta, tail_value=value,
-                log_tail=state.log_tail.at[state.epoch].set(log_pi),
-                steps=state.steps + n_steps, interactions=interactions_, key=state.key)
-    row = EpochTrace(new.steps, new.interactions, eta, n_steps, objective, gap, value)
+    new = state._replace(epoch=state.epoch + 1, params=theta, tail_value=value,
+                         log_tail=state.log_tail.at[state.epoch].set(log_pi),
+                         steps=state.steps + n_steps, interactions=interactions_)
+    row = Trace(new.steps, new.interactions, eta, n_steps, objective,
+                base.tree_norm(_bandit_gradient(pi, q, mdp.rho)), gap, value, inner)
     return new, row
 
 
-def _exact_epoch(mdp, params0, hparams, config, std, state):
-    del std
+def _exact_epoch(mdp, state, hparams, config):
+    """The bandit solved by `N_h` exact gradient steps: a `fori_loop`, not
+    `dsorl.optim.maximise`, because `N_h` is traced and the gradient is in closed form."""
     q = _bandit_q(mdp, hparams.gamma, state.tail_value)
     eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
     if config.solver == "greedy":
         n_steps = jnp.int32(0)
-    tx = (config.optimizer or optax.sgd)(eta)
-    theta = jnp.asarray(params0, q.dtype)
+    tx = ascent((config.optimizer or optax.sgd)(eta))
+    theta = state.params0
 
-    def step(_, carry):
+    def body(_, carry):
         theta, opt_state = carry
         grad = softmax_bandit_gradient(theta, q, mdp.rho, mdp.action_mask)
-        updates, opt_state = tx.update(-grad, opt_state, theta)
+        updates, opt_state = tx.update(grad, opt_state, theta)
         return optax.apply_updates(theta, updates), opt_state
 
-    theta, _ = lax.fori_loop(0, n_steps, step, (theta, tx.init(theta)))
+    theta, _ = lax.fori_loop(0, n_steps, body, (theta, tx.init(theta)))
     return _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps,
                          state.interactions)
 
@@ -327,73 +371,74 @@ def _bandit_rows(key, mdp, pi, tail, epoch, gamma, batch_size, length, reward_st
     return s0, rows, used
 
 
-def _sampled_epoch(mdp, params0, hparams, config, std, state):
+def _sampled_epoch(mdp, std, state, hparams, key, config):
+    """`max_steps_per_epoch` sampled steps as one scan (those past `N_h` masked); step `k`
+    draws its episodes with `fold_in(key, k)`."""
     q = _bandit_q(mdp, hparams.gamma, state.tail_value)
     eta, n_steps = epoch_schedule(state.epoch, hparams, config.schedule)
     policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
     tail = jnp.exp(state.log_tail)
-    length = config.episode_length or config.max_epochs
-    theta = jnp.asarray(params0, q.dtype)
-    if config.optimizer is None:
-        step, carry = _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps,
-                                       theta, length)
-    else:
-        tx = config.optimizer(eta)
+    length = config.episode_length or config.n_steps
+    theta = state.params0
 
-        def step(carry, k):
-            theta, opt_state, count, key = carry
-            key, sub = jax.random.split(key)
+    def episodes(pi, k):
+        return _bandit_rows(jax.random.fold_in(key, k), mdp, pi, tail, state.epoch,
+                            hparams.gamma, config.batch_size, length, std)
+
+    if config.optimizer is None:
+        body, carry = _sparse_sgd_step(mdp, hparams, config, state, episodes, eta, n_steps,
+                                       theta)
+    else:
+        tx = ascent(config.optimizer(eta))
+
+        def body(carry, k):
+            theta, opt_state, count = carry
             pi = policy.probs(theta)
-            s0, rows, used = _bandit_rows(sub, mdp, pi, tail, state.epoch, hparams.gamma,
-                                          config.batch_size, length, std)
+            s0, rows, used = episodes(pi, k)
             grad = jnp.zeros_like(theta).at[s0].add(rows) / config.batch_size
             live = k < n_steps
-            row = StepTrace(live, count, _objective(mdp, pi, hparams.gamma, config))
-            updates, new_opt = tx.update(-grad, opt_state, theta)
+            row = InnerTrace(live, count, _objective(mdp, pi, hparams.gamma, config))
+            updates, new_opt = tx.update(grad, opt_state, theta)
             theta = jnp.where(live, optax.apply_updates(theta, updates), theta)
             opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,
                                                opt_state)
-            return (theta, opt_state, count + jnp.where(live, used, 0), key), row
+            return (theta, opt_state, count + jnp.where(live, used, 0)), row
 
-        carry = (theta, tx.init(theta), state.interactions, state.key)
-    carry, steps = lax.scan(step, carry, jnp.arange(config.max_steps_per_epoch))
-    theta, count, key = carry[0], carry[-2], carry[-1]
-    new, row = _finish_epoch(mdp, hparams, config, state._replace(key=key), theta, q, eta,
-                             n_steps, count)
-    return new, (row, steps)
+        carry = (theta, tx.init(theta), state.interactions)
+    carry, inner = lax.scan(body, carry, jnp.arange(config.max_steps_per_epoch))
+    theta, count = carry[0], carry[-1]
+    return _finish_epoch(mdp, hparams, config, state, theta, q, eta, n_steps, count, inner)
 
 
-def _sparse_sgd_step(mdp, hparams, config, std, state, tail, eta, n_steps, theta, length):
+def _sparse_sgd_step(mdp, hparams, config, state, episodes, eta, n_steps, theta):
     """Plain SGD touching only the rows of the sampled contexts: the same numbers as
     `optax.sgd`, but `pi` and the chain `(P_pi, r_pi)` are updated row by row instead of
     recomputed, which keeps a step's memory traffic to a few rows (large vmaps are
     memory-bound)."""
-    def step(carry, k):
-        theta, pi, P_pi, r_pi, count, key = carry
-        key, sub = jax.random.split(key)
-        s0, rows, used = _bandit_rows(sub, mdp, pi, tail, state.epoch, hparams.gamma,
-                                      config.batch_size, length, std)
+    def body(carry, k):
+        theta, pi, P_pi, r_pi, count = carry
+        s0, rows, used = episodes(pi, k)
         live = k < n_steps
         value = _chain_objective(mdp, P_pi, r_pi, hparams.gamma, config)
         theta = theta.at[s0].add(jnp.where(live, eta / config.batch_size, 0) * rows)
         new_pi, new_P, new_r = softmax_rows(mdp, theta[s0], s0)
         carry = (theta, pi.at[s0].set(new_pi), P_pi.at[s0].set(new_P), r_pi.at[s0].set(new_r),
-                 count + jnp.where(live, used, 0), key)
-        return carry, StepTrace(live, count, value)
+                 count + jnp.where(live, used, 0))
+        return carry, InnerTrace(live, count, value)
 
     pi, P_pi, r_pi = softmax_rows(mdp, theta, jnp.arange(mdp.n_states))
-    return step, (theta, pi, P_pi, r_pi, state.interactions, state.key)
+    return body, (theta, pi, P_pi, r_pi, state.interactions)
 
 
 def _chain_objective(mdp, P_pi, r_pi, gamma, config):
     if not config.evaluate:
-        return jnp.full((), jnp.nan, r_pi.dtype)
+        return base.nan_like(r_pi.dtype)
     return chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
 
 
 def _objective(mdp, pi, gamma, config):
     if not config.evaluate:
-        return jnp.full((), jnp.nan, pi.dtype)
+        return base.nan_like(pi.dtype)
     return policy_objective(mdp, pi, gamma, config.evaluation_sweeps)
 
 
@@ -403,27 +448,31 @@ def _objective(mdp, pi, gamma, config):
 
 class BudgetState(NamedTuple):
     """`run_interactions` after the budget: `epoch` (epochs completed), gradient `steps`,
-    `params[max_epochs, S, A]` (row `h`: the logits epoch `h` ended with, or `params0`
-    if not reached) and `policies[max_epochs, S, A]` (their softmax policies)."""
+    `params[S, A]` the logits of the newest policy the last trace row evaluated (the
+    output), `epoch_params[n_steps, S, A]` (row `h`: the logits epoch `h` ended with, or
+    `params0` if not reached) and `policies[n_steps, S, A]` (their softmax policies)."""
 
     epoch: Array
     steps: Array
     params: Array
+    epoch_params: Array
     policies: Array
 
 
 class BudgetTrace(NamedTuple):
     """One row per interaction `i`: `objective` `mu . V^pi` of the newest policy after
     `i + 1` interactions (after that interaction's update, before an epoch's restart;
-    NaN unless `evaluate`), the `epoch` and the gradient `steps` completed by then."""
+    NaN unless `evaluate`), the `epoch` and the gradient `steps` completed by then;
+    `params` (with `keep_params`): that policy's logits."""
 
     objective: Array
     epoch: Array
     steps: Array
+    params: Any = None
 
 
-def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, budget: int,
-                     config: Config, reward_std: Optional[Array] = None):
+def run_interactions(problem, params0: Array, hparams: HParams, key: Array, *, budget: int,
+                     config: Config, keep_params: bool = False):
     """Sampled DynPG for `budget` environment interactions, one per `lax.scan` step.
 
     The algorithm of `run` with `estimator="reinforce"`, `batch_size=1` and plain SGD
@@ -433,34 +482,45 @@ def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, 
     scan step, then `theta[s_0] += eta_h G (e_{a_0} - pi_theta(.|s_0))`,
     `G = sum_t gamma^t r_t`; after `N_h` steps the epoch's policy is frozen and `theta`
     restarts at `params0`. Only the updated row of the policy and of its chain
-    `(P_pi, r_pi)` is recomputed. After `max_epochs` epochs the run stops learning (its last
-    policy stays the output); an episode cut by the budget makes no update.
+    `(P_pi, r_pi)` is recomputed. After `config.n_steps` epochs the run stops learning
+    (its last policy stays the output); an episode cut by the budget makes no update.
+    Why not `base.run` (one driver step per epoch): the experiment's unit is the
+    interaction (success against interactions used, Klein et al.'s figure), and epochs
+    and episodes vary in length, so a per-epoch scan would pad every epoch to its longest
+    and every episode to `episode_length`; here the work is exactly `budget` steps.
+    `problem`: an `MDP` or an `EpisodicMDP` (reward noise); `params0`, `hparams` cast
+    to its float dtype and validated as by `run` (`max_steps_per_epoch` is unused).
     Random numbers: `k_u, k_z = jax.random.split(key)`, uniforms `[budget, 3]` from `k_u`
     (start state, action, next state) and normals `[budget]` from `k_z` (reward noise).
-    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over `params0`, `hparams`,
-    `key`.
+    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over the problem, `params0`,
+    `hparams`, `key`.
     """
-    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
-    validate(mdp, hparams, config)
-    if budget < 1:
-        raise ValueError(f"budget = {budget} must be >= 1 interaction.")
+    dtype = base.problem_dtype(problem, params0)
+    hparams = base.coerce_hparams(hparams, dtype, HParams)
+    params0 = jnp.asarray(params0, dtype)
+    base.check_params0(params0, expected_params(problem, config))
+    _validate(problem, hparams, config)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"budget = {budget!r} must be an int >= 1 interaction.")
     if (config.estimator != "reinforce" or config.optimizer is not None
             or config.batch_size != 1 or config.solver != "gradient"):
         raise ValueError("run_interactions runs sampled DynPG with one episode per step and"
                          " plain SGD: use estimator='reinforce', optimizer=None,"
                          " batch_size=1, solver='gradient' (or use run).")
-    dtype = mdp.R.dtype
-    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, dtype)
-    E, L = config.max_epochs, config.episode_length or config.max_epochs
+    if key is None:
+        raise ValueError("run_interactions draws random numbers: pass an explicit key"
+                         " (jax.random.key(seed)).")
+    mdp, std = mdp_and_noise(problem)
+    E, L = config.n_steps, config.episode_length or config.n_steps
     terminal = absorbing_states(mdp)
-    theta0 = jnp.asarray(params0, dtype)
+    theta0 = params0
     pi0, P0, r0 = softmax_rows(mdp, theta0, jnp.arange(mdp.n_states))
     gamma = hparams.gamma
     k_u, k_z = jax.random.split(key)
     xs = (jax.random.uniform(k_u, (budget, 3), dtype), jax.random.normal(k_z, (budget,), dtype))
 
-    def step(carry, x):
-        (h, k, steps, thetas, policies, P_pi, r_pi), (t, s, s0, a0, ret, disc) = carry
+    def body(carry, x):
+        (h, k, steps, thetas, policies, P_pi, r_pi, _), (t, s, s0, a0, ret, disc) = carry
         (u_start, u_action, u_next), z = x
         live = h < E
         h = jnp.minimum(h, E - 1)
@@ -480,8 +540,8 @@ def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, 
         pi_row, P_row, r_row = (x[0] for x in softmax_rows(mdp, row[None], s0[None]))
         thetas, policies = thetas.at[h, s0].set(row), policies.at[h, s0].set(pi_row)
         P_pi, r_pi = P_pi.at[s0].set(P_row), r_pi.at[s0].set(r_row)
-        objective = (chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
-                     if config.evaluate else jnp.full((), jnp.nan, dtype))
+        objective = _chain_objective(mdp, P_pi, r_pi, gamma, config)
+        evaluated = h  # the epoch whose policy `objective` describes
         k, steps = k + update, steps + update
         finished = update & (k >= n_steps)
         restart = finished & (h + 1 < E)  # the next epoch starts from params0
@@ -489,12 +549,13 @@ def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, 
         h = jnp.where(live, h + finished, E)
         k = jnp.where(finished, 0, k)
         episode = (jnp.where(end, 0, t + 1), s_next, s0, a0, ret, disc * gamma)
-        return ((h, k, steps, thetas, policies, P_pi, r_pi), episode), \
-            BudgetTrace(objective, h, steps)
+        row = BudgetTrace(objective, h, steps, thetas[evaluated] if keep_params else None)
+        return ((h, k, steps, thetas, policies, P_pi, r_pi, evaluated), episode), row
 
     zero = jnp.int32(0)
     learner = (zero, zero, zero, jnp.broadcast_to(theta0, (E,) + theta0.shape),
-               jnp.broadcast_to(pi0, (E,) + pi0.shape), P0, r0)
+               jnp.broadcast_to(pi0, (E,) + pi0.shape), P0, r0, zero)
     episode = (zero, zero, zero, zero, jnp.zeros((), dtype), jnp.ones((), dtype))
-    ((h, _, steps, thetas, policies, _, _), _), trace = lax.scan(step, (learner, episode), xs)
-    return BudgetState(h, steps, thetas, policies), trace
+    ((h, _, steps, thetas, policies, _, _, last), _), trace = lax.scan(body, (learner, episode),
+                                                                       xs)
+    return BudgetState(h, steps, thetas[last], thetas, policies), trace

@@ -20,7 +20,7 @@ induction (and DynPG) needs `n` epochs. The initial law is uniform on 1..n.
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl.envs.dynpg import EpisodicMDP
+from dsorl.episodic import EpisodicMDP
 from dsorl.mdp import MDP
 
 EXIT, ADVANCE = 0, 1

@@ -1,9 +1,10 @@
 """Episodic MDPs with per-state action sets, and the Sutton-extended MDP of the DynPG paper.
 
-An episodic MDP here is a `dsorl.MDP` whose terminal states are absorbing with a single
-allowed zero-reward action (the MDP container needs at least one action per state), plus
-the standard deviations `reward_std[S, A]` of Gaussian reward noise that
-`dsorl.sampling.rollout` adds to the expected rewards `R[s, a]`.
+An episodic MDP (`dsorl.episodic.EpisodicMDP`, re-exported here) is a `dsorl.MDP` whose
+terminal states are absorbing with a single allowed zero-reward action (the MDP container
+needs at least one action per state), plus the standard deviations `reward_std[S, A]` of
+Gaussian reward noise that `dsorl.sampling` (`rollout`, `sample_episode`) adds to the rewards
+`R[s, a]`; the algorithms take it as their problem.
 
 Sutton-extended (Klein, Zhang, Başar, Weissmann, Döring, "Structure Matters: Dynamic
 Policy Gradient", arXiv 2411.04913, the experiment of its public code) extends the
@@ -18,29 +19,12 @@ States 0, 3, 6 are terminal; episodes start uniformly in 1, 2, 4 or 5. The optim
 takes action 2 in state 2. Facts and reference values are carried here from the authors'
 configuration (see `SUTTON_EXTENDED`).
 """
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
+from dsorl.episodic import EpisodicMDP  # the container (re-exported here)
 from dsorl.mdp import MDP
-
-Array = jax.Array
-
-
-class EpisodicMDP(NamedTuple):
-    """An MDP with absorbing terminal states and Gaussian reward noise.
-
-    `mdp`: the MDP (terminal states: one absorbing zero-reward action, the rest masked);
-    `reward_std[S, A]`: noise standard deviations for `dsorl.sampling.rollout`;
-    `terminal[S]`: bool; `max_episode_length`: the longest possible episode (steps from a
-    non-terminal state until absorption), or None when some policy can cycle forever.
-    """
-
-    mdp: MDP
-    reward_std: Array
-    terminal: np.ndarray
-    max_episode_length: Optional[int]
 
 
 def episodic_mdp(actions_per_state: Sequence[int], terminal_states: Sequence[int],

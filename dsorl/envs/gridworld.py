@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dsorl.envs.dynpg import EpisodicMDP
+from dsorl.episodic import EpisodicMDP
 from dsorl.mdp import MDP
 
 __all__ = ["gridworld", "cell_states", "MOVES"]

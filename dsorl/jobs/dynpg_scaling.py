@@ -69,10 +69,10 @@ def measure(n: int, gamma: float, config: dict) -> list:
     base = {"horizon": round(horizon, 6), "gamma": gamma, "n": n, "epsilon": eps}
 
     rows = []
-    cfg = dynpg.Config(max_epochs=n + config["extra_epochs"])
+    cfg = dynpg.Config(n_steps=n + config["extra_epochs"])
     for k in config["dynpg_steps_coefficients"]:
         hp = dynpg.HParams(gamma, 1.0, float(k))
-        planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.max_epochs), hp, xp=np)[1]))
+        planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.n_steps), hp, xp=np)[1]))
         row = dict(base, method="dynpg", step_size=f"adaptive k={k:g}", steps_to_eps=None,
                    censored=None, epochs_to_eps=None, run_s=None, compile_s=None,
                    seconds_to_eps=None)
@@ -80,7 +80,7 @@ def measure(n: int, gamma: float, config: dict) -> list:
             rows.append(dict(row, steps_to_eps=f"skipped ({planned} planned)", censored=True))
             continue
         (_, trace), c_s, r_s = _timed(
-            lambda: dynpg.run(mdp, zeros, hp, jax.random.key(0), config=cfg), config["repeats"])
+            lambda: dynpg.run(mdp, zeros, hp, config=cfg), config["repeats"])
         gaps = j_star - np.asarray(trace.objective)
         hit = np.flatnonzero(gaps <= eps)
         steps = int(trace.steps[hit[0]]) if hit.size else None
@@ -98,12 +98,12 @@ def measure(n: int, gamma: float, config: dict) -> list:
 
     def pg_runs():
         return jax.vmap(lambda eta: pg.run(mdp, zeros, pg.HParams(gamma, eta),
-                                           jax.random.key(0), config=pcfg)[1].objective)(etas)
+                                           config=pcfg)[1].objective)(etas)
 
     objectives, c_s, r_s = _timed(pg_runs, config["repeats"])
     for eta, obj in zip(step_sizes, np.asarray(objectives)):
-        hit = np.flatnonzero(j_star - obj <= eps)
-        steps = int(hit[0]) if hit.size else None
+        hit = np.flatnonzero(j_star - obj <= eps)  # obj[i]: after step i + 1
+        steps = int(hit[0]) + 1 if hit.size else None
         rows.append(dict(base, method="pg", step_size=eta if eta in config["pg_step_sizes"]
                          else "1/L",
                          steps_to_eps=steps if steps is not None else f"> {config['pg_budget']}",

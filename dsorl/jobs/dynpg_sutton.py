@@ -76,7 +76,7 @@ def _programs(env, gamma, config):
     budget = config["interactions"]
     sweeps = env.max_episode_length + 1  # exact values for this acyclic MDP
     epochs = dynpg_epochs(gamma, budget)
-    dcfg = dynpg.Config(max_epochs=epochs, estimator="reinforce",
+    dcfg = dynpg.Config(n_steps=epochs, estimator="reinforce",
                         episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
     rcfg = pg.Config(n_steps=0, estimator="reinforce",
                      episode_length=env.max_episode_length, evaluation_sweeps=sweeps)
@@ -87,13 +87,13 @@ def _programs(env, gamma, config):
     # (2000 runs at once were 1.3-1.5x slower per run on this 2-core machine)
     def run_dynpg(keys):
         return lax.map(lambda k: dynpg.run_interactions(
-            mdp, zeros, dynpg.HParams(gamma), k, budget=budget, config=dcfg,
-            reward_std=env.reward_std)[1].objective, keys, batch_size=config["chunk"])
+            env, zeros, dynpg.HParams(gamma), k, budget=budget, config=dcfg)[1].objective,
+            keys, batch_size=config["chunk"])
 
     def run_reinforce(keys):
         return lax.map(lambda k: pg.run_interactions(
-            mdp, zeros, pg.HParams(gamma, step), k, budget=budget, config=rcfg,
-            reward_std=env.reward_std)[1].objective, keys, batch_size=config["chunk"])
+            env, zeros, pg.HParams(gamma, step), k, budget=budget, config=rcfg)[1].objective,
+            keys, batch_size=config["chunk"])
 
     initial = float(policy_objective(mdp, jnp.exp(_log_policy(mdp, zeros)), gamma, sweeps))
     return {"dynpg": run_dynpg, "reinforce": run_reinforce}, dict(
