@@ -69,7 +69,7 @@ def _run(args) -> int:
     for name, rows in result.get("tables", {}).items():
         print(f"\n== {name} ==\n{format_table(rows)}")
     path = write_results(out, cfg, tables=result.get("tables"), arrays=result.get("arrays"),
-                         seeds=result.get("seeds"))
+                         seeds=result.get("seeds"), extra=result.get("extra"))
     print(f"\nresults written to {path}/")
     return 0
 

@@ -34,7 +34,7 @@ JOB_CONFIGS = [p for p in sorted((ROOT / "configs").glob("*.yaml"))
 def test_job_configs_are_found():
     names = [p.name for p in JOB_CONFIGS]
     assert {"default.yaml", "sweep_pg.yaml", "sweep_dynpg.yaml", "sweep_nbw.yaml",
-            "sweep_dso.yaml"} <= set(names)
+            "sweep_dso.yaml", "core_eval.yaml", "sweep_scaling.yaml"} <= set(names)
 
 
 @pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)

@@ -1,0 +1,124 @@
+"""Sweep throughput: members per second of `dsorl.sweep` as the sweep grows, on forced
+CPU device counts, against a plain `jit(vmap)`. Run: `nice python benchmarks/sweep_scaling.py`.
+
+The swept algorithm is vanilla softmax PG with exact gradients (`dsorl.algorithms.pg`,
+`n_steps` steps on a small garnet); members differ in γ and seed. For every batch size B
+and device count, three ways to run the same B members:
+
+- `vmap`: `jax.jit(jax.vmap(member))` on the materialised batch, default device (the
+  baseline a user would write);
+- `sweep`: `dsorl.sweep.sweep` (grid gathering, padding to the device count, sharding
+  over the mesh, one chunk while it fits in memory), results in memory;
+- `sweep+disk`: the same, writing chunks of `disk_chunk` members to disk as it goes
+  (the resumable mode), in a fresh directory each run.
+
+Timing (`dsorl.timing`): the vmap program is compiled apart (`compile_vmap_s`); one
+warm-up round runs all three (the sweeps compile in it: `compile_sweep_s`, and their
+objectives are checked against vmap's: `max_abs_diff`); then `repeats` rounds, one run of
+each per round, report medians: vmap's wall time, the sweeps' own `run_seconds` (their
+set-up left out). Each device count runs in its own process (XLA's forced host devices are
+fixed at start). The machine is shared: run with `nice`, compare ratios within a run.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+DEFAULTS = {
+    "sizes": [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536],
+    "devices": [1, 4],
+    "repeats": 3,
+    "env": {"n_states": 5, "n_actions": 3, "branching": 3, "seed": 0},
+    "n_steps": 20,
+    "disk_chunk": 4096,       # the on-disk variant writes chunks of this many members
+    "output_dir": "benchmarks/results/sweep_scaling",
+}
+PRINTED = ["devices", "B", "chunk", "vmap_members_per_s", "sweep_members_per_s",
+           "sweep_disk_members_per_s", "sweep_over_vmap", "disk_over_vmap",
+           "compile_vmap_s", "compile_sweep_s", "max_abs_diff"]
+
+
+def run(config: dict, log=print) -> dict:
+    """Table `sweep_scaling`: one row per (device count, B); see the module docstring."""
+    rows = []
+    for n in config["devices"]:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        out = subprocess.run([sys.executable, "-m", "dsorl.jobs.sweep_scaling",
+                              json.dumps(config)], env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"sweep_scaling worker on {n} device(s) failed:\n"
+                               f"{out.stderr[-3000:]}")
+        rows += json.loads(out.stdout.splitlines()[-1])
+        log(f"{n} device(s): {len(config['sizes'])} sizes done")
+    return {"tables": {"sweep_scaling": rows}, "arrays": {}, "seeds": [config["env"]["seed"]]}
+
+
+def worker(cfg: dict) -> list:
+    """The rows of one device count (run in a process started with its XLA_FLAGS)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
+    import dsorl
+    from dsorl import sweep as sw
+    from dsorl import timing
+    from dsorl.algorithms import pg
+
+    env = cfg["env"]
+    mdp = dsorl.envs.garnet(jax.random.key(env["seed"]), env["n_states"], env["n_actions"],
+                            env["branching"])
+    params0 = jnp.zeros(mdp.R.shape)
+    config = pg.Config(n_steps=cfg["n_steps"])
+    hparams = lambda p: pg.HParams(gamma=p["gamma"], step_size=1.0)
+    metrics = lambda s, t, m: {"objective": t.objective[-1]}
+    n_dev = len(jax.devices())
+
+    def member(gamma, seed):
+        _, trace = pg.run(mdp, params0, pg.HParams(gamma, 1.0), jax.random.key(seed), config=config)
+        return trace.objective[-1]
+
+    rows = []
+    for B in cfg["sizes"]:
+        n_gamma = min(B, 16)
+        gammas = np.linspace(0.5, 0.99, n_gamma)
+        grid = sw.Grid(gamma=gammas, seed=np.arange(B // n_gamma))
+        g_flat = np.repeat(gammas, B // n_gamma)
+        s_flat = np.tile(np.arange(B // n_gamma), n_gamma)
+        plain, compile_vmap = timing.compile(jax.vmap(member), g_flat, s_flat)
+
+        def in_memory():
+            return sw.sweep(pg.run, mdp, grid, config=config, params0=params0,
+                            hparams=hparams, metrics=metrics)
+
+        def on_disk():
+            with tempfile.TemporaryDirectory() as d:
+                return sw.sweep(pg.run, mdp, grid, config=config, params0=params0,
+                                hparams=hparams, chunk_size=cfg["disk_chunk"], out_dir=d,
+                                metrics=metrics)
+
+        calls = {"vmap": lambda: plain(g_flat, s_flat), "sweep": in_memory, "sweep+disk": on_disk}
+        first = {name: call() for name, call in calls.items()}  # warm-up round (sweeps compile)
+        compile_sweep = sum(first["sweep"].meta["compile_seconds"].values())
+        check = float(np.max(np.abs(first["sweep"].table["objective"] - np.asarray(first["vmap"]))))
+        run_seconds = lambda res: res.meta["run_seconds"]
+        t = timing.compare(calls, repeats=cfg["repeats"], warmup=0,
+                           own_seconds={"sweep": run_seconds, "sweep+disk": run_seconds})
+        med = {k: v.median_seconds for k, v in t.items()}
+        rows.append({
+            "devices": n_dev, "B": B, "chunk": t["sweep"].result.meta["chunk_size"]["all"],
+            "vmap_s": med["vmap"], "sweep_s": med["sweep"], "sweep_disk_s": med["sweep+disk"],
+            "vmap_members_per_s": B / med["vmap"], "sweep_members_per_s": B / med["sweep"],
+            "sweep_disk_members_per_s": B / med["sweep+disk"],
+            "sweep_over_vmap": med["sweep"] / med["vmap"],
+            "disk_over_vmap": med["sweep+disk"] / med["vmap"],
+            "compile_vmap_s": compile_vmap, "compile_sweep_s": compile_sweep,
+            "max_abs_diff": check, "device": str(jax.devices()[0].platform),
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))
