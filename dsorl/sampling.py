@@ -1,6 +1,8 @@
 """Sampled trajectories: one episode is a `lax.scan`, many are a `vmap` over keys.
 
-Every draw comes from an explicit `jax.random` key. Rewards are the expected rewards
+Every draw is the one inverse-CDF draw `draw(probs, u)` of a uniform `u` taken from an
+explicit `jax.random` key, so episodes of two policies (or two MDPs) run with the same key
+share their uniforms: common random numbers for free. Rewards are the expected rewards
 `R[s, a]` plus, optionally, Gaussian noise of standard deviation `reward_std[s, a]`.
 """
 import math
@@ -26,30 +28,15 @@ class Trajectory(NamedTuple):
 
 def rollout(key: Array, mdp: MDP, pi: Array, horizon: int, *, initial_state=None,
             reward_std: Optional[Array] = None) -> Trajectory:
-    """One episode of `horizon` steps of `pi[S, A]` on `mdp`.
+    """One episode of `horizon` steps of the stationary `pi[S, A]` on `mdp`.
 
-    `s_0 ~ rho` unless `initial_state` (an int, may be traced) is given. Masked actions
-    have probability 0 and are never drawn.
+    `sample_episode` with `policy_at(t, s) = pi[s]` (same key, same episode): `s_0 ~ rho`
+    unless `initial_state` (an int, may be traced) is given; masked actions have
+    probability 0 and are never drawn.
     """
-    k0, kscan = jax.random.split(key)
-    s0 = (jax.random.categorical(k0, jnp.log(mdp.rho)) if initial_state is None
-          else jnp.asarray(initial_state, jnp.int32))
-    log_pi = jnp.log(pi)
-    log_P = jnp.log(mdp.P)
-    if reward_std is not None:
-        reward_std = jnp.asarray(reward_std, mdp.R.dtype)
-
-    def step(s, k):
-        ka, ks, kr = jax.random.split(k, 3)
-        a = jax.random.categorical(ka, log_pi[s])
-        s_next = jax.random.categorical(ks, log_P[s, a]).astype(s.dtype)
-        r = mdp.R[s, a]
-        if reward_std is not None:
-            r = r + reward_std[s, a] * jax.random.normal(kr, dtype=mdp.R.dtype)
-        return s_next, (s, a, r)
-
-    s_last, (states, actions, rewards) = lax.scan(step, s0, jax.random.split(kscan, horizon))
-    return Trajectory(jnp.append(states, s_last), actions, rewards)
+    pi = jnp.asarray(pi, mdp.R.dtype)
+    return sample_episode(key, mdp, lambda t, s: pi[s], horizon, initial_state=initial_state,
+                          reward_std=reward_std)
 
 
 def rollouts(key: Array, mdp: MDP, pi: Array, horizon: int, n_episodes: int, **kwargs) -> Trajectory:
@@ -59,50 +46,52 @@ def rollouts(key: Array, mdp: MDP, pi: Array, horizon: int, n_episodes: int, **k
 
 
 def chain_rollout(key: Array, chain: Chain, horizon: int, initial_law: Array) -> Array:
-    """States `x_0..x_T` (shape `[T + 1]`) of a chain, `x_0 ~ initial_law`.
+    """States `x_0..x_T` (shape `[T + 1]`, int32) of a chain, `x_0 ~ initial_law`.
 
-    Each state is drawn by inverting the cumulative law of its row with one uniform
-    (`categorical` would draw one Gumbel variate per state: 15-25x slower at S = 100).
+    `x_{t+1} = draw(P[x_t], u_{t+1})` on the table `cumulative(P)` built once, one uniform
+    per state (`categorical` would draw one Gumbel variate per state: 15-25x slower at
+    S = 100; summing the row at every step, about 1.5x slower at S = 100-300); `u_0` from
+    the first half of `split(key)`, `u_1..u_T` from `split(second half, T)`. Never a
+    zero-probability state.
     """
     k0, kscan = jax.random.split(key)
-    cdf = _cumulative(chain.P)
+    dtype = chain.P.dtype
+    table = cumulative(chain.P)  # once per episode, not once per step
 
     def step(x, k):
-        return _invert(k, cdf[x]), x
+        return draw(table.row(x), jax.random.uniform(k, dtype=dtype)), x
 
-    x0 = _invert(k0, _cumulative(jnp.asarray(initial_law, chain.P.dtype)))
+    x0 = draw(jnp.asarray(initial_law, dtype), jax.random.uniform(k0, dtype=dtype))
     x_last, xs = lax.scan(step, x0, jax.random.split(kscan, horizon))
     return jnp.append(xs, x_last)
 
 
 def _cumulative(p: Array) -> Array:
-    """Cumulative sums along the last axis, normalised to end at exactly 1."""
+    """Cumulative sums along the last axis, normalised to end at exactly 1 (used by
+    `dsorl.estimators.average_reward.coupled_episodes`)."""
     c = jnp.cumsum(p, axis=-1)
     return (c / c[..., -1:]).at[..., -1].set(1)
 
 
-def _invert(key: Array, cdf: Array) -> Array:
-    """The index `#{j : cdf[j] <= u}`, `u ~ U[0, 1)`: never a zero-probability state."""
-    u = jax.random.uniform(key, dtype=cdf.dtype)
-    return jnp.sum(cdf <= u).astype(jax.dtypes.canonicalize_dtype(jnp.int64))
-
-
 def sample_episode(key: Array, mdp: MDP, policy_at: Callable, length: int, *,
-                   reward_std=None) -> Trajectory:
+                   initial_state=None, reward_std=None) -> Trajectory:
     """One episode of `length` steps with a possibly time-varying policy.
 
-    `s_0 ~ rho`; `a_t ~ policy_at(t, s_t)` (a probability row `[A]`, `t` traced);
-    `s_{t+1} ~ P[s_t, a_t]`; `r_t = R[s_t, a_t] + reward_std[s_t, a_t] N(0, 1)`. Each draw
-    inverts a cumulative distribution with one uniform number: cheaper than Gumbel-max
-    when actions are many (300 in Sutton-extended; see `draw`). Zero-probability entries are
-    never drawn.
+    `s_0 = draw(rho, u[0, 0])` (or `initial_state`, an int that may be traced);
+    `a_t = draw(policy_at(t, s_t), u[t+1, 0])` (a probability row `[A]`, `t` traced);
+    `s_{t+1} = draw(P[s_t, a_t], u[t+1, 1])`; `r_t = R[s_t, a_t] + reward_std[s_t, a_t] z_t`,
+    with `u[length + 1, 2]` uniform from the first half of `split(key)` and `z[length]`
+    standard normal from the second. Inverting a cumulative distribution with one uniform
+    is cheaper than Gumbel-max when actions are many (300 in Sutton-extended; see `draw`).
+    Zero-probability entries are never drawn.
     """
     k_u, k_n = jax.random.split(key)
     reward_std = None if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
     u = jax.random.uniform(k_u, (length + 1, 2), mdp.R.dtype)
     noise = (jnp.zeros(length, mdp.R.dtype) if reward_std is None
              else jax.random.normal(k_n, (length,), mdp.R.dtype))
-    s0 = draw(mdp.rho, u[0, 0])
+    s0 = (draw(mdp.rho, u[0, 0]) if initial_state is None
+          else jnp.asarray(initial_state, jnp.int32))
 
     def step(s, xs):
         t, (ua, us), z = xs
@@ -114,30 +103,52 @@ def sample_episode(key: Array, mdp: MDP, policy_at: Callable, length: int, *,
     return Trajectory(jnp.append(states, s_last), actions, rewards)
 
 
-def draw(probs: Array, u) -> Array:
+class Cumulative(NamedTuple):
+    """Rows `probs[..., n]` prepared for repeated draws (`cumulative`): `cdf` their
+    cumulative sums `[..., n]`, `total = cdf[..., -1]` and `last`, the index of their last
+    positive entry `[...]`. `table.row(i)` is row `i`, for `draw(table.row(i), u)`."""
+
+    cdf: Array
+    total: Array
+    last: Array
+
+    def row(self, i) -> "Cumulative":
+        return Cumulative(self.cdf[i], self.total[i], self.last[i])
+
+
+def cumulative(probs: Array) -> Cumulative:
+    """`Cumulative` tables of the rows of `probs[..., n]` (last axis), computed once: a
+    chain's `P` sampled for many steps then costs one comparison pass per draw."""
+    cdf = jnp.cumsum(probs, axis=-1)
+    return Cumulative(cdf, cdf[..., -1], _last_positive(probs))
+
+
+def draw(probs, u) -> Array:
     """Inverse-CDF draw: the index `i` with `c[i-1] <= u * c[-1] < c[i]`, `c = cumsum(probs)`.
 
-    `probs[n]` >= 0 (not necessarily normalised), `u` uniform on [0, 1): `i` has law
+    `probs[n]` >= 0 (not necessarily normalised), or one row of a `Cumulative` table (the
+    same index, without recomputing the sums); `u` uniform on [0, 1): `i` has law
     `probs / sum(probs)` and is never a zero-probability entry. Two levels of about
     `sqrt(n)` (blocks, then one block's entries) replace the length-`n` cumulative sum: on
     XLA:CPU a long cumulative sum or an associative scan costs 2-4x more in large vmaps
     (n = 300, 1000 vmapped rows: about 0.35 against 0.8-1.2 us per draw per row; rows whose
     length is not a multiple of the block width cost a padding copy). Int32 scalar.
     """
+    if isinstance(probs, Cumulative):
+        return _first_above(probs.cdf, u * probs.total, probs.last).astype(jnp.int32)
     n = probs.shape[-1]
     width = _block_width(n)
     if width in (1, n):  # small or prime n: one level
-        cdf = jnp.cumsum(probs)
-        return _first_above(cdf, u * cdf[-1], probs > 0).astype(jnp.int32)
+        return draw(cumulative(probs), u)
     blocks = -(-n // width)
     table = jnp.pad(probs, (0, blocks * width - n)).reshape(blocks, width)
     mass = jnp.sum(table, axis=1)
     upper = jnp.cumsum(mass)
     x = u * upper[-1]
-    i = _first_above(upper, x, mass > 0)
+    i = _first_above(upper, x, _last_positive(mass))
     # the offset inside block i; the clip guards against rounding of the two-level sums
     x = jnp.clip(x - (upper[i] - mass[i]), 0, None)
-    j = _first_above(jnp.cumsum(table[i]), x, table[i] > 0)
+    j = _first_above(jnp.cumsum(table[i]), x, _last_positive(table[i]))
     return (i * width + j).astype(jnp.int32)
 
 
@@ -150,8 +161,12 @@ def _block_width(n: int) -> int:
     return min(divisors, key=lambda w: abs(w - root)) if divisors else root
 
 
-def _first_above(cdf: Array, x, positive: Array) -> Array:
-    """The first index with `cdf > x`, or the last positive entry if rounding put `x` at
-    or above `cdf[-1]` (so a zero-probability entry is never returned)."""
-    last = jnp.max(jnp.where(positive, jnp.arange(cdf.shape[0]), 0))
+def _last_positive(probs: Array) -> Array:
+    """The index of the last positive entry along the last axis (0 if none)."""
+    return jnp.max(jnp.where(probs > 0, jnp.arange(probs.shape[-1]), 0), axis=-1)
+
+
+def _first_above(cdf: Array, x, last) -> Array:
+    """The first index with `cdf > x`, or `last` (the last positive entry) if rounding put
+    `x` at or above `cdf[-1]` (so a zero-probability entry is never returned)."""
     return jnp.minimum(jnp.sum(cdf <= x), last)

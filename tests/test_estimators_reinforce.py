@@ -11,7 +11,7 @@ from dsorl.envs.dynpg import sutton_extended
 from dsorl.estimators.reinforce import (absorbing_states, bandit_gradient, interactions,
                                         reinforce_gradient, returns_to_go)
 from dsorl.policies import tabular_softmax
-from dsorl.sampling import Trajectory, draw, sample_episode
+from dsorl.sampling import Trajectory, cumulative, draw, sample_episode
 from helpers import check_variants
 
 N_SE = 5  # tolerance in standard errors of the sample mean
@@ -164,3 +164,7 @@ def test_draw_inverts_the_cumulative_distribution(n):
     ref = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n - 1)
     np.testing.assert_array_equal(got, ref)
     assert np.all(p[got] > 0)
+    # a precomputed table row draws the same index
+    table = cumulative(jnp.asarray(np.stack([p, p[::-1]])))
+    rows = np.asarray(jax.jit(jax.vmap(lambda v: draw(table.row(0), v)))(jnp.asarray(u)))
+    np.testing.assert_array_equal(rows, ref)

@@ -80,3 +80,50 @@ def test_chain_rollout_never_draws_zero_probability_states():
         jax.random.split(jax.random.key(4), 2000)))
     assert np.all(P[xs[:, :-1], xs[:, 1:]] > 0) and np.all(x0[xs[:, 0]] > 0)
     assert not np.any(xs == 4)  # unreachable from the start states
+
+
+def test_rollout_is_sample_episode_of_a_stationary_policy():
+    """Same key, same uniforms: `rollout` is `sample_episode` with `pi[s]` (so two policies
+    or two MDPs run with one key share their random numbers), noise and start included."""
+    mdp = random_mdp(5, 4, 3)
+    pi = random_policy(6, 4, 3)
+    std = np.full((4, 3), 0.5)
+    key = jax.random.key(7)
+    for start in (None, 2):
+        got = sampling.rollout(key, mdp, pi, 6, initial_state=start, reward_std=std)
+        ref = sampling.sample_episode(key, mdp, lambda t, s: jnp.asarray(pi)[s], 6,
+                                      initial_state=start, reward_std=std)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+    assert int(got.states[0]) == 2
+
+
+def test_chain_rollout_inverts_its_documented_uniforms():
+    """`x_0 = draw(initial, uniform(k0))`, `x_{t+1} = draw(P[x_t], uniform(k_t))` with
+    `k0, k = split(key)`, `k_1..k_T = split(k, T)`: the NumPy inverse CDF of the same
+    uniforms gives the same states."""
+    chain = dsorl.induced_chain(random_mdp(8, 5, 2), random_policy(8, 5, 2))
+    x0 = np.array([0.1, 0.0, 0.4, 0.2, 0.3])
+    key = jax.random.key(9)
+    xs = np.asarray(sampling.chain_rollout(key, chain, 12, x0))
+    k0, k = jax.random.split(key)
+    us = [jax.random.uniform(k0, dtype=jnp.float64)] + [
+        jax.random.uniform(kt, dtype=jnp.float64) for kt in jax.random.split(k, 12)]
+    P = np.asarray(chain.P)
+    ref = [int(np.searchsorted(np.cumsum(x0), float(us[0]) * np.sum(x0), side="right"))]
+    for u in us[1:]:
+        c = np.cumsum(P[ref[-1]])
+        ref.append(int(np.searchsorted(c, float(u) * c[-1], side="right")))
+    np.testing.assert_array_equal(xs, ref)
+    assert xs.dtype == np.int32
+
+
+def test_rollout_never_draws_zero_probability_states():
+    mdp = random_mdp(10, 4, 2)
+    P = np.array(mdp.P)
+    P[:, :, 1] = 0  # state 1 unreachable, start law without it
+    P /= P.sum(-1, keepdims=True)
+    rho = np.array([0.5, 0.0, 0.25, 0.25])
+    sparse = dsorl.MDP(P, mdp.R, rho)
+    traj = sampling.rollouts(jax.random.key(5), sparse, random_policy(11, 4, 2), 15, 500)
+    assert not np.any(np.asarray(traj.states) == 1)

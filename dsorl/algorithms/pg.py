@@ -1,7 +1,7 @@
 """Vanilla policy gradient: exact gradients or sampled REINFORCE, with any optax optimiser.
 
 Maximises `J(theta) = rho . V^{pi_theta}` (discounted, rewards maximised) by
-`theta <- theta + optimiser(g)`, where `g` is
+`theta <- theta + optimiser(g)` (`dsorl.optim.ascent`), where `g` is
 
 - `estimator="exact"`: `jax.grad` of `dsorl.discounted_return` (the linear solve is
   differentiated implicitly). For the tabular softmax this is
@@ -14,29 +14,39 @@ Maximises `J(theta) = rho . V^{pi_theta}` (discounted, rewards maximised) by
   of Klein et al. (arXiv 2411.04913): loss `-sum_t log pi(a_t|s_t) G_t`, one episode
   per step, step size equal to DynPG's at horizon 6 (`dynpg_horizon_step_size`).
 
-`run` is one `lax.scan` over `n_steps` steps, vmappable over `params0`, `hparams`, `key`.
-`run_interactions` runs sampled REINFORCE (tabular softmax, plain SGD) for a budget of
-environment interactions, one interaction per scan step: the same algorithm, with work
-proportional to the interactions (not to a padded episode length) and to a few policy
-rows (not the whole table) per step.
+The algorithm contract of `dsorl.algorithms.base`: `run` is `base.run` on this module (one
+`lax.scan` over `config.n_steps` steps, step `i` sampling with `fold_in(key, i)`),
+vmappable over `params0`, `hparams`, `key` and the problem. `run_interactions` runs sampled
+REINFORCE (tabular softmax, plain SGD) for a budget of environment interactions, one
+interaction per scan step: the same algorithm, with work proportional to the interactions
+(not to a padded episode length) and to a few policy rows (not the whole table) per step.
+
+Problems: a `dsorl.MDP`, or a `dsorl.episodic.EpisodicMDP` whose `reward_std[S, A]` adds
+Gaussian noise to the rewards of sampled episodes (the exact estimator and every traced
+objective use the expected rewards `R`). Noise belongs to the environment, like DynPG's
+problem (the same `EpisodicMDP` serves both), not to `HParams` (it is not a swept number)
+nor to `Config` (an array would make the static config unhashable).
 """
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+import sys
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from dsorl import _checks
+from dsorl.algorithms import base
+from dsorl.episodic import EpisodicMDP, mdp_and_noise, problem_mdp
 from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
                                         returns_to_go)
-from dsorl.objectives import chain_objective, policy_objective, softmax_rows
-from dsorl.sampling import draw, sample_episode
 from dsorl.mdp import MDP
-from dsorl.objectives import discounted_return
+from dsorl.objectives import (chain_objective, discounted_return, policy_objective,
+                              softmax_rows)
+from dsorl.optim import ascent
 from dsorl.policies import Policy, tabular_softmax
+from dsorl.sampling import draw, sample_episode
 
 Array = jax.Array
 
@@ -51,7 +61,7 @@ class HParams(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Static choices. `n_steps`: gradient steps; `optimizer`: `step_size -> optax
-    GradientTransformation` (fed the negated gradient, so it ascends); `estimator`:
+    GradientTransformation` (wrapped in `dsorl.optim.ascent`, so it ascends); `estimator`:
     "exact" or "reinforce"; `policy`: a `dsorl.policies.Policy` (default: tabular softmax
     with the MDP's action mask); `evaluate`: trace `rho . V^pi` (by a solve, or by
     `evaluation_sweeps` Bellman sweeps from 0, exact for episodes shorter than that).
@@ -71,22 +81,22 @@ class Config:
 
 
 class State(NamedTuple):
-    """`params`, optimiser state, `steps` taken, environment `interactions`, PRNG `key`."""
+    """`params`, the optimiser's state, environment `interactions` used so far (int32)."""
 
-    params: object
-    opt_state: object
-    steps: Array
+    params: Any
+    opt_state: Any
     interactions: Array
-    key: Array
 
 
 class Trace(NamedTuple):
-    """Per step, before the update: `objective` `rho . V^pi` (NaN unless `evaluate`),
-    `interactions` used so far, and the norm of the gradient (estimate) applied."""
+    """Per step, after the update: `objective` `rho . V^pi` of the new parameters (NaN unless
+    `evaluate`), `interactions` used so far (this step's included), the norm of the
+    gradient (estimate) applied, and `params` (with `run(..., keep_params=True)`)."""
 
     objective: Array
     interactions: Array
     grad_norm: Array
+    params: Any = None
 
 
 def episode_cap(gamma, xp=jnp):
@@ -100,88 +110,108 @@ def dynpg_horizon_step_size(gamma, horizon: int = 6):
     return 2 * (1 - gamma) / (1 - gamma ** horizon)
 
 
-def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
+def validate(problem, hparams: HParams, config: Config) -> None:
     """`ValueError` for gamma outside [0, 1), a non-positive step size, an action mask that
-    leaves a state without actions, or bad static choices (concrete values only)."""
-    _checks.check_discount(hparams.gamma)
-    _checks.check_positive("step_size", hparams.step_size)
+    leaves a state without actions, reward noise (`EpisodicMDP.reward_std`) not `[S, A]`,
+    negative or non-finite, or bad static choices (concrete values only); `TypeError` for
+    a problem that is neither an `MDP` nor an `EpisodicMDP`."""
+    mdp = problem_mdp(problem)
+    base.check_discount(hparams.gamma)
+    base.check_positive("step_size", hparams.step_size)
+    if isinstance(problem, EpisodicMDP):
+        _checks.check_shape("reward_std", problem.reward_std, mdp.R.shape, "[S, A]")
+        base.check_positive("reward_std", problem.reward_std, allow_zero=True)
     if config.estimator not in ("exact", "reinforce"):
         raise ValueError(f"estimator must be 'exact' or 'reinforce', got {config.estimator!r}.")
-    if config.n_steps < 0:
-        raise ValueError(f"n_steps = {config.n_steps} must be >= 0.")
     if config.estimator == "reinforce" and config.episode_length < 1:
         raise ValueError("REINFORCE needs a static episode_length >= 1 (the scan length;"
                          " the cap ceil(1/(1-gamma)) is applied within it).")
-    if _checks.is_concrete(mdp.action_mask) and mdp.action_mask is not None:
-        empty = np.flatnonzero(~np.asarray(mdp.action_mask).any(axis=1))
-        if empty.size:
-            raise ValueError(f"the action mask leaves state {empty[0]} without actions; a"
-                             " terminal state keeps one absorbing zero-reward action.")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size = {config.batch_size} must be >= 1 episode.")
+    if config.evaluation_sweeps is not None and config.evaluation_sweeps < 1:
+        raise ValueError(f"evaluation_sweeps = {config.evaluation_sweeps} must be >= 1 (or"
+                         " None: a linear solve).")
+    _checks.check_actions_available(mdp.action_mask)
+
+
+def expected_params(problem, config: Config):
+    """Shape of `params0`: `(S, A)` for the default tabular softmax, else that of
+    `config.policy.init()` (None when the policy has no `init`)."""
+    if config.policy is None:
+        return tuple(problem_mdp(problem).R.shape)
+    init = getattr(config.policy, "init", None)
+    if init is None:
+        return None
+    try:
+        shapes = jax.eval_shape(init)
+    except TypeError:  # an init that needs arguments: no statement
+        return None
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), shapes)
+
+
+def uses_key(config: Config) -> bool:
+    """Only sampled REINFORCE draws random numbers."""
+    return config.estimator != "exact"
 
 
 def _policy(mdp: MDP, config: Config) -> Policy:
     return config.policy or tabular_softmax(*mdp.R.shape, mdp.action_mask)
 
 
-def init(mdp: MDP, params0, hparams: HParams, key: Array, config: Config) -> State:
-    """The state before the first step."""
-    tx = config.optimizer(hparams.step_size)
-    return State(params0, tx.init(params0), jnp.int32(0), jnp.int32(0), key)
+def _optimizer(hparams: HParams, config: Config):
+    return ascent(config.optimizer(hparams.step_size))
 
 
-def step(mdp: MDP, state: State, hparams: HParams, config: Config, reward_std=None):
-    """One gradient step -> `(State, Trace row)`."""
+def init(problem, params0, hparams: HParams, key: Array, *, config: Config) -> State:
+    """The state before the first step (`key` unused: every step gets its own)."""
+    del problem, key
+    return State(params0, _optimizer(hparams, config).init(params0), jnp.int32(0))
+
+
+def step(problem, state: State, hparams: HParams, key: Array, *, config: Config):
+    """One gradient step -> `(State, Trace row)`; REINFORCE samples its episodes with `key`."""
+    mdp = problem_mdp(problem)
     policy = _policy(mdp, config)
-    pi = policy.probs(state.params)
-    key, sub = jax.random.split(state.key)
+    gamma = hparams.gamma
     if config.estimator == "exact":
-        grad = jax.grad(lambda p: discounted_return(mdp, policy.probs(p), hparams.gamma))(
-            state.params)
+        grad = jax.grad(lambda p: discounted_return(mdp, policy.probs(p), gamma))(state.params)
         used = jnp.int32(0)
     else:
-        length = jnp.minimum(episode_cap(hparams.gamma), config.episode_length)
+        pi = policy.probs(state.params)
+        std = problem.reward_std if isinstance(problem, EpisodicMDP) else None
+        length = jnp.minimum(episode_cap(gamma), config.episode_length)
         episodes = jax.vmap(lambda k: sample_episode(
-            k, mdp, lambda t, s: pi[s], config.episode_length, reward_std=reward_std)
-        )(jax.random.split(sub, config.batch_size))
+            k, mdp, lambda t, s: pi[s], config.episode_length, reward_std=std)
+        )(jax.random.split(key, config.batch_size))
         grads = jax.vmap(lambda ep: reinforce_gradient(
-            policy.log_probs, state.params, ep, hparams.gamma, length=length,
+            policy.log_probs, state.params, ep, gamma, length=length,
             discount_steps=config.discount_steps))(episodes)
         grad = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
         terminal = absorbing_states(mdp)
         used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, length))(episodes),
                        dtype=jnp.int32)
-    objective = (policy_objective(mdp, pi, hparams.gamma, config.evaluation_sweeps)
-                 if config.evaluate else jnp.full((), jnp.nan, mdp.R.dtype))
-    row = Trace(objective, state.interactions, optax.tree.norm(grad))
-    tx = config.optimizer(hparams.step_size)
-    neg = jax.tree_util.tree_map(jnp.negative, grad)
-    updates, opt_state = tx.update(neg, state.opt_state, state.params)
-    new = State(optax.apply_updates(state.params, updates), opt_state, state.steps + 1,
-                state.interactions + used, key)
-    return new, row
+    updates, opt_state = _optimizer(hparams, config).update(grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    objective = (policy_objective(mdp, policy.probs(params), gamma, config.evaluation_sweeps)
+                 if config.evaluate else base.nan_like(mdp.R.dtype))
+    new = State(params, opt_state, state.interactions + used)
+    return new, Trace(objective, new.interactions, base.tree_norm(grad))
 
 
-def run(mdp: MDP, params0, hparams: HParams, key: Array, *, config: Config,
-        reward_std: Optional[Array] = None):
-    """`n_steps` steps of vanilla PG as one `lax.scan` -> `(State, Trace)`.
+def run(problem, params0, hparams: HParams, key: Optional[Array] = None, *, config: Config,
+        keep_params: bool = False):
+    """`config.n_steps` steps of vanilla PG (`dsorl.algorithms.base.run`) -> `(State, Trace)`.
 
-    `params0`: initial parameters of `config.policy` (tabular softmax: `[S, A]`, zeros
-    = uniform); `reward_std[S, A]`: Gaussian reward noise of sampled episodes.
+    `problem`: an `MDP` or `EpisodicMDP`; `params0`: initial parameters of `config.policy`
+    (tabular softmax: `[S, A]`, zeros = uniform); `key`: a `jax.random` key (REINFORCE
+    only; the exact gradient takes None).
     """
-    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
-    validate(mdp, hparams, config)
-    std = None if reward_std is None else jnp.asarray(reward_std, mdp.R.dtype)
-
-    def body(state, _):
-        return step(mdp, state, hparams, config, std)
-
-    return lax.scan(body, init(mdp, params0, hparams, key, config), None,
-                    length=config.n_steps)
+    return base.run(sys.modules[__name__], problem, params0, hparams, key, config=config,
+                    keep_params=keep_params)
 
 
 # ----------------------------------------------------------------------------------------
-# Interaction-budgeted sampled REINFORCE, and the row-wise softmax machinery it shares with
-# DynPG's sampled runs.
+# Interaction-budgeted sampled REINFORCE (one interaction per scan step).
 
 
 class BudgetState(NamedTuple):
@@ -203,8 +233,8 @@ class BudgetTrace(NamedTuple):
     steps: Array
 
 
-def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, budget: int,
-                     config: Config, reward_std: Optional[Array] = None):
+def run_interactions(problem, params0: Array, hparams: HParams, key: Array, *, budget: int,
+                     config: Config):
     """Sampled REINFORCE for `budget` environment interactions, one per `lax.scan` step.
 
     The algorithm of `run` with `estimator="reinforce"`, `batch_size=1`, plain SGD
@@ -212,27 +242,37 @@ def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, 
     arXiv 2411.04913): an episode (`s_0 ~ rho`, `a_t ~ pi`, at most
     `min(ceil(1/(1-gamma)), episode_length)` steps, ending in a terminal state) is played one
     interaction per scan step with `pi` fixed; when it ends,
-    `theta[s_t] += eta w_t G_t (e_{a_t} - pi(.|s_t))` for its steps (`G_t` the discounted
-    return from `t`, `w_t = 1` or `gamma^t` if `discount_steps`), and `pi`, `P_pi`, `r_pi`
-    are updated on those rows only. An episode cut by the budget makes no update.
-    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over `params0`, `hparams`, `key`.
+    `theta[s_t] += step_size w_t G_t (e_{a_t} - pi(.|s_t))` for its steps (`G_t` the
+    discounted return from `t`, `w_t = 1` or `gamma^t` if `discount_steps`, rewards with
+    the noise of an `EpisodicMDP` problem), and `pi`, `P_pi`, `r_pi` are updated on those rows only. An
+    episode cut by the budget makes no update.
+
+    Why not `run`: its scan step is one gradient step, whose interactions vary (1 to
+    `episode_length`), so the policy after each interaction (the x-axis of Klein et al.'s
+    success curves) and an exact interaction budget need a scan over interactions;
+    `config.n_steps` is ignored (`budget` counts the work). Validation is `validate`'s,
+    plus `_check_budget_config`. Random numbers: `k_u, k_z = split(key)`, uniforms
+    `u[budget, 3] = uniform(k_u)` (start state, action, next state, each by
+    `dsorl.sampling.draw`), normals `z[budget] = normal(k_z)` (reward noise).
+    Returns `(BudgetState, BudgetTrace)`; jittable, vmappable over `params0`, `hparams`,
+    `key` and the MDP.
     """
-    hparams = HParams(*(jnp.asarray(x, mdp.R.dtype) for x in hparams))
-    validate(mdp, hparams, config)
+    dtype = base.problem_dtype(problem, params0)
+    hparams = base.coerce_hparams(hparams, dtype, HParams)
+    theta = jnp.asarray(params0, dtype)
+    base.check_params0(theta, expected_params(problem, config))
+    validate(problem, hparams, config)
     _check_budget_config(config, budget)
-    dtype = mdp.R.dtype
-    std = jnp.zeros_like(mdp.R) if reward_std is None else jnp.asarray(reward_std, dtype)
+    mdp, std = mdp_and_noise(problem)
     L = config.episode_length
     cap = jnp.minimum(episode_cap(hparams.gamma), L)
     terminal = absorbing_states(mdp)
-    everything = jnp.arange(mdp.n_states)
-    theta = jnp.asarray(params0, dtype)
-    pi, P_pi, r_pi = softmax_rows(mdp, theta, everything)
+    pi, P_pi, r_pi = softmax_rows(mdp, theta, jnp.arange(mdp.n_states))
     eta, gamma = hparams.step_size, hparams.gamma
     k_u, k_z = jax.random.split(key)
     xs = (jax.random.uniform(k_u, (budget, 3), dtype), jax.random.normal(k_z, (budget,), dtype))
 
-    def step(carry, x):
+    def interact(carry, x):
         (theta, pi, P_pi, r_pi, steps), (t, s, states, actions, rewards) = carry
         (u_start, u_action, u_next), z = x
         s = jnp.where(t == 0, draw(mdp.rho, u_start), s)
@@ -254,18 +294,19 @@ def run_interactions(mdp: MDP, params0: Array, hparams: HParams, key: Array, *, 
             r_pi.at[states].set(new_r)
         steps = steps + end
         objective = (chain_objective(mdp.rho, P_pi, r_pi, gamma, config.evaluation_sweeps)
-                     if config.evaluate else jnp.full((), jnp.nan, dtype))
+                     if config.evaluate else base.nan_like(dtype))
         episode = (jnp.where(end, 0, t + 1), s_next, states, actions, rewards)
         return ((theta, pi, P_pi, r_pi, steps), episode), BudgetTrace(objective, steps)
 
     episode0 = (jnp.int32(0), jnp.int32(0), jnp.zeros(L, jnp.int32), jnp.zeros(L, jnp.int32),
                 jnp.zeros(L, dtype))
     carry = ((theta, pi, P_pi, r_pi, jnp.int32(0)), episode0)
-    (final, _), trace = lax.scan(step, carry, xs)
+    (final, _), trace = lax.scan(interact, carry, xs)
     return BudgetState(*final), trace
 
 
 def _check_budget_config(config: Config, budget: int) -> None:
+    """What `run_interactions` needs beyond `validate`: a budget and its fixed variant."""
     if budget < 1:
         raise ValueError(f"budget = {budget} must be >= 1 interaction.")
     if (config.estimator != "reinforce" or config.optimizer is not optax.sgd
