@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["Axis", "axis", "Grid", "Member", "SweepResult", "last_values", "sweep", "grid_columns",
-           "load", "RESERVED"]
+__all__ = ["Axis", "axis", "Grid", "Member", "SweepResult", "last_values", "sweep", "check_grid",
+           "grid_columns", "load", "RESERVED"]
 
 RESERVED = ("mdp", "params0", "seed")
 MAX_CHUNK_PER_DEVICE = 8192
@@ -266,7 +266,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
             continue  # everything on disk: nothing to compile
         p0 = params0(env) if callable(params0) else params0
         if algorithm is not None:
-            _validate_grid(algorithm, env, env_name, grid, config, hparams, p0)
+            check_grid(algorithm, env, grid, config=config, hparams=hparams, params0=p0,
+                       env_name=env_name)
         program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh,
                            env_name)
         size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
@@ -357,11 +358,19 @@ class _HParamsOf:
 _MAX_CHECKED_POINTS = 4096
 
 
-def _validate_grid(algorithm, env, env_name, grid, config, hparams, params0) -> None:
+def check_grid(algorithm, problem, grid: Grid, *, config, hparams=None, params0=None,
+               env_name=None) -> None:
     """Run `algorithm.validate` on every concrete hyperparameter point of `grid` (each axis
-    alone when their product exceeds `_MAX_CHECKED_POINTS`), and check `params0`."""
+    alone when their product exceeds `_MAX_CHECKED_POINTS`) and check `params0` (or every
+    point of a `params0` axis) for shape and finiteness: a `ValueError` naming the grid
+    point. `sweep` calls it for an algorithm; call it yourself when you sweep a wrapper
+    around one. `hparams` as in `sweep`."""
     from dsorl.algorithms import base
 
+    algorithm = _as_algorithm(algorithm)
+    if not isinstance(hparams, _HParamsOf):
+        hparams = _HParamsOf(algorithm, hparams)
+    env = problem
     names = [n for n in grid.names if n not in RESERVED]
     sizes = [grid.sizes[grid.names.index(n)] for n in names]
     if int(np.prod(sizes, dtype=np.int64)) <= _MAX_CHECKED_POINTS:

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 
 import dsorl
 from dsorl.config import Free
-from dsorl.sweep import Grid
+from dsorl.sweep import Grid, check_grid
 
 DEFAULTS = {
     "algorithm": "pg",  # pg (vanilla softmax PG) or dynpg
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},
-    # pg: gamma, step_size, seed; dynpg: gamma, step_scale, steps_coefficient, seed
+    # pg: gamma, step_size, seed; dynpg: gamma, step_size, steps_coefficient, seed
     "grid": Free(gamma=[0.5, 0.9, 0.99], step_size=[1.0], seed=[0, 1, 2, 3]),
     "n_steps": 200,       # pg: gradient steps
     "max_epochs": 20,     # dynpg: epochs (horizon of the output policy)
@@ -53,29 +53,38 @@ def sweep_spec(config: dict) -> dict:
     grid = dict(config["grid"])
     mdp = make_env(config["env"])
     params0 = jnp.zeros(mdp.R.shape, mdp.R.dtype)
+    hparams = None  # an algorithm's HParams are built from the grid point
     if algorithm == "pg":
         from dsorl.algorithms import pg
 
         scale = config["init_scale"]
-        def run(mdp, params0, hparams, key, *, config):  # a random start per seed
-            start = params0 + scale * jax.random.normal(key, params0.shape, params0.dtype)
-            return pg.run(mdp, start, hparams, key, config=config)
-        hparams = lambda p: pg.HParams(gamma=p["gamma"], step_size=p["step_size"])
         static = pg.Config(n_steps=config["n_steps"])
         keys = {"gamma", "step_size", "seed"}
+        if scale:
+            def run(mdp, params0, hparams, key, *, config):  # a random start per seed
+                start = params0 + scale * jax.random.normal(key, params0.shape, params0.dtype)
+                return pg.run(mdp, start, hparams, key, config=config)
+            # a wrapper is no algorithm: check the grid with pg's own validate before compiling
+            _check_axes(algorithm, grid, keys)
+            check_grid(pg, mdp, Grid(**grid), config=static, params0=params0)
+            hparams = lambda point: pg.HParams(**point)
+        else:
+            run = pg
     elif algorithm == "dynpg":
         from dsorl.algorithms import dynpg
 
-        run = dynpg.run
-        hparams = lambda p: dynpg.HParams(**{k: p[k] for k in ("gamma", "step_scale",
-                                                                "steps_coefficient") if k in p})
-        static = dynpg.Config(max_epochs=config["max_epochs"])
-        keys = {"gamma", "step_scale", "steps_coefficient", "seed"}
+        run = dynpg  # the algorithm: the sweep validates every grid point before compiling
+        static = dynpg.Config(n_steps=config["max_epochs"])
+        keys = {"gamma", "step_size", "steps_coefficient", "seed"}
     else:
         raise ValueError(f"config key 'algorithm' must be pg or dynpg, got {algorithm!r}.")
+    _check_axes(algorithm, grid, keys)
+    return {"run": run, "mdp": mdp, "grid": Grid(**grid), "config": static,
+            "params0": params0, "hparams": hparams, "metrics": _metrics}
+
+
+def _check_axes(algorithm: str, grid: dict, keys: set) -> None:
     unknown = sorted(set(grid) - keys)
     if unknown or "gamma" not in grid:
         raise ValueError(f"config key 'grid' for {algorithm} takes {', '.join(sorted(keys))}"
                          f" (gamma required); got {', '.join(sorted(grid))}.")
-    return {"run": run, "mdp": mdp, "grid": Grid(**grid), "config": static,
-            "params0": params0, "hparams": hparams, "metrics": _metrics}
