@@ -36,7 +36,7 @@ works (gradients within ~1e-6 relative of float64 at gamma = 0.9 on small chains
 solves lose accuracy like 1/(1 - gamma), so use float64 near gamma = 1 and for gamma = 1).
 """
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ from dsorl import _checks, markov
 from dsorl._struct import unchecked
 from dsorl.markov import Chain
 from dsorl.mdp import MDP, entropy_regularised_chain, induced_chain
+from dsorl.policies import Policy
 
 Array = jax.Array
 
@@ -63,6 +64,12 @@ class ChainModel:
     on concrete `theta` only (see `check_model`). Rows of `P` must be stochastic
     everywhere, terminal rows included (they are ignored by the criteria and by the
     sampled estimators, which stop at a terminal state).
+
+    `params_shape` (optional): the shapes `theta` must have (a pytree of shape tuples,
+    e.g. `(S, A)`), and `dtype` (optional): the chain's float dtype; the mappings set both
+    when they know them, `dtype` defaults to that of a constant floating `reward` or
+    `initial`. The DSO algorithms check `params0` against the first and run in the second
+    (`dsorl.algorithms.base.problem_dtype` reads it).
     """
 
     transition: Callable
@@ -71,18 +78,34 @@ class ChainModel:
     terminal: Optional[Array] = None
     log_transition: Optional[Callable] = None
     check: Optional[Callable] = None
+    params_shape: Any = None
+    dtype: Any = None
 
     def __post_init__(self):
         for name in ("reward", "initial"):
             value = getattr(self, name)
             if not callable(value):
-                object.__setattr__(self, name, _constant(jnp.asarray(value)))
+                value = jnp.asarray(value)
+                if self.dtype is None and jnp.issubdtype(value.dtype, jnp.floating):
+                    object.__setattr__(self, "dtype", value.dtype)
+                object.__setattr__(self, name, _constant(value))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         if self.terminal is not None:
             object.__setattr__(self, "terminal", jnp.asarray(self.terminal, bool))
 
 
 def _constant(value):
     return lambda theta: value
+
+
+def _params_shape(policy):
+    """The shapes of a `dsorl.policies.Policy`'s parameters (also of its bound `probs`),
+    or None for any other callable."""
+    owner = getattr(policy, "__self__", policy)
+    if not isinstance(owner, Policy):
+        return None
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), jax.eval_shape(owner.init))
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,7 +121,7 @@ def marginal(mdp: MDP, policy: Callable) -> ChainModel:
     """
     return ChainModel(transition=lambda th: induced_chain(mdp, policy(th)).P,
                       reward=lambda th: induced_chain(mdp, policy(th)).r,
-                      initial=mdp.rho)
+                      initial=mdp.rho, params_shape=_params_shape(policy), dtype=mdp.P.dtype)
 
 
 def augmented(mdp: MDP, policy: Callable) -> ChainModel:
@@ -128,7 +151,8 @@ def augmented(mdp: MDP, policy: Callable) -> ChainModel:
 
     return ChainModel(transition=transition, reward=reward,
                       initial=lambda th: (mdp.rho[:, None] * jnp.exp(log_pi(th))).reshape(S * A),
-                      log_transition=log_transition)
+                      log_transition=log_transition, params_shape=_params_shape(policy),
+                      dtype=mdp.P.dtype)
 
 
 def kl_regularised(mdp: MDP, policy: Callable, tau, reference: Optional[Array] = None
@@ -142,7 +166,7 @@ def kl_regularised(mdp: MDP, policy: Callable, tau, reference: Optional[Array] =
     return ChainModel(
         transition=lambda th: induced_chain(mdp, policy(th)).P,
         reward=lambda th: entropy_regularised_chain(mdp, policy(th), tau, reference).r,
-        initial=mdp.rho)
+        initial=mdp.rho, params_shape=_params_shape(policy), dtype=mdp.P.dtype)
 
 
 def maximum_entropy(mdp: MDP, policy: Callable, tau) -> ChainModel:
@@ -160,7 +184,7 @@ def maximum_entropy(mdp: MDP, policy: Callable, tau) -> ChainModel:
 def lmdp_chain(lmdp, controls="desirability") -> ChainModel:
     """A linearly-solvable MDP as a chain: `P = u_theta`, `r = -q - KL(u_theta(.|x) || p(.|x))`.
 
-    `lmdp` is a `dsorl.envs.lmdp.LMDP` (passive dynamics `p`, state cost `q`, initial law,
+    `lmdp` is a `dsorl.lmdp.LMDP` (passive dynamics `p`, state cost `q`, initial law,
     optional terminal set: first exit, where a terminal state pays only `q`). `controls`:
     - `"desirability"`: `u_theta(x'|x) ∝ p(x'|x) exp(theta[x'])`, `theta[X]`; the optimum
       `u*(x'|x) ∝ p(x'|x) z(x')` is `theta = log z` (Todorov 2006, 2009);
@@ -172,7 +196,7 @@ def lmdp_chain(lmdp, controls="desirability") -> ChainModel:
     p = lmdp.passive
     log_p = safe_log(p)
     continues = _continues(lmdp.terminal, p.shape[0], p.dtype)
-    check = None
+    check, params_shape = None, None
     if callable(controls):
         transition, log_transition = controls, None
 
@@ -186,6 +210,7 @@ def lmdp_chain(lmdp, controls="desirability") -> ChainModel:
                                  f" KL(u || p) is infinite ({len(bad)} such transitions).")
     elif controls in ("desirability", "tabular"):
         shape = (None, slice(None)) if controls == "desirability" else (Ellipsis,)
+        params_shape = p.shape[-1:] if controls == "desirability" else p.shape[-2:]
 
         def log_transition(theta):
             logits = log_p + theta[shape]
@@ -202,7 +227,9 @@ def lmdp_chain(lmdp, controls="desirability") -> ChainModel:
         return -lmdp.cost - continues * kl
 
     return ChainModel(transition=transition, reward=reward, initial=lmdp.initial,
-                      terminal=lmdp.terminal, log_transition=log_transition, check=check)
+                      terminal=lmdp.terminal, log_transition=log_transition, check=check,
+                      params_shape=None if params_shape is None else tuple(params_shape),
+                      dtype=p.dtype)
 
 
 def _log_policy(policy):
@@ -231,7 +258,8 @@ def check_chain(model: ChainModel, theta) -> None:
     if not _checks.is_concrete(values):  # inside a trace (jit, vmap) even constants are traced
         return
     P, r, P0 = (np.asarray(x) for x in values)
-    markov.validate_chain(P)
+    # a wider chain than theta (a float64 MDP under float32 theta) carries theta's rounding
+    markov.validate_chain(P.astype(_narrowest(theta, P)))
     if model.check is not None:
         model.check(theta)
     _checks.check_shape("r", r, P.shape[:1], "[X]")
@@ -242,6 +270,13 @@ def check_chain(model: ChainModel, theta) -> None:
     _checks.check_rows_sum_to_one("P0", P0[None], what="initial law")
     if model.terminal is not None:
         _checks.check_shape("terminal", model.terminal, r.shape, "[X]")
+
+
+def _narrowest(*trees):
+    """The float dtype of the least precise floating leaf of `trees`."""
+    dtypes = [np.dtype(x.dtype) for x in jax.tree_util.tree_leaves(trees)
+              if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)]
+    return min(dtypes, key=lambda d: np.finfo(d).bits) if dtypes else np.dtype(float)
 
 
 def check_model(model: ChainModel, theta, gamma=None, *, average: bool = False) -> None:
@@ -350,7 +385,7 @@ def log_initial(model: ChainModel, theta) -> Array:
 # Discounted and first-exit criteria
 
 
-class Solution(NamedTuple):
+class ChainSolution(NamedTuple):
     """Exact first-order quantities at one `theta`: objective `J`, values `v[X]`,
     occupancy `m[X]` (discounted) or stationary law `p*[X]` (average), and the
     discount `gamma` (1 for the average criterion) of the Thm-1 transition term."""
@@ -361,7 +396,7 @@ class Solution(NamedTuple):
     gamma: Array
 
 
-def _discounted_solution(model: ChainModel, P, r, P0, gamma) -> Solution:
+def _discounted_solution(model: ChainModel, P, r, P0, gamma) -> ChainSolution:
     """`v = (I - gamma P~)^{-1} r` and `m^T = P0^T (I - gamma P~)^{-1}`.
 
     Without a terminal set these are the core's `discounted_value` and `occupancy`; with
@@ -376,11 +411,11 @@ def _discounted_solution(model: ChainModel, P, r, P0, gamma) -> Solution:
         A = jnp.eye(P.shape[0], dtype=P.dtype) - gamma * _absorbed(model, P)
         v = jnp.linalg.solve(A, r)
         m = jnp.linalg.solve(A.T, P0)
-    return Solution(P0 @ v, v, m, jnp.asarray(gamma, v.dtype))
+    return ChainSolution(P0 @ v, v, m, jnp.asarray(gamma, v.dtype))
 
 
-def solve(model: ChainModel, theta, gamma) -> Solution:
-    """`Solution(J, v, m, gamma)` of the discounted / first-exit criterion at `theta`."""
+def solve(model: ChainModel, theta, gamma) -> ChainSolution:
+    """`ChainSolution(J, v, m, gamma)` of the discounted / first-exit criterion at `theta`."""
     check_model(model, theta, gamma)
     return _discounted_solution(model, *evaluate(model, theta), gamma)
 
@@ -405,7 +440,7 @@ def objective(model: ChainModel, theta, gamma) -> Array:
     return solve(model, theta, gamma).objective
 
 
-def _thm1(model: ChainModel, theta, sol: Solution, *, initial: bool = True):
+def _thm1(model: ChainModel, theta, sol: ChainSolution, *, initial: bool = True):
     """Thm 1 as one pullback through `theta -> (P, r, P0)` with cotangents
     `(gamma m v^T (non-terminal rows), m, v)` (`P0`'s is 0 when `initial` is False)."""
     _, pullback = jax.vjp(lambda th: evaluate(model, th), theta)
@@ -449,7 +484,7 @@ def hessian(model: ChainModel, theta, gamma) -> Array:
     return _hessian(model, theta, sol, lambda U: jnp.linalg.solve(A, U), initial=True)
 
 
-def _hessian(model, theta, sol: Solution, value_jacobian, *, initial: bool) -> Array:
+def _hessian(model, theta, sol: ChainSolution, value_jacobian, *, initial: bool) -> Array:
     flat, unravel = ravel_pytree(theta)
 
     def parts(f):
@@ -571,13 +606,13 @@ def divergence_at(model: ChainModel, theta, terms: SurrogateTerms) -> Array:
 # Average-reward criterion
 
 
-def solve_average(model: ChainModel, theta) -> Solution:
-    """`Solution(g, h, p*, 1)`: gain, differential value (bias, `p* . h = 0`) and
+def solve_average(model: ChainModel, theta) -> ChainSolution:
+    """`ChainSolution(g, h, p*, 1)`: gain, differential value (bias, `p* . h = 0`) and
     stationary law of the unichain chain at `theta` (core `dsorl.markov` solves)."""
     check_model(model, theta, average=True)
     chain = chain_at(model, theta)
     p = markov.stationary_distribution(chain)
-    return Solution(p @ chain.r, markov.bias(chain), p, jnp.ones((), p.dtype))
+    return ChainSolution(p @ chain.r, markov.bias(chain), p, jnp.ones((), p.dtype))
 
 
 def gain(model: ChainModel, theta) -> Array:

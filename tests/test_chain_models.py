@@ -18,6 +18,7 @@ import dsorl
 from dsorl import chain_models as cm
 from dsorl import policies
 from dsorl.envs import lmdp as lmdp_envs
+from dsorl.lmdp import LMDP
 from helpers import central_difference, check_compiled_variants, random_mdp
 
 S, A = 4, 3
@@ -454,15 +455,37 @@ def test_average_reward_on_multichain_raises():
 
 
 def test_lmdp_passive_dynamics_not_covering_controls_raises():
-    lmdp = lmdp_envs.LMDP(np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]),
-                          np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]),
-                          np.array([False, False, True]))
+    lmdp = LMDP(np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]),
+                np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]),
+                np.array([False, False, True]))
     controls = lambda th: jnp.array([[0.2, 0.4, 0.4], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
     model = cm.lmdp_chain(lmdp, controls)
     with pytest.raises(ValueError, match=r"passive dynamics do not cover.*u\(2\|0\)"):
         cm.objective(model, 0.0, 1.0)
     with pytest.raises(ValueError, match="controls must be"):
         cm.lmdp_chain(lmdp, "free")
+
+
+def test_mappings_know_their_parameter_shape_and_dtype():
+    """`params_shape` and `dtype` of the mappings (the DSO algorithms check `params0` and
+    cast it with them); a float32 `theta` on a float64 chain is validated at float32's
+    tolerance (its rows carry theta's rounding) instead of blaming the MDP."""
+    mdp = random_mdp(0, S, A)
+    for model in (cm.marginal(mdp, TABULAR), cm.marginal(mdp, TABULAR.probs),
+                  cm.augmented(mdp, TABULAR), cm.maximum_entropy(mdp, TABULAR, 0.1)):
+        assert model.params_shape == (S, A) and model.dtype == mdp.P.dtype
+    assert cm.marginal(mdp, lambda th: TABULAR(th)).params_shape is None
+    lmdp = lmdp_envs.random_lmdp(jax.random.key(0), 6, 3)
+    assert cm.lmdp_chain(lmdp).params_shape == (6,)
+    assert cm.lmdp_chain(lmdp, "tabular").params_shape == (6, 6)
+    assert cm.ChainModel(lambda th: jnp.eye(2), jnp.zeros(2, jnp.float32),
+                         jnp.array([1.0, 0.0])).dtype == jnp.float32
+    theta32 = jnp.asarray(np.random.default_rng(0).normal(size=(S, A)) * 3, jnp.float32)
+    model = cm.marginal(mdp, TABULAR)
+    solution = cm.solve(model, theta32, 0.9)
+    assert isinstance(solution, cm.ChainSolution)
+    np.testing.assert_allclose(solution.objective, cm.objective(model, theta32.astype(float), 0.9),
+                               rtol=1e-6)
 
 
 def test_negative_temperature_raises():

@@ -95,7 +95,7 @@ def test_landscape_of_a_two_coordinate_axis(tmp_path):
     (["sweep", str(ROOT / "configs" / "sweep_dso.yaml"), "--set", "algorithm=newton"],
      "'algorithm' must be one of ascent, natural, chain_iteration"),
     (["sweep", str(ROOT / "configs" / "sweep_dso.yaml"), "--set", "algorithm=ascent"],
-     "config key 'grid' for ascent takes damping, gamma, learning_rate, seed"),
+     "config key 'grid' for ascent takes damping, gamma, seed, step_size"),
     (["sweep", str(ROOT / "configs" / "sweep_nbw.yaml"), "--set", "envs=[C1]"],
      "config key 'envs' takes a non-empty list of A1"),
 ])

@@ -13,6 +13,7 @@ from dsorl import chain_models as cm
 from dsorl.algorithms import dso as alg
 from dsorl.algorithms import lmdp as lm
 from dsorl.envs import lmdp as envs
+from dsorl.lmdp import LMDP
 from helpers import check_compiled_variants
 
 X = 6
@@ -32,7 +33,7 @@ def kl(u, p):
 
 def test_first_exit_two_state_closed_form():
     # z0 = e^{-q0} (p00 z0 + p01 z1), z1 = e^{-q1}  =>  z0 = e^{-q0} p01 z1 / (1 - e^{-q0} p00)
-    lmdp = envs.LMDP(np.array([[0.7, 0.3], [0.0, 1.0]]), np.array([0.5, 2.0]), np.array([1.0, 0.0]),
+    lmdp = LMDP(np.array([[0.7, 0.3], [0.0, 1.0]]), np.array([0.5, 2.0]), np.array([1.0, 0.0]),
                      np.array([False, True]))
     z1 = np.exp(-2.0)
     z0 = np.exp(-0.5) * 0.3 * z1 / (1 - np.exp(-0.5) * 0.7)
@@ -105,9 +106,9 @@ def optimisers(lmdp):
     J_star = lmdp.initial @ jnp.log(z)
     by_desirability, tabular = cm.lmdp_chain(lmdp), cm.lmdp_chain(lmdp, "tabular")
     _, ascent = alg.gradient_ascent(by_desirability, jnp.zeros(X), alg.AscentHParams(1.0, 0.1),
-                                    config=alg.AscentConfig(iterations=400, optimizer=optax.adam))
+                                    config=alg.AscentConfig(n_steps=400, optimizer=optax.adam))
     state, ci = alg.chain_iteration(tabular, jnp.zeros((X, X)), alg.ChainIterationHParams(1.0, 0.1),
-                                    config=alg.ChainIterationConfig(iterations=10, inner_steps=300))
+                                    config=alg.ChainIterationConfig(n_steps=10, inner_steps=300))
     return J_star, ascent, ci, cm.evaluate(tabular, state.params)[0], lm.optimal_chain(lmdp, z)
 
 
@@ -135,19 +136,20 @@ def np_mean_recursion(lmdp, z0, c, K):
     return z
 
 
-Z_CONFIG = lm.ZLearningConfig(iterations=400)
+Z_CONFIG = lm.ZLearningConfig(n_steps=400)
 
 
 @jax.jit
 def z_learning_seeds(lmdp, behaviour, keys):
     hparams = lm.ZLearningHParams(5.0)
+    off_chain = hparams._replace(behaviour=behaviour)
     z0 = jnp.ones(X)
-    on = jax.vmap(lambda k: lm.z_learning(lmdp, z0, hparams, k, config=Z_CONFIG)[0])(keys)
-    off = jax.vmap(lambda k: lm.z_learning(lmdp, z0, hparams, k, config=Z_CONFIG,
-                                           behaviour=behaviour)[0])(keys)
-    greedy = lm.z_learning(lmdp, z0, hparams, keys[0],
-                           config=lm.ZLearningConfig(iterations=400, greedy=True))
-    return on, off, greedy
+    on = jax.vmap(lambda k: lm.z_learning(lmdp, z0, hparams, k, config=Z_CONFIG)[0].params)(keys)
+    off = jax.vmap(lambda k: lm.z_learning(lmdp, z0, off_chain, k,
+                                           config=Z_CONFIG)[0].params)(keys)
+    state, trace = lm.z_learning(lmdp, z0, hparams, keys[0],
+                                 config=lm.ZLearningConfig(n_steps=400, greedy=True))
+    return on, off, (state.params, trace)
 
 
 def test_z_learning_on_and_off_chain_converge_to_the_same_desirability():
@@ -160,7 +162,7 @@ def test_z_learning_on_and_off_chain_converge_to_the_same_desirability():
     z = np.asarray(lm.first_exit_desirability(lmdp))
     on, off, (greedy, greedy_trace) = z_learning_seeds(lmdp, behaviour,
                                                        jax.random.split(jax.random.key(0), 256))
-    expected = np_mean_recursion(lmdp, np.ones(X), 5.0, Z_CONFIG.iterations)
+    expected = np_mean_recursion(lmdp, np.ones(X), 5.0, Z_CONFIG.n_steps)
     free = ~np.asarray(lmdp.terminal)
     for name, runs in (("on-chain", on), ("off-chain", off)):
         runs = np.asarray(runs)
@@ -170,7 +172,7 @@ def test_z_learning_on_and_off_chain_converge_to_the_same_desirability():
         assert np.all(np.abs(runs[:, free].mean(0) - expected[free]) < 5 * se), name
         # the estimates converge: the rms error is a few times 1/sqrt(K) of z's scale
         rms = np.sqrt(np.mean((runs - z) ** 2))
-        assert rms < 3 * z.max() / np.sqrt(Z_CONFIG.iterations), name
+        assert rms < 3 * z.max() / np.sqrt(Z_CONFIG.n_steps), name
     np.testing.assert_allclose(greedy, expected, rtol=1e-12)
     assert np.all(np.diff(np.asarray(greedy_trace.error)) <= 1e-15)
     np.testing.assert_allclose(expected, z, rtol=2e-2)  # bias after 400 steps
@@ -179,11 +181,11 @@ def test_z_learning_on_and_off_chain_converge_to_the_same_desirability():
 def test_variants_jit_and_vmap():
     lmdps = [first_exit(s) for s in (7, 8, 9)]
     batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *lmdps)
-    config = lm.ZLearningConfig(iterations=20)
+    config = lm.ZLearningConfig(n_steps=20)
 
-    def run(lmdp, step_scale, key):
+    def run(lmdp, step_size, key):
         return (lm.first_exit_desirability(lmdp), lm.optimal_chain(lmdp, jnp.ones(X)),
-                lm.z_learning(lmdp, jnp.ones(X), lm.ZLearningHParams(step_scale), key,
+                lm.z_learning(lmdp, jnp.ones(X), lm.ZLearningHParams(step_size), key,
                               config=config))
 
     check_compiled_variants(run, (batch, jnp.array([1.0, 2.0, 5.0]),
@@ -194,6 +196,38 @@ def test_variants_jit_and_vmap():
                            eager, jax.jit(lm.average_cost_desirability)(average))
 
 
+def test_z_learning_contract_float32_trace_and_captured_problem():
+    """A float32 LMDP and z0 stay float32; each trace row is the error after its step
+    (`keep_params`: the estimates); jit(vmap) over keys with the LMDP captured equals
+    the single runs; a run draws from `fold_in(key, k)` only (a longer run extends it)."""
+    lmdp = first_exit(10)
+    config = lm.ZLearningConfig(n_steps=30)
+    hparams = lm.ZLearningHParams(2.0)
+    state, trace = lm.z_learning(lmdp, jnp.ones(X), hparams, jax.random.key(3), config=config,
+                                 keep_params=True)
+    z = np.asarray(lm.first_exit_desirability(lmdp))
+    errors = np.abs(np.asarray(trace.params) - z).max(1) / z.max()
+    np.testing.assert_allclose(trace.error, errors, rtol=1e-12)
+    np.testing.assert_array_equal(trace.params[-1], state.params)
+    longer = lm.z_learning(lmdp, jnp.ones(X), hparams, jax.random.key(3),
+                           config=lm.ZLearningConfig(n_steps=40))[1]
+    np.testing.assert_allclose(longer.error[:30], trace.error, rtol=1e-13)
+
+    lmdp32 = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, lmdp)
+    state32, trace32 = lm.z_learning(lmdp32, jnp.ones(X, jnp.float32), hparams,
+                                     jax.random.key(3), config=config)
+    assert state32.params.dtype == jnp.float32 and trace32.error.dtype == jnp.float32
+    assert np.all(np.isfinite(trace32.error)) and trace32.error[-1] < trace32.error[0]
+
+    keys = jax.random.split(jax.random.key(4), 3)
+    run = lambda k: lm.z_learning(lmdp, jnp.ones(X), hparams, k, config=config)
+    batched = jax.jit(jax.vmap(run))(keys)
+    for i in range(3):
+        jax.tree_util.tree_map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-12),
+                               batched, jax.jit(run)(keys[i]))
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -201,28 +235,38 @@ def test_bad_input_raises():
     p = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
     q, init = np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="sums to"):
-        envs.LMDP(p * 0.9, q, init, np.array([False, False, True]))
+        LMDP(p * 0.9, q, init, np.array([False, False, True]))
     with pytest.raises(ValueError, match="never reached from state 0 under the passive"):
         stuck = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
-        envs.LMDP(stuck, q, init, np.array([False, False, True]))
+        LMDP(stuck, q, init, np.array([False, False, True]))
     with pytest.raises(ValueError, match="terminal set is empty"):
-        envs.LMDP(p, q, init, np.zeros(3, bool))
-    lmdp = envs.LMDP(p, q, init, np.array([False, False, True]))
+        LMDP(p, q, init, np.zeros(3, bool))
+    lmdp = LMDP(p, q, init, np.array([False, False, True]))
     with pytest.raises(ValueError, match="first exit"):
         lm.average_cost_desirability(lmdp)
-    average = envs.LMDP(p, q, init)
+    average = LMDP(p, q, init)
     with pytest.raises(ValueError, match="no terminal set"):
         lm.first_exit_desirability(average)
     with pytest.raises(ValueError, match="2 closed classes"):
-        lm.average_cost_desirability(envs.LMDP(np.eye(2), np.zeros(2), np.array([1.0, 0.0])))
-    config = lm.ZLearningConfig(iterations=5)
+        lm.average_cost_desirability(LMDP(np.eye(2), np.zeros(2), np.array([1.0, 0.0])))
+    config = lm.ZLearningConfig(n_steps=5)
     uncovering = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
     with pytest.raises(ValueError, match=r"behaviour chain does not cover the passive.*b\(1\|0\)"):
-        lm.z_learning(lmdp, jnp.ones(3), lm.ZLearningHParams(), jax.random.key(0), config=config,
-                      behaviour=uncovering)
-    with pytest.raises(ValueError, match="z0 must be > 0"):
+        lm.z_learning(lmdp, jnp.ones(3), lm.ZLearningHParams(behaviour=uncovering),
+                      jax.random.key(0), config=config)
+    with pytest.raises(ValueError, match=r"params0 \(z0\) must be > 0"):
         lm.z_learning(lmdp, jnp.zeros(3), lm.ZLearningHParams(), jax.random.key(0), config=config)
-    with pytest.raises(ValueError, match="step_scale"):
+    with pytest.raises(ValueError, match="step_size"):
         lm.z_learning(lmdp, jnp.ones(3), lm.ZLearningHParams(0.0), jax.random.key(0), config=config)
+    with pytest.raises(ValueError, match=r"params0 must have shape \(3,\), got \(4,\)"):
+        lm.z_learning(lmdp, jnp.ones(4), lm.ZLearningHParams(), jax.random.key(0), config=config)
+    with pytest.raises(ValueError, match="params0.* is not finite"):
+        lm.z_learning(lmdp, jnp.array([1.0, jnp.nan, 1.0]), lm.ZLearningHParams(),
+                      jax.random.key(0), config=config)
+    with pytest.raises(ValueError, match="pass an explicit key"):
+        lm.z_learning(lmdp, jnp.ones(3), lm.ZLearningHParams(), config=config)
+    with pytest.raises(ValueError, match="no terminal set"):
+        lm.z_learning(average, jnp.ones(3), lm.ZLearningHParams(), jax.random.key(0),
+                      config=config)
     with pytest.raises(ValueError, match="odd"):
         envs.random_walk_lmdp(10)

@@ -2,11 +2,17 @@
 Iteration and Proximal Chain Optimisation (PCO).
 
 Todorov, "Dynamical System Optimization" (arXiv 2506.08340); DESIGN 5.4. Each algorithm
-is `*_init` / `*_step` pure functions and a run
-`run(model, params0, hparams, key, *, config) -> (final_state, trace)`, one `lax.scan`
-over iterations: jittable end to end (close over the `ChainModel`) and vmappable over
-`params0`, `hparams` and `key`. Rewards are maximised (the paper's cost is `L = -r`);
-optax minimises, so every optimiser is fed the negated ascent direction.
+is a `dsorl.algorithms.base.Algorithm` record (`GRADIENT_ASCENT`, `CHAIN_ITERATION`,
+`PCO`: its `HParams`, `Config`, `State`, `Trace`, `init`, `step`, `validate`) run by
+`dsorl.algorithms.base.run`, with the public
+`run(model, params0, hparams, key=None, *, config, keep_params=False) -> (state, trace)`
+(`gradient_ascent`, `chain_iteration`, `pco`): one `lax.scan` over `config.n_steps`
+steps, jittable end to end (close over the `ChainModel`) and vmappable over `params0`,
+`hparams` and `key`. The problem is a `dsorl.chain_models.ChainModel`; `params0` is cast
+to its `dtype` and checked against its `params_shape` when the model knows them. Every
+trace row records `objective` `J(theta_{k+1})`, the value **after** the step (carried in
+the state: no extra solve). Rewards are maximised (the paper's cost is `L = -r`); the
+optimisers are fed ascent directions through `dsorl.optim.ascent`.
 
 - `gradient_ascent`: `theta <- theta + step(grad J)` with the exact Thm-1 gradient;
   `config.natural=True` preconditions it with the chain Fisher
@@ -14,23 +20,24 @@ optax minimises, so every optimiser is fed the negated ascent direction.
 - `chain_iteration`: `theta_{k+1} = argmax_theta S(theta, theta_k) - beta D(theta; theta_k)`
   with the exact surrogate `S`, the proximal weight `beta = hparams.proximal >= 0` and
   `D` the occupancy-weighted chain KL (`dsorl.chain_models.divergence_at`); the argmax
-  is approximated by `config.inner_steps` steps of an optax optimiser, started from
-  `theta_k` (`warm_start=True`) or from `params0` each time. For a tabular policy and
-  `beta = 0` the maximiser of `S` is the greedy policy of `Q_{theta_k}` in every state:
-  Chain Iteration is policy iteration, up to how near the inner loop gets to that
-  (infinite-logit) argmax; warm starts keep sharpening it (tests: monotone, and the
-  greedy policy is optimal after as many iterations as Howard's from the same start).
+  is approximated by `config.inner_steps` steps of an optax optimiser
+  (`dsorl.optim.maximise`), started from `theta_k` (`warm_start=True`) or from `params0`
+  each time. For a tabular policy and `beta = 0` the maximiser of `S` is the greedy
+  policy of `Q_{theta_k}` in every state: Chain Iteration is policy iteration, up to how
+  near the inner loop gets to that (infinite-logit) argmax; warm starts keep sharpening
+  it (tests: monotone, and the greedy policy is optimal after as many iterations as
+  Howard's from the same start).
 - `pco`: sampled, clipped surrogate (PPO's analogue) over `config.epochs` optimiser
   steps per batch of `config.n_episodes` episodes, on-chain (episodes of `theta_k`) or
-  off-chain (episodes of a fixed `behaviour` chain, importance-weighted); the value
-  baseline is refitted on each batch and used on the next.
+  off-chain (episodes of a fixed `hparams.behaviour` chain, importance-weighted); the
+  value baseline is refitted on each batch and used on the next. Batch `k` is sampled
+  from `fold_in(key, k)`.
 
-Key argument: used by `pco` only; the exact methods accept it (and ignore it) so that
-every DSO run has the signature of DESIGN 4 and plugs into `dsorl.sweep`.
+Key: used by `pco` only; the exact methods take `key=None` (or any key, ignored).
 """
 import dataclasses
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,25 +47,36 @@ from jax import lax
 
 from dsorl import _checks
 from dsorl import chain_models as cm
+from dsorl.algorithms import base
 from dsorl.estimators import dso as est
 from dsorl.markov import validate_chain
-from dsorl.optim import natural_direction
+from dsorl.optim import ascent, maximise, natural_direction
 
 Array = jax.Array
 
-
-def _tree_norm(tree) -> Array:
-    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _negate(tree):
-    return jax.tree_util.tree_map(jnp.negative, tree)
+__all__ = ["AscentHParams", "AscentConfig", "AscentState", "AscentTrace", "GRADIENT_ASCENT",
+           "gradient_ascent", "INNER_ADAM", "ChainIterationHParams", "ChainIterationConfig",
+           "ChainIterationState", "ChainIterationTrace", "CHAIN_ITERATION", "chain_iteration",
+           "PCOHParams", "PCOConfig", "PCOState", "PCOTrace", "PCO", "pco"]
 
 
-def _check_steps(**counts) -> None:
+def _exact(config) -> bool:
+    """`uses_key` of the exact methods: they draw nothing."""
+    return False
+
+
+def _params_shape(model, config):
+    """`expected_params`: the model's `params_shape` (None when the model does not know it)."""
+    return getattr(model, "params_shape", None)
+
+
+def _validate(model, hparams, **counts) -> None:
+    """gamma for the model's criterion, `step_size > 0`, and every count >= 1."""
+    _checks.check_discount(hparams.gamma, allow_one=model.terminal is not None)
+    _checks.check_positive("step_size", hparams.step_size)
     for name, value in counts.items():
-        if int(value) < 1:
-            raise ValueError(f"{name} = {value} must be >= 1.")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"config.{name} = {value!r} must be an int >= 1.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,78 +84,90 @@ def _check_steps(**counts) -> None:
 
 
 class AscentHParams(NamedTuple):
-    """Traced: discount `gamma`, `learning_rate`, Fisher `damping` (natural gradient only)."""
+    """Traced: discount `gamma`, `step_size`, Fisher `damping` (natural gradient only)."""
 
     gamma: Array
-    learning_rate: Array
+    step_size: Array
     damping: Array = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class AscentConfig:
-    """Static: `iterations`; `optimizer`: `learning_rate -> optax transformation`
-    (default plain SGD); `natural`: precondition by the chain Fisher; `pseudo_inverse`:
-    natural direction by SVD pseudo-inverse (the Fisher of a softmax is singular)."""
+    """Static: `n_steps`; `optimizer`: `step_size -> optax transformation` (default plain
+    SGD); `natural`: precondition by the chain Fisher; `pseudo_inverse`: natural
+    direction by SVD pseudo-inverse (the Fisher of a softmax is singular)."""
 
-    iterations: int
+    n_steps: int
     optimizer: Callable = optax.sgd
     natural: bool = False
     pseudo_inverse: bool = True
 
 
 class AscentState(NamedTuple):
-    params: object
-    opt_state: object
+    """`params` `theta_k`, optimiser state, and `J(theta_k)`, `grad J(theta_k)` (one pair of
+    solves per step, reused by the next step)."""
+
+    params: Any
+    opt_state: Any
+    objective: Array
+    grad: Any
 
 
 class AscentTrace(NamedTuple):
-    """Per iteration `k`: `objective` `J(theta_k)` and `gradient_norm` `||grad J(theta_k)||`."""
+    """Per step `k`: `objective` `J(theta_{k+1})` and `grad_norm` `||grad J(theta_k)||`
+    (the gradient the step followed)."""
 
     objective: Array
-    gradient_norm: Array
+    grad_norm: Array
+    params: Any = None
 
 
 def _ascent_transform(hparams: AscentHParams, config: AscentConfig):
-    tx = config.optimizer(hparams.learning_rate)
+    tx = config.optimizer(hparams.step_size)
     if config.natural:
-        return optax.chain(natural_direction(hparams.damping,
-                                             pseudo_inverse=config.pseudo_inverse), tx)
-    return tx
+        tx = optax.chain(natural_direction(hparams.damping,
+                                           pseudo_inverse=config.pseudo_inverse), tx)
+    return ascent(tx)
 
 
-def gradient_ascent_init(model, params0, hparams: AscentHParams, *, config: AscentConfig
-                         ) -> AscentState:
-    """The state before the first step."""
-    del model
-    return AscentState(params0, _ascent_transform(hparams, config).init(params0))
+def gradient_ascent_validate(model, hparams: AscentHParams, config: AscentConfig) -> None:
+    """gamma, `step_size > 0`, `damping >= 0` (concrete values only)."""
+    _validate(model, hparams)
+    _checks.check_positive("damping", hparams.damping, allow_zero=True)
 
 
-def gradient_ascent_step(model, state: AscentState, hparams: AscentHParams, *,
+def gradient_ascent_init(model, params0, hparams: AscentHParams, key=None, *,
+                         config: AscentConfig) -> AscentState:
+    """The state before the first step: the optimiser's, and `(J, grad J)` at `params0`
+    (which also checks the model there)."""
+    J, grad = cm.value_and_gradient(model, params0, hparams.gamma)
+    return AscentState(params0, _ascent_transform(hparams, config).init(params0), J, grad)
+
+
+def gradient_ascent_step(model, state: AscentState, hparams: AscentHParams, key=None, *,
                          config: AscentConfig):
     """One step along the exact gradient (or natural gradient) -> `(state, AscentTrace row)`."""
-    J, grad = cm.value_and_gradient(model, state.params, hparams.gamma)
     extra = {"fisher": cm.fisher(model, state.params, hparams.gamma)} if config.natural else {}
     updates, opt_state = _ascent_transform(hparams, config).update(
-        _negate(grad), state.opt_state, state.params, **extra)
-    return (AscentState(optax.apply_updates(state.params, updates), opt_state),
-            AscentTrace(J, _tree_norm(grad)))
+        state.grad, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    J, grad = cm.value_and_gradient(model, params, hparams.gamma)
+    return (AscentState(params, opt_state, J, grad),
+            AscentTrace(J, base.tree_norm(state.grad)))
+
+
+GRADIENT_ASCENT = base.Algorithm(
+    "gradient_ascent", HParams=AscentHParams, Config=AscentConfig, State=AscentState,
+    Trace=AscentTrace, init=gradient_ascent_init, step=gradient_ascent_step,
+    validate=gradient_ascent_validate, expected_params=_params_shape, uses_key=_exact)
 
 
 def gradient_ascent(model, params0, hparams: AscentHParams, key=None, *,
-                    config: AscentConfig):
-    """Exact DSO gradient ascent (natural gradient with `config.natural`), one `lax.scan`.
-
-    `key` is unused (exact method). Returns `(AscentState, AscentTrace)`, the trace
-    holding `J(theta_k)` for `k = 0 .. iterations - 1`.
-    """
-    _check_steps(iterations=config.iterations)
-    _checks.check_positive("learning_rate", hparams.learning_rate)
-    _checks.check_positive("damping", hparams.damping, allow_zero=True)
-    cm.check_model(model, params0, hparams.gamma)
-    del key
-    state = gradient_ascent_init(model, params0, hparams, config=config)
-    step = lambda s, _: gradient_ascent_step(model, s, hparams, config=config)
-    return lax.scan(step, state, None, length=config.iterations)
+                    config: AscentConfig, keep_params: bool = False):
+    """Exact DSO gradient ascent (natural gradient with `config.natural`):
+    `base.run(GRADIENT_ASCENT, ...)` -> `(AscentState, AscentTrace[n_steps])`."""
+    return GRADIENT_ASCENT.run(model, params0, hparams, key, config=config,
+                               keep_params=keep_params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,10 +175,10 @@ def gradient_ascent(model, params0, hparams: AscentHParams, key=None, *,
 
 
 class ChainIterationHParams(NamedTuple):
-    """Traced: discount `gamma`, inner `learning_rate`, proximal weight `proximal >= 0`."""
+    """Traced: discount `gamma`, inner `step_size`, proximal weight `proximal >= 0`."""
 
     gamma: Array
-    learning_rate: Array
+    step_size: Array
     proximal: Array = 0.0
 
 
@@ -161,75 +191,83 @@ INNER_ADAM = functools.partial(optax.adam, eps=1e-20)
 
 @dataclasses.dataclass(frozen=True)
 class ChainIterationConfig:
-    """Static: outer `iterations`, `inner_steps` per outer iteration, the inner
-    `optimizer` (`learning_rate -> optax transformation`, default `INNER_ADAM`: Adam with
+    """Static: `n_steps` outer iterations, `inner_steps` per outer iteration, the inner
+    `optimizer` (`step_size -> optax transformation`, default `INNER_ADAM`: Adam with
     eps = 1e-20, re-initialised every outer iteration), `warm_start` (inner loop from
     `theta_k`; else from `params0`)."""
 
-    iterations: int
+    n_steps: int
     inner_steps: int
     optimizer: Callable = INNER_ADAM
     warm_start: bool = True
 
 
 class ChainIterationState(NamedTuple):
-    params: object
-    anchor: object
+    """`params` `theta_k`, `anchor` (`params0`, the cold-start point) and the surrogate
+    terms solved at `theta_k` (`terms.objective = J(theta_k)`)."""
+
+    params: Any
+    anchor: Any
+    terms: cm.SurrogateTerms
 
 
 class ChainIterationTrace(NamedTuple):
-    """Per outer iteration `k`: `objective` `J(theta_k)`; `surrogate_gain`
+    """Per outer iteration `k`: `objective` `J(theta_{k+1})`; `surrogate_gain`
     `S(theta_{k+1}, theta_k) - J(theta_k)`; `divergence` `D(theta_{k+1}; theta_k)`."""
 
     objective: Array
     surrogate_gain: Array
     divergence: Array
+    params: Any = None
 
 
-def chain_iteration_init(model, params0, hparams, *, config) -> ChainIterationState:
-    """The state before the first outer iteration (`anchor`: the restart point)."""
-    del model, hparams, config
-    return ChainIterationState(params0, params0)
+def chain_iteration_validate(model, hparams: ChainIterationHParams,
+                             config: ChainIterationConfig) -> None:
+    """gamma, `step_size > 0`, `proximal >= 0`, `inner_steps >= 1`."""
+    _validate(model, hparams, inner_steps=config.inner_steps)
+    _checks.check_positive("proximal", hparams.proximal, allow_zero=True)
+
+
+def chain_iteration_init(model, params0, hparams: ChainIterationHParams, key=None, *,
+                         config: ChainIterationConfig) -> ChainIterationState:
+    """The state before the first outer iteration: the solve at `params0` (which also
+    checks the model there)."""
+    terms = lax.stop_gradient(cm.surrogate_terms(model, params0, hparams.gamma))
+    return ChainIterationState(params0, params0, terms)
 
 
 def chain_iteration_step(model, state: ChainIterationState, hparams: ChainIterationHParams,
-                         *, config: ChainIterationConfig):
-    """One outer iteration: solve at `theta_k`, then `inner_steps` optimiser steps on
-    `-(S(theta, theta_k) - proximal D(theta; theta_k))`."""
-    terms = jax.lax.stop_gradient(cm.surrogate_terms(model, state.params, hparams.gamma))
+                         key=None, *, config: ChainIterationConfig):
+    """One outer iteration: `inner_steps` optimiser steps on
+    `S(theta, theta_k) - proximal D(theta; theta_k)`, then the solve at `theta_{k+1}`."""
+    terms = state.terms
 
-    def loss(theta):
-        return -(cm.surrogate_at(model, theta, terms)
-                 - hparams.proximal * cm.divergence_at(model, theta, terms))
+    def objective(theta):
+        return (cm.surrogate_at(model, theta, terms)
+                - hparams.proximal * cm.divergence_at(model, theta, terms))
 
-    tx = config.optimizer(hparams.learning_rate)
     start = state.params if config.warm_start else state.anchor
-
-    def inner(carry, _):
-        theta, opt_state = carry
-        updates, opt_state = tx.update(jax.grad(loss)(theta), opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state), None
-
-    (theta, _), _ = lax.scan(inner, (start, tx.init(start)), None, length=config.inner_steps)
-    row = ChainIterationTrace(terms.objective, cm.surrogate_at(model, theta, terms) - terms.objective,
+    theta = maximise(objective, start, config.optimizer(hparams.step_size), config.inner_steps)
+    new = lax.stop_gradient(cm.surrogate_terms(model, theta, hparams.gamma))
+    row = ChainIterationTrace(new.objective,
+                              cm.surrogate_at(model, theta, terms) - terms.objective,
                               cm.divergence_at(model, theta, terms))
-    return ChainIterationState(theta, state.anchor), row
+    return ChainIterationState(theta, state.anchor, new), row
+
+
+CHAIN_ITERATION = base.Algorithm(
+    "chain_iteration", HParams=ChainIterationHParams, Config=ChainIterationConfig,
+    State=ChainIterationState, Trace=ChainIterationTrace, init=chain_iteration_init,
+    step=chain_iteration_step, validate=chain_iteration_validate,
+    expected_params=_params_shape, uses_key=_exact)
 
 
 def chain_iteration(model, params0, hparams: ChainIterationHParams, key=None, *,
-                    config: ChainIterationConfig):
-    """Chain Iteration, one `lax.scan` over outer iterations -> `(state, ChainIterationTrace)`.
-
-    `key` is unused (exact method).
-    """
-    _check_steps(iterations=config.iterations, inner_steps=config.inner_steps)
-    _checks.check_positive("learning_rate", hparams.learning_rate)
-    _checks.check_positive("proximal", hparams.proximal, allow_zero=True)
-    cm.check_model(model, params0, hparams.gamma)
-    del key
-    state = chain_iteration_init(model, params0, hparams, config=config)
-    step = lambda s, _: chain_iteration_step(model, s, hparams, config=config)
-    return lax.scan(step, state, None, length=config.iterations)
+                    config: ChainIterationConfig, keep_params: bool = False):
+    """Chain Iteration: `base.run(CHAIN_ITERATION, ...)` ->
+    `(ChainIterationState, ChainIterationTrace[n_steps])`."""
+    return CHAIN_ITERATION.run(model, params0, hparams, key, config=config,
+                               keep_params=keep_params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,22 +275,26 @@ def chain_iteration(model, params0, hparams: ChainIterationHParams, key=None, *,
 
 
 class PCOHParams(NamedTuple):
-    """Traced: discount `gamma`, optimiser `learning_rate`, ratio clip `clip` (epsilon;
-    `inf` disables clipping: then one epoch is Algorithm 1 plus the optimiser)."""
+    """Traced: discount `gamma`, optimiser `step_size`, ratio clip `clip` (epsilon;
+    `inf` disables clipping: then one epoch is Algorithm 1 plus the optimiser);
+    `behaviour[X, X]`: off-chain data from this fixed chain (first states from
+    `P0(theta_k)`), reweighted per decision; it must charge every transition the model's
+    chain can take (checked at `params0` on concrete input). None: on-chain."""
 
     gamma: Array
-    learning_rate: Array
+    step_size: Array
     clip: Array = 0.2
+    behaviour: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PCOConfig:
-    """Static: `iterations` (batches), `n_episodes` per batch, `horizon` T of each
-    episode, `epochs` optimiser steps per batch (full batch), the `optimizer`
-    (`learning_rate -> optax transformation`, default Adam, state kept across batches),
-    `track_objective`: trace the exact `J(theta_k)` (one solve per batch; NaN if off)."""
+    """Static: `n_steps` batches, `n_episodes` per batch, `horizon` T of each episode,
+    `epochs` optimiser steps per batch (full batch), the `optimizer`
+    (`step_size -> optax transformation`, default Adam, state kept across batches),
+    `track_objective`: trace the exact `J(theta_{k+1})` (one solve per batch; NaN if off)."""
 
-    iterations: int
+    n_steps: int
     n_episodes: int
     horizon: int
     epochs: int = 4
@@ -263,57 +305,71 @@ class PCOConfig:
 class PCOState(NamedTuple):
     """`params`, optimiser state, and the value baseline `v_hat[X]` fitted on the last batch."""
 
-    params: object
-    opt_state: object
+    params: Any
+    opt_state: Any
     v_hat: Array
 
 
 class PCOTrace(NamedTuple):
-    """Per batch `k` (collected at `alpha = theta_k`): exact `objective` `J(theta_k)`
-    (if tracked), `estimate` of it (mean `G_0`), `surrogate_gain` (sampled clipped
-    surrogate at `theta_{k+1}` minus `estimate`), `clip_fraction` (share of live
-    transitions whose ratio left `[1 - eps, 1 + eps]` at `theta_{k+1}`)."""
+    """Per batch `k` (collected at `alpha = theta_k`): exact `objective` `J(theta_{k+1})`
+    after the batch's epochs (if tracked), `estimate` of `J(theta_k)` (mean `G_0` of the
+    batch), `surrogate_gain` (sampled clipped surrogate at `theta_{k+1}` minus
+    `estimate`), `clip_fraction` (share of live transitions whose ratio left
+    `[1 - eps, 1 + eps]` at `theta_{k+1}`)."""
 
     objective: Array
     estimate: Array
     surrogate_gain: Array
     clip_fraction: Array
+    params: Any = None
 
 
-def pco_init(model, params0, hparams: PCOHParams, *, config: PCOConfig) -> PCOState:
-    """Start with `v_hat = 0` (the first batch has no previous one to fit on)."""
+def pco_validate(model, hparams: PCOHParams, config: PCOConfig) -> None:
+    """gamma, `step_size > 0`, `clip > 0`, a stochastic `behaviour`, counts >= 1."""
+    _validate(model, hparams, n_episodes=config.n_episodes, horizon=config.horizon,
+              epochs=config.epochs)
+    if _checks.is_concrete(hparams.clip) and not np.all(np.asarray(hparams.clip) > 0):
+        raise ValueError(f"clip = {hparams.clip} must be > 0 (inf: no clipping).")
+    if hparams.behaviour is not None and _checks.is_concrete(hparams.behaviour):
+        validate_chain(hparams.behaviour)
+
+
+def pco_init(model, params0, hparams: PCOHParams, key=None, *, config: PCOConfig) -> PCOState:
+    """Start with `v_hat = 0` (the first batch has no previous one to fit on); checks the
+    model (and the behaviour chain's coverage) at `params0`."""
+    cm.check_model(model, params0, hparams.gamma)
+    if hparams.behaviour is not None:
+        _check_behaviour(model, params0, hparams.behaviour)
     r = cm.evaluate(model, params0)[1]
-    tx = config.optimizer(hparams.learning_rate)
+    tx = config.optimizer(hparams.step_size)
     return PCOState(params0, tx.init(params0), jnp.zeros_like(r))
 
 
-def pco_step(model, state: PCOState, hparams: PCOHParams, key, *, config: PCOConfig,
-             behaviour: Optional[Array] = None):
+def pco_step(model, state: PCOState, hparams: PCOHParams, key, *, config: PCOConfig):
     """One batch: sample at `alpha = theta_k` (or from `behaviour`), `epochs` steps on the
-    negated clipped surrogate, refit `v_hat`."""
-    alpha = state.params
+    clipped surrogate (optimiser state carried across batches), refit `v_hat`."""
+    alpha, behaviour = state.params, hparams.behaviour
     if behaviour is None:
         states = est.sample_episodes(key, model, alpha, config.horizon, config.n_episodes)
     else:
-        P0 = model.initial(alpha)
-        states = est.sample_chain(key, jnp.asarray(behaviour, P0.dtype), P0, config.horizon,
+        states = est.sample_chain(key, behaviour, model.initial(alpha), config.horizon,
                                   config.n_episodes)
     batch = est.prepare_batch(model, alpha, hparams.gamma, states, state.v_hat,
                               behaviour=behaviour)
-    loss = lambda th: -est.surrogate_estimate(model, th, batch, hparams.clip)
-    tx = config.optimizer(hparams.learning_rate)
+    surrogate = lambda th: est.surrogate_estimate(model, th, batch, hparams.clip)
+    tx = ascent(config.optimizer(hparams.step_size))
 
-    def epoch(carry, _):
+    def epoch(carry, _):  # dsorl.optim.maximise, but resuming the optimiser's state
         theta, opt_state = carry
-        updates, opt_state = tx.update(jax.grad(loss)(theta), opt_state, theta)
+        updates, opt_state = tx.update(jax.grad(surrogate)(theta), opt_state, theta)
         return (optax.apply_updates(theta, updates), opt_state), None
 
     (theta, opt_state), _ = lax.scan(epoch, (alpha, state.opt_state), None,
                                      length=config.epochs)
     estimate = jnp.mean(batch.returns[:, 0])
-    objective = (cm.solve(model, alpha, hparams.gamma).objective if config.track_objective
-                 else jnp.nan * estimate)
-    row = PCOTrace(objective, estimate, -loss(theta) - estimate,
+    objective = (cm.objective(model, theta, hparams.gamma) if config.track_objective
+                 else base.nan_like(estimate.dtype))
+    row = PCOTrace(objective, estimate, surrogate(theta) - estimate,
                    _clip_fraction(model, theta, batch, hparams.clip))
     return PCOState(theta, opt_state, est.fit_value(batch, state.v_hat)), row
 
@@ -326,36 +382,28 @@ def _clip_fraction(model, theta, batch: est.Batch, clip) -> Array:
     return jnp.sum(outside) / jnp.maximum(jnp.sum(live), 1)
 
 
-def pco(model, params0, hparams: PCOHParams, key, *, config: PCOConfig,
-        behaviour: Optional[Array] = None):
-    """Proximal Chain Optimisation, one `lax.scan` over batches -> `(PCOState, PCOTrace)`.
-
-    `behaviour[X, X]`: off-chain data from this fixed chain (first states from
-    `P0(theta_k)`), reweighted per decision; it must charge every transition the
-    model's chain can take (checked on concrete input). Default: on-chain.
-    """
-    _check_steps(iterations=config.iterations, n_episodes=config.n_episodes,
-                 horizon=config.horizon, epochs=config.epochs)
-    _checks.check_positive("learning_rate", hparams.learning_rate)
-    if _checks.is_concrete(hparams.clip) and not np.all(np.asarray(hparams.clip) > 0):
-        raise ValueError(f"clip = {hparams.clip} must be > 0 (inf: no clipping).")
-    cm.check_model(model, params0, hparams.gamma)
-    if behaviour is not None:
-        _check_behaviour(model, params0, behaviour)
-    state = pco_init(model, params0, hparams, config=config)
-    step = lambda s, k: pco_step(model, s, hparams, k, config=config, behaviour=behaviour)
-    return lax.scan(step, state, jax.random.split(key, config.iterations))
-
-
 def _check_behaviour(model, params0, behaviour) -> None:
     P = model.transition(params0) if _checks.is_concrete(params0) else None
     if P is None or not _checks.is_concrete(P, behaviour):
         return
     B, P = np.asarray(behaviour), np.asarray(P)
-    validate_chain(B)
     bad = np.argwhere((P > 0) & (B <= 0))
     if bad.size:
         x, y = bad[0]
         raise ValueError(f"the behaviour chain does not cover the model's chain: B({y}|{x}) = 0"
                          f" but P({y}|{x}, theta) = {P[x, y]:.3g} > 0, so that transition is"
                          " never sampled and the importance weights are biased.")
+
+
+PCO = base.Algorithm(
+    "pco", HParams=PCOHParams, Config=PCOConfig, State=PCOState, Trace=PCOTrace,
+    init=pco_init, step=pco_step, validate=pco_validate, expected_params=_params_shape)
+
+
+def pco(model, params0, hparams: PCOHParams, key=None, *, config: PCOConfig,
+        keep_params: bool = False):
+    """Proximal Chain Optimisation: `base.run(PCO, ...)` -> `(PCOState, PCOTrace[n_steps])`.
+
+    On-chain, or off-chain with `hparams.behaviour`; batch `k` draws from `fold_in(key, k)`.
+    """
+    return PCO.run(model, params0, hparams, key, config=config, keep_params=keep_params)

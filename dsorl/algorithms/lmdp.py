@@ -18,14 +18,16 @@ elsewhere in dsorl rewards are maximised: the DSO reward of a chain `u` is
 
 Z-learning (first exit) estimates `z` from sampled transitions by stochastic
 approximation, `z(x) <- (1 - eta_k) z(x) + eta_k exp(-q(x)) w z(x')`, here synchronously:
-each iteration draws one successor `x'` of every non-terminal state. On-chain the
+each step draws one successor `x'` of every non-terminal state. On-chain the
 successors come from `p` (`w = 1`); off-chain from a behaviour chain `b` with the
 importance weight `w = p(x'|x) / b(x'|x)`, or (`greedy`) from the current estimate's
 optimal chain `u(z_k)` (Todorov 2009, greedy Z-learning). Each update's mean is the exact
 `z <- (1 - eta) z + eta (G~ z + exp(-q) 1_T)`, so all variants converge to the same `z`.
+`z_learning` runs through `dsorl.algorithms.base` (record `Z_LEARNING`: problem = the
+LMDP, params = `z`).
 """
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +36,10 @@ from jax import lax
 
 from dsorl import _checks
 from dsorl._struct import unchecked
-from dsorl.envs.lmdp import LMDP
+from dsorl.algorithms import base
+from dsorl.lmdp import LMDP
 from dsorl.markov import Chain, closed_classes, stationary_distribution, validate_chain
+from dsorl.sampling import draw
 
 Array = jax.Array
 
@@ -123,83 +127,100 @@ def optimal_chain(lmdp: LMDP, z: Array) -> Array:
 
 
 class ZLearningHParams(NamedTuple):
-    """Traced: `step_scale` `c > 0` of the step sizes `eta_k = c / (c + k)` (k from 0)."""
+    """Traced: `step_size` `c > 0`, the scale of the step sizes `eta_k = c / (c + k)` (k
+    from 0); `behaviour[X, X]`: off-chain sampling chain (None: on-chain, from `p`; it
+    must charge every transition of `p` from non-terminal states, checked on concrete
+    input, else the weights `p / b` are biased)."""
 
-    step_scale: Array = 1.0
+    step_size: Array = 1.0
+    behaviour: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ZLearningConfig:
-    """Static: `iterations` (each updates every non-terminal state once); `greedy`:
-    sample from the current estimate's optimal chain `u(z_k)` (off-chain, importance
-    weighted) instead of `p` or the given `behaviour`; `keep_estimates`: trace every
-    `z_k` (`[iterations, X]`), not only its error."""
+    """Static: `n_steps` synchronous updates (each draws one successor of every state and
+    updates every non-terminal one); `greedy`: sample from the current estimate's optimal
+    chain `u(z_k)` (off-chain, importance weighted) instead of `p` or the behaviour."""
 
-    iterations: int
+    n_steps: int
     greedy: bool = False
-    keep_estimates: bool = False
+
+
+class ZLearningState(NamedTuple):
+    """`params`: the estimate `z_k[X]`; `count`: `k`; `exact`: `z` by the linear solve
+    (the reference of the trace's error, solved once in `init`)."""
+
+    params: Array
+    count: Array
+    exact: Array
 
 
 class ZLearningTrace(NamedTuple):
-    """Per iteration, after the update: `error` `max |z_k - z| / max z` (`z`: exact) and,
-    with `keep_estimates`, the estimate `z_k` (else `None`)."""
+    """Per step, after the update: `error` `max |z_{k+1} - z| / max z` (`z`: exact);
+    `params`: `z_{k+1}` with `keep_params`."""
 
     error: Array
-    estimate: Optional[Array] = None
+    params: Any = None
 
 
-def z_learning_init(lmdp: LMDP, z0: Array) -> Array:
-    """`z0` with the terminal entries set to their known value `exp(-q)`."""
-    return jnp.where(_terminal(lmdp), jnp.exp(-lmdp.cost), jnp.asarray(z0, lmdp.cost.dtype))
+def z_learning_validate(lmdp: LMDP, hparams: ZLearningHParams, config: ZLearningConfig) -> None:
+    """A first-exit LMDP, `step_size > 0`, a behaviour chain covering `p` (concrete input)."""
+    del config
+    terminal = _terminal(lmdp)
+    _checks.check_positive("step_size", hparams.step_size)
+    b = hparams.behaviour
+    if b is not None and _checks.is_concrete(b, lmdp.passive, terminal):
+        _check_coverage(np.asarray(lmdp.passive), np.asarray(b), np.asarray(terminal))
 
 
-def z_learning_step(lmdp: LMDP, z: Array, k, hparams: ZLearningHParams, key: Array, *,
-                    config: ZLearningConfig, behaviour: Optional[Array] = None) -> Array:
-    """One synchronous update of every non-terminal state from one sampled successor each."""
-    p = lmdp.passive
+def z_learning_init(lmdp: LMDP, z0: Array, hparams, key, *, config) -> ZLearningState:
+    """`z0 > 0` (checked when concrete) with the terminal entries set to their known
+    value `exp(-q)`."""
+    del hparams, key, config
+    if _checks.is_concrete(z0) and not np.all(np.asarray(z0) > 0):
+        raise ValueError("params0 (z0) must be > 0 (a desirability is exp(-cost-to-go)).")
+    z = jnp.where(_terminal(lmdp), jnp.exp(-lmdp.cost), z0)
+    return ZLearningState(z, jnp.zeros((), jnp.int32), first_exit_desirability(lmdp))
+
+
+def z_learning_step(lmdp: LMDP, state: ZLearningState, hparams: ZLearningHParams, key: Array,
+                    *, config: ZLearningConfig):
+    """One synchronous update of every non-terminal state from one sampled successor
+    each (inverse-CDF draws, `dsorl.sampling.draw`) -> `(state, ZLearningTrace row)`."""
+    z, p = state.params, lmdp.passive
     if config.greedy:
         sampler = optimal_chain(lmdp, z)
-    elif behaviour is None:
+    elif hparams.behaviour is None:
         sampler = p
     else:
-        sampler = jnp.asarray(behaviour, p.dtype)
-    nxt = jax.random.categorical(key, jnp.log(sampler), axis=-1)
+        sampler = hparams.behaviour
+    u = jax.random.uniform(key, (lmdp.n_states,), p.dtype)
+    nxt = jax.vmap(draw)(sampler, u)
     rows = jnp.arange(lmdp.n_states)
-    weight = p[rows, nxt] / sampler[rows, nxt]
-    target = jnp.exp(-lmdp.cost) * weight * z[nxt]
-    eta = hparams.step_scale / (hparams.step_scale + k)
-    return jnp.where(lmdp.terminal, z, (1 - eta) * z + eta * target)
+    target = jnp.exp(-lmdp.cost) * p[rows, nxt] / sampler[rows, nxt] * z[nxt]
+    c = hparams.step_size
+    eta = c / (c + state.count.astype(p.dtype))
+    z = jnp.where(lmdp.terminal, z, (1 - eta) * z + eta * target)
+    error = jnp.max(jnp.abs(z - state.exact)) / jnp.max(state.exact)
+    return ZLearningState(z, state.count + 1, state.exact), ZLearningTrace(error)
 
 
-def z_learning(lmdp: LMDP, z0: Array, hparams: ZLearningHParams, key: Array, *,
-               config: ZLearningConfig, behaviour: Optional[Array] = None):
-    """Z-learning on a first-exit LMDP, one `lax.scan` -> `(z, ZLearningTrace)`.
+Z_LEARNING = base.Algorithm(
+    "z_learning", HParams=ZLearningHParams, Config=ZLearningConfig, State=ZLearningState,
+    Trace=ZLearningTrace, init=z_learning_init, step=z_learning_step,
+    validate=z_learning_validate, expected_params=lambda lmdp, config: (lmdp.n_states,))
 
-    `z0[X] > 0`: the initial estimate (terminal entries are replaced by `exp(-q)`).
-    `behaviour[X, X]`: off-chain sampling chain; it must charge every transition of the
-    passive dynamics from non-terminal states (checked), else the weights are biased.
-    Jittable; vmap over `z0`, `hparams`, `key`.
+
+def z_learning(lmdp: LMDP, z0: Array, hparams: ZLearningHParams, key=None, *,
+               config: ZLearningConfig, keep_params: bool = False):
+    """Z-learning on a first-exit LMDP: `dsorl.algorithms.base.run(Z_LEARNING, ...)` ->
+    `(ZLearningState, ZLearningTrace[n_steps])`.
+
+    `z0[X] > 0`: the initial estimate (terminal entries are replaced by `exp(-q)`); with
+    `keep_params`, `trace.params[k]` is `z_{k+1}`. Step `k` draws from
+    `fold_in(key, k)`. Jittable; vmap over `z0`, `hparams`, `key` and the LMDP.
     """
-    terminal = _terminal(lmdp)
-    if config.iterations < 1:
-        raise ValueError(f"iterations = {config.iterations} must be >= 1.")
-    _checks.check_positive("step_scale", hparams.step_scale)
-    if _checks.is_concrete(z0) and not np.all(np.asarray(z0) > 0):
-        raise ValueError("z0 must be > 0 (a desirability is exp(-cost-to-go)).")
-    if behaviour is not None and _checks.is_concrete(behaviour, lmdp.passive):
-        _check_coverage(np.asarray(lmdp.passive), np.asarray(behaviour), np.asarray(terminal))
-    exact = first_exit_desirability(lmdp)
-    scale = jnp.max(exact)
-
-    def step(z, xs):
-        k, key = xs
-        z = z_learning_step(lmdp, z, k, hparams, key, config=config, behaviour=behaviour)
-        return z, ZLearningTrace(jnp.max(jnp.abs(z - exact)) / scale,
-                                 z if config.keep_estimates else None)
-
-    ks = jnp.arange(config.iterations, dtype=lmdp.cost.dtype)
-    return lax.scan(step, z_learning_init(lmdp, z0),
-                    (ks, jax.random.split(key, config.iterations)))
+    return Z_LEARNING.run(lmdp, z0, hparams, key, config=config, keep_params=keep_params)
 
 
 def _check_coverage(p, b, terminal) -> None:

@@ -45,13 +45,13 @@ DEFAULTS = {
     "repeats": 2,
     "garnet": {"n_states": 100, "n_actions": 4, "branching": 5, "gamma": 0.99, "seeds": 64,
                "target": 1.0e-6},
-    "chain_iteration": {"iterations": 30, "inner_steps": 200, "learning_rate": 0.1,
+    "chain_iteration": {"n_steps": 30, "inner_steps": 200, "step_size": 0.1,
                         "batch_size": 64},
-    "gradient_ascent": {"iterations": 3000, "learning_rate": 10.0, "batch_size": 64},
-    "natural_gradient": {"iterations": 100, "learning_rate": 30.0, "damping": 1.0e-6,
+    "gradient_ascent": {"n_steps": 3000, "step_size": 10.0, "batch_size": 64},
+    "natural_gradient": {"n_steps": 100, "step_size": 30.0, "damping": 1.0e-6,
                          "batch_size": 16},
-    "pco": {"iterations": 300, "n_episodes": 32, "horizon": 300, "epochs": 4,
-            "learning_rate": 0.05, "clip": 0.2, "batch_size": 64},
+    "pco": {"n_steps": 300, "n_episodes": 32, "horizon": 300, "epochs": 4,
+            "step_size": 0.05, "clip": 0.2, "batch_size": 64},
     "variance": {"episodes": 1000, "repeats": 4, "gammas": [0.9, 0.99],
                  "augmented_states": 20, "truncation": 1.0e-6, "timing_episodes": 1000},
     "lmdp": {k: v for k, v in dso_lmdp.DEFAULTS.items() if k != "output_dir"},
@@ -96,48 +96,44 @@ def garnet_part(config, log):
         return lambda mdps, keys: jax.lax.map(lambda a: one(*a), (mdps, keys),
                                               batch_size=batch_size)
 
-    def finish(model, state, trace_objective):
-        return jnp.append(trace_objective, cm.objective(model, state.params, gamma))
+    def curve(model, trace_objective):
+        """`J(theta_0), J(theta_1), ..., J(theta_K)`: index = steps taken."""
+        return jnp.concatenate([cm.objective(model, theta0, gamma)[None], trace_objective])
 
     c = config["chain_iteration"]
 
     def chain_iteration(mdp, key):
         model = cm.marginal(mdp, policy)
-        state, trace = alg.chain_iteration(
-            model, theta0, alg.ChainIterationHParams(gamma, c["learning_rate"]), key,
-            config=alg.ChainIterationConfig(iterations=c["iterations"],
-                                            inner_steps=c["inner_steps"]))
-        return finish(model, state, trace.objective)
+        _, trace = alg.chain_iteration(
+            model, theta0, alg.ChainIterationHParams(gamma, c["step_size"]), key,
+            config=alg.ChainIterationConfig(n_steps=c["n_steps"], inner_steps=c["inner_steps"]))
+        return curve(model, trace.objective)
 
     a = config["gradient_ascent"]
 
     def gradient_ascent(mdp, key):
         model = cm.marginal(mdp, policy)
-        state, trace = alg.gradient_ascent(model, theta0,
-                                           alg.AscentHParams(gamma, a["learning_rate"]), key,
-                                           config=alg.AscentConfig(iterations=a["iterations"]))
-        return finish(model, state, trace.objective)
+        _, trace = alg.gradient_ascent(model, theta0, alg.AscentHParams(gamma, a["step_size"]),
+                                       key, config=alg.AscentConfig(n_steps=a["n_steps"]))
+        return curve(model, trace.objective)
 
     n = config["natural_gradient"]
 
     def natural_gradient(mdp, key):
         model = cm.marginal(mdp, policy)
-        state, trace = alg.gradient_ascent(
-            model, theta0, alg.AscentHParams(gamma, n["learning_rate"], n["damping"]), key,
-            config=alg.AscentConfig(iterations=n["iterations"], natural=True,
-                                    pseudo_inverse=False))
-        return finish(model, state, trace.objective)
+        _, trace = alg.gradient_ascent(
+            model, theta0, alg.AscentHParams(gamma, n["step_size"], n["damping"]), key,
+            config=alg.AscentConfig(n_steps=n["n_steps"], natural=True, pseudo_inverse=False))
+        return curve(model, trace.objective)
 
     p = config["pco"]
 
     def pco(mdp, key):
         model = cm.marginal(mdp, policy)
-        state, trace = alg.pco(model, theta0,
-                               alg.PCOHParams(gamma, p["learning_rate"], p["clip"]), key,
-                               config=alg.PCOConfig(iterations=p["iterations"],
-                                                    n_episodes=p["n_episodes"],
-                                                    horizon=p["horizon"], epochs=p["epochs"]))
-        return finish(model, state, trace.objective)
+        _, trace = alg.pco(model, theta0, alg.PCOHParams(gamma, p["step_size"], p["clip"]), key,
+                           config=alg.PCOConfig(n_steps=p["n_steps"], n_episodes=p["n_episodes"],
+                                                horizon=p["horizon"], epochs=p["epochs"]))
+        return curve(model, trace.objective)
 
     methods = {"gradient_ascent": (gradient_ascent, a), "chain_iteration": (chain_iteration, c),
                "natural_gradient": (natural_gradient, n), "pco": (pco, p)}
@@ -147,7 +143,7 @@ def garnet_part(config, log):
                                     repeats=reps)
         gaps = (J_star[:, None] - np.asarray(J)) / np.abs(J_star)[:, None]
         curves[name] = gaps
-        K = settings["iterations"]
+        K = settings["n_steps"]
         hits = [first_hit(row, g["target"]) for row in gaps]
         reached = np.array([h for h in hits if h is not None])
         per_iteration = run_s / K

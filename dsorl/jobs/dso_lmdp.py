@@ -12,7 +12,7 @@ the relative gap `(J* - J) / |J*|` of the chain it holds after each iteration:
   `u_theta ∝ p exp(theta[x, x'])`, and the desirability controls with a proximal term;
 - `z_learning` (on-chain, samples from `p`), `z_learning_off_chain` (samples from a
   behaviour chain: half `p`, half uniform), `z_learning_greedy` (samples from `u(z_k)`):
-  the gap of the chain `u(z_k) ∝ p z_k`. One Z iteration draws one successor per state
+  the gap of the chain `u(z_k) ∝ p z_k`. One Z step draws one successor per state
   (`X - 1` transitions).
 
 Each method is one jitted program; the table reports its compile time apart from the
@@ -37,11 +37,11 @@ DEFAULTS = {
     "seed": 0,
     "target": 1.0e-6,
     "repeats": 3,
-    "gradient_ascent": {"iterations": 3000, "learning_rate": 0.3},
-    "natural_gradient": {"iterations": 200, "learning_rate": 0.3, "damping": 1.0e-8},
-    "chain_iteration": {"iterations": 30, "inner_steps": 1000, "learning_rate": 0.1,
+    "gradient_ascent": {"n_steps": 3000, "step_size": 0.3},
+    "natural_gradient": {"n_steps": 200, "step_size": 0.3, "damping": 1.0e-8},
+    "chain_iteration": {"n_steps": 30, "inner_steps": 1000, "step_size": 0.1,
                         "proximal": 1.0},
-    "z_learning": {"iterations": 20000, "step_scale": 10.0, "behaviour_mix": 0.5},
+    "z_learning": {"n_steps": 20000, "step_size": 10.0, "behaviour_mix": 0.5},
     "output_dir": "results/dso_lmdp",
 }
 
@@ -79,27 +79,30 @@ def run(config: dict) -> dict:
     ga, ng, ci, zl = (config[k] for k in ("gradient_ascent", "natural_gradient",
                                           "chain_iteration", "z_learning"))
 
+    def curve(model, theta0, trace_objective):
+        """`J(theta_0), J(theta_1), ..., J(theta_K)`: index = steps taken."""
+        return jnp.concatenate([cm.objective(model, theta0, 1.0)[None], trace_objective])
+
     def ascent(theta0, natural):
         c = ng if natural else ga
-        hparams = alg.AscentHParams(1.0, c["learning_rate"], c.get("damping", 0.0))
-        settings = (alg.AscentConfig(iterations=c["iterations"], natural=True) if natural else
-                    alg.AscentConfig(iterations=c["iterations"], optimizer=optax.adam))
-        state, trace = alg.gradient_ascent(by_desirability, theta0, hparams, config=settings)
-        return jnp.append(trace.objective, cm.objective(by_desirability, state.params, 1.0))
+        hparams = alg.AscentHParams(1.0, c["step_size"], c.get("damping", 0.0))
+        settings = (alg.AscentConfig(n_steps=c["n_steps"], natural=True) if natural else
+                    alg.AscentConfig(n_steps=c["n_steps"], optimizer=optax.adam))
+        _, trace = alg.gradient_ascent(by_desirability, theta0, hparams, config=settings)
+        return curve(by_desirability, theta0, trace.objective)
 
     def chain_iteration(theta0, model, proximal):
-        settings = alg.ChainIterationConfig(iterations=ci["iterations"],
-                                            inner_steps=ci["inner_steps"])
-        hparams = alg.ChainIterationHParams(1.0, ci["learning_rate"], proximal)
-        state, trace = alg.chain_iteration(model, theta0, hparams, config=settings)
-        return jnp.append(trace.objective, cm.objective(model, state.params, 1.0))
+        settings = alg.ChainIterationConfig(n_steps=ci["n_steps"], inner_steps=ci["inner_steps"])
+        hparams = alg.ChainIterationHParams(1.0, ci["step_size"], proximal)
+        _, trace = alg.chain_iteration(model, theta0, hparams, config=settings)
+        return curve(model, theta0, trace.objective)
 
     def z_learning(key, behaviour, greedy):
-        settings = lm.ZLearningConfig(iterations=zl["iterations"], greedy=greedy,
-                                      keep_estimates=True)
-        _, trace = lm.z_learning(lmdp, jnp.ones(X), lm.ZLearningHParams(zl["step_scale"]), key,
-                                 config=settings, behaviour=behaviour)
-        return jnp.concatenate([jnp.ones((1, X)), trace.estimate])
+        settings = lm.ZLearningConfig(n_steps=zl["n_steps"], greedy=greedy)
+        hparams = lm.ZLearningHParams(zl["step_size"], behaviour)
+        _, trace = lm.z_learning(lmdp, jnp.ones(X), hparams, key, config=settings,
+                                 keep_params=True)
+        return jnp.concatenate([jnp.ones((1, X)), trace.params])
 
     @jax.jit
     def chain_values(estimates):
@@ -110,17 +113,17 @@ def run(config: dict) -> dict:
     mix = zl["behaviour_mix"]
     behaviour = (1 - mix) * lmdp.passive + mix / X
     cases = {
-        "gradient_ascent": (lambda t: ascent(t, False), (jnp.zeros(X),), ga["iterations"], 0),
-        "natural_gradient": (lambda t: ascent(t, True), (jnp.zeros(X),), ng["iterations"], 0),
+        "gradient_ascent": (lambda t: ascent(t, False), (jnp.zeros(X),), ga["n_steps"], 0),
+        "natural_gradient": (lambda t: ascent(t, True), (jnp.zeros(X),), ng["n_steps"], 0),
         "chain_iteration_tabular": (lambda t: chain_iteration(t, tabular, 0.0),
-                                    (jnp.zeros((X, X)),), ci["iterations"], 0),
+                                    (jnp.zeros((X, X)),), ci["n_steps"], 0),
         "chain_iteration_proximal": (lambda t: chain_iteration(t, by_desirability,
                                                                ci["proximal"]),
-                                     (jnp.zeros(X),), ci["iterations"], 0),
-        "z_learning": (lambda k: z_learning(k, None, False), (key,), zl["iterations"], X - 1),
+                                     (jnp.zeros(X),), ci["n_steps"], 0),
+        "z_learning": (lambda k: z_learning(k, None, False), (key,), zl["n_steps"], X - 1),
         "z_learning_off_chain": (lambda k: z_learning(k, behaviour, False), (key,),
-                                 zl["iterations"], X - 1),
-        "z_learning_greedy": (lambda k: z_learning(k, None, True), (key,), zl["iterations"],
+                                 zl["n_steps"], X - 1),
+        "z_learning_greedy": (lambda k: z_learning(k, None, True), (key,), zl["n_steps"],
                               X - 1),
     }
     rows, arrays = [], {"optimum": np.asarray(J_star)}

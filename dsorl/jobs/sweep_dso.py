@@ -1,4 +1,4 @@
-"""Sweep DSO optimisers over γ × learning rate (× clip × seed) on the marginal chain of an MDP.
+"""Sweep DSO optimisers over γ × step size (× clip × seed) on the marginal chain of an MDP.
 
 Todorov (arXiv 2506.08340): the tabular softmax policy of an MDP marginalised into a
 parameterised chain (`dsorl.chain_models.marginal`, its eq. 12), optimised by exact
@@ -19,10 +19,10 @@ from dsorl.sweep import Grid
 DEFAULTS = {
     "algorithm": "chain_iteration",  # ascent, natural, chain_iteration or pco
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},
-    # ascent/natural: gamma, learning_rate, damping; chain_iteration: gamma,
-    # learning_rate, proximal; pco: gamma, learning_rate, clip (and seed: its samples)
-    "grid": Free(gamma=[0.5, 0.9, 0.99], learning_rate=[0.1]),
-    "iterations": 20,
+    # ascent/natural: gamma, step_size, damping; chain_iteration: gamma, step_size,
+    # proximal; pco: gamma, step_size, clip (and seed: its samples)
+    "grid": Free(gamma=[0.5, 0.9, 0.99], step_size=[0.1]),
+    "n_steps": 20,
     "inner_steps": 50,  # chain_iteration: optimiser steps per outer iteration
     "n_episodes": 64,   # pco: episodes per batch
     "horizon": 60,      # pco: steps per episode
@@ -30,17 +30,17 @@ DEFAULTS = {
     "output_dir": "results/sweep_dso",
 }
 
-_AXES = {"ascent": {"gamma", "learning_rate", "damping"},
-         "natural": {"gamma", "learning_rate", "damping"},
-         "chain_iteration": {"gamma", "learning_rate", "proximal"},
-         "pco": {"gamma", "learning_rate", "clip"}}
+_AXES = {"ascent": {"gamma", "step_size", "damping"},
+         "natural": {"gamma", "step_size", "damping"},
+         "chain_iteration": {"gamma", "step_size", "proximal"},
+         "pco": {"gamma", "step_size", "clip"}}
 
 
 def _check_grid(grid: Grid) -> None:
     """Every axis value in its range (the runs are traced under vmap and check nothing)."""
     values = {name: ax.values for name, ax in grid.axes.items()}
     _checks.check_discount(values["gamma"])
-    _checks.check_positive("learning_rate", values["learning_rate"])
+    _checks.check_positive("step_size", values["step_size"])
     for name in ("damping", "proximal"):
         if name in values:
             _checks.check_positive(name, values[name], allow_zero=True)
@@ -57,28 +57,25 @@ def sweep_spec(config: dict) -> dict:
         raise ValueError(f"config key 'algorithm' must be one of {', '.join(_AXES)}, got {algorithm!r}.")
     grid = dict(config["grid"])
     keys = _AXES[algorithm] | {"seed"}
-    if set(grid) - keys or not {"gamma", "learning_rate"} <= set(grid):
+    if set(grid) - keys or not {"gamma", "step_size"} <= set(grid):
         raise ValueError(f"config key 'grid' for {algorithm} takes {', '.join(sorted(keys))}"
-                         f" (gamma and learning_rate required); got {', '.join(sorted(grid))}.")
+                         f" (gamma and step_size required); got {', '.join(sorted(grid))}.")
     grid = Grid(**grid)
     _check_grid(grid)
     mdp = make_env(config["env"])
     model = chain_models.marginal(mdp, policies.tabular_softmax(*mdp.R.shape).probs)
+    n = config["n_steps"]
     if algorithm == "chain_iteration":
-        run = dso.chain_iteration
-        static = dso.ChainIterationConfig(iterations=config["iterations"],
-                                          inner_steps=config["inner_steps"])
-        hparams_type = dso.ChainIterationHParams
+        run = dso.CHAIN_ITERATION
+        static = dso.ChainIterationConfig(n_steps=n, inner_steps=config["inner_steps"])
     elif algorithm == "pco":
-        run = dso.pco
-        static = dso.PCOConfig(iterations=config["iterations"], n_episodes=config["n_episodes"],
+        run = dso.PCO
+        static = dso.PCOConfig(n_steps=n, n_episodes=config["n_episodes"],
                                horizon=config["horizon"], epochs=config["epochs"])
-        hparams_type = dso.PCOHParams
     else:
-        run = dso.gradient_ascent
-        static = dso.AscentConfig(iterations=config["iterations"], natural=algorithm == "natural")
-        hparams_type = dso.AscentHParams
-    make = lambda p: hparams_type(**{k: p[k] for k in p if k in _AXES[algorithm]})
+        run = dso.GRADIENT_ASCENT
+        static = dso.AscentConfig(n_steps=n, natural=algorithm == "natural")
+    make = lambda p: {k: p[k] for k in p if k in _AXES[algorithm]}
 
     def metrics(final_state, trace, member):
         # the objective after the last step, and the optimum of the member's gamma
