@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl import envs  # noqa: E402
 from dsorl.algorithms import nbw  # noqa: E402
+from dsorl.envs.nbw import paper_hyperparams  # noqa: E402
 from dsorl.jobs import nbw_reproduce  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
@@ -126,7 +127,7 @@ def speed_table(summary, grid, subset, iterations):
             continue
         name = row["env"]
         mdp = envs.nbw_env(name)
-        hp = nbw.paper_hyperparams(name)
+        hp = nbw.HParams(**paper_hyperparams(name))
         idx = rng.choice(len(grid), size=min(subset, len(grid)), replace=False)
         times, agree = [], []
         for i in idx:
@@ -224,8 +225,7 @@ def main(argv=None) -> int:
     grid = result["arrays"]["grid"]
     for row in summary:  # final biases of the exact runs, for the agreement check
         row["_bias"] = result["arrays"][f"{row['env']}/{row['method']}/bias"][0]
-    speed = (speed_table(summary, grid, args.speed_subset,
-                         cfg["iterations"] * cfg["outer_iterations"])
+    speed = (speed_table(summary, grid, args.speed_subset, cfg["n_steps"])
              if args.speed_subset > 0 and "nbw_exact" in cfg["methods"] else [])
     for row in summary:
         del row["_bias"]

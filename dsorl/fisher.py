@@ -10,6 +10,8 @@ All gradients and matrices act on the flattened parameter vector
 `theta = jax.flatten_util.ravel_pytree(params)[0]` (shape `[d]`); natural directions come
 from `dsorl.optim.natural_direction`.
 """
+import numbers
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -22,31 +24,48 @@ from dsorl.mdp import MDP, induced_chain
 Array = jax.Array
 
 
-def score_table(policy, params) -> Array:
+def score_table(policy, params, *, score_clip=None) -> Array:
     """Scores `psi[s, a] = grad_theta log pi(a|s)` for every state and action, `[S, A, d]`.
 
-    Masked actions have a constant log-probability, hence a zero score.
+    Masked actions have a constant log-probability, hence a zero score. `score_clip` c
+    (static, in (0, 1/2)): the scores of `log clip(pi, c, 1 - c)` instead, zero wherever
+    the clip binds. This is what `torch.distributions.Categorical(probs=pi).log_prob`
+    differentiates (its `probs_to_logits` takes `log(clamp_probs(pi))`, and `clamp_probs`
+    clamps to `[eps, 1 - eps]` with `eps = torch.finfo(pi.dtype).eps`: pytorch
+    `torch/distributions/utils.py`), so `c = 2.22e-16` (float64 eps) emulates code built on it:
+    a sigmoid state whose logit exceeds about 36 in magnitude gets a zero Fisher.
     """
     flat, unravel = ravel_pytree(params)
-    return jax.jacfwd(lambda th: policy.log_probs(unravel(th)))(flat)
+    if score_clip is None:
+        log_pi = lambda th: policy.log_probs(unravel(th))
+    else:
+        _check_score_clip(score_clip)
+        log_pi = lambda th: jnp.log(jnp.clip(policy.probs(unravel(th)), score_clip,
+                                             1 - score_clip))
+    return jax.jacfwd(log_pi)(flat)
 
 
-def policy_fisher(policy, params) -> Array:
+def policy_fisher(policy, params, *, score_clip=None) -> Array:
     """Policy (action) Fisher `F(s) = sum_a pi(a|s) psi psi^T` of every state, `[S, d, d]`.
 
     Kakade (2002), the metric of a natural policy gradient; Dewanto & Gallagher eq. 15.
+    `score_clip`: scores of the clipped probabilities (`score_table`); the weights are `pi`.
     """
-    psi = score_table(policy, params)
+    psi = score_table(policy, params, score_clip=score_clip)
     return jnp.einsum("sa,sai,saj->sij", policy.probs(params), psi, psi)
 
 
-def gain_fisher(mdp: MDP, policy, params) -> Array:
-    """Gain Fisher `F_g = sum_s p*(s) F(s)`, `[d, d]` (unichain; Dewanto & Gallagher eq. 15)."""
+def gain_fisher(mdp: MDP, policy, params, *, score_clip=None) -> Array:
+    """Gain Fisher `F_g = sum_s p*(s) F(s)`, `[d, d]` (unichain; Dewanto & Gallagher eq. 15).
+
+    `score_clip`: see `score_table` (likewise for every Fisher below).
+    """
     chain = induced_chain(mdp, policy.probs(params))
-    return _weighted(stationary_distribution(chain), policy_fisher(policy, params))
+    return _weighted(stationary_distribution(chain),
+                     policy_fisher(policy, params, score_clip=score_clip))
 
 
-def discounted_fisher(mdp: MDP, policy, params, gamma) -> Array:
+def discounted_fisher(mdp: MDP, policy, params, gamma, *, score_clip=None) -> Array:
     """Discounted Fisher `F_gamma = sum_s d_gamma(s) F(s)`, `[d, d]`.
 
     `d_gamma = (1 - gamma) rho^T (I - gamma P_pi)^{-1}` is the normalised discounted state
@@ -55,10 +74,11 @@ def discounted_fisher(mdp: MDP, policy, params, gamma) -> Array:
     """
     chain = induced_chain(mdp, policy.probs(params))
     d = occupancy(chain, mdp.rho, gamma, normalised=True)
-    return _weighted(d, policy_fisher(policy, params))
+    return _weighted(d, policy_fisher(policy, params, score_clip=score_clip))
 
 
-def bias_fisher(mdp: MDP, policy, params, state, *, absorption_time: int = 2) -> Array:
+def bias_fisher(mdp: MDP, policy, params, state, *, absorption_time: int = 2,
+                score_clip=None) -> Array:
     """Sampling-enabler bias Fisher (Dewanto & Gallagher eq. 19), `[d, d]`.
 
     `F_b = sum_{t < tau} sum_s P^t(state, s) F(s) + tau sum_s p*(s) F(s)`: the pre-absorption
@@ -75,11 +95,11 @@ def bias_fisher(mdp: MDP, policy, params, state, *, absorption_time: int = 2) ->
     for _ in range(absorption_time):  # tau is a small static count
         transient, row = transient + row, row @ chain.P
     weights = transient + absorption_time * stationary_distribution(chain)
-    return _weighted(weights, policy_fisher(policy, params))
+    return _weighted(weights, policy_fisher(policy, params, score_clip=score_clip))
 
 
 def analytic_bias_fisher(mdp: MDP, policy, params, state, *, tol=1e-12,
-                         max_steps: int = 100_000) -> Array:
+                         max_steps: int = 100_000, score_clip=None) -> Array:
     """Analytic bias Fisher (Dewanto & Gallagher eq. 18), `[d, d]`.
 
     `F_b = sum_{t >= 0} sum_s |P^t(state, s) - p*(s)| F(s)`: the deviation matrix's series
@@ -107,7 +127,7 @@ def analytic_bias_fisher(mdp: MDP, policy, params, state, *, tol=1e-12,
         raise ValueError(f"the analytic bias Fisher is undefined or truncated here: P^t(state, .)"
                          f" did not come within tol = {tol} of p* in {max_steps} steps"
                          " (periodic or slowly mixing chain).")
-    return _weighted(weights, policy_fisher(policy, params))
+    return _weighted(weights, policy_fisher(policy, params, score_clip=score_clip))
 
 
 def barrier_preconditioner(bias_fisher_matrix, gain_fisher_matrix, gain_gradient, beta,
@@ -124,6 +144,12 @@ def barrier_preconditioner(bias_fisher_matrix, gain_fisher_matrix, gain_gradient
     _checks.check_positive("barrier gap g - g_ref + slack", gap)
     return (bias_fisher_matrix + (beta / gap) * gain_fisher_matrix
             + (beta / gap ** 2) * jnp.outer(gain_gradient, gain_gradient))
+
+
+def _check_score_clip(score_clip) -> None:
+    if isinstance(score_clip, bool) or not isinstance(score_clip, numbers.Real) or not (
+            0 < score_clip < 0.5):
+        raise ValueError(f"score_clip = {score_clip!r} must be None or a number in (0, 1/2).")
 
 
 def _weighted(weights: Array, fishers: Array) -> Array:

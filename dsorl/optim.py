@@ -10,6 +10,7 @@ by `jax.flatten_util.ravel_pytree` (Amari 1998; Kakade 2001).
 Rewards are maximised everywhere, optax minimises: `ascent(tx)` is the one place that
 turns an ascent direction into optax's convention, and `maximise` is the one optax
 inner loop (Chain Iteration's surrogate, PCO's epochs, DynPG's bandits).
+`armijo_backtracking` is the step-length rule of nBw PG (a line search for maximisation).
 """
 from typing import Callable, NamedTuple, Optional
 
@@ -19,7 +20,8 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["NaturalDirectionState", "natural_direction", "ascent", "maximise"]
+__all__ = ["NaturalDirectionState", "natural_direction", "ascent", "maximise",
+           "ArmijoState", "armijo_backtracking"]
 
 
 class NaturalDirectionState(NamedTuple):
@@ -86,3 +88,76 @@ def maximise(objective: Callable, params, tx: optax.GradientTransformation, n_st
 
     (theta, _), _ = lax.scan(body, (params, tx.init(params)), None, length=n_steps)
     return theta
+
+
+class ArmijoState(NamedTuple):
+    """The last accepted `step_size` (0 if none) and the number of objective `evaluations`."""
+
+    step_size: jax.Array
+    evaluations: jax.Array
+
+
+def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
+                        max_expansions: int = 0) -> optax.GradientTransformationExtraArgs:
+    """Armijo backtracking for maximisation, as an optax transformation.
+
+    `update(direction, state, params, value=f(x), grad=g, value_fn=f)` returns
+    `alpha * direction` for the first `alpha = alpha0 shrink^k`, `k < max_tries`, with
+    `f(x + alpha d) >= f(x) + c alpha g.d` and a finite `f(x + alpha d)` (Boyd & Vandenberghe
+    2004, Alg. 9.2; Dewanto & Gallagher §6.3), and 0 when none qualifies or `g.d <= 0`
+    (a non-ascent direction, possible with sampled gradients). The search also gives up
+    (step 0) once the first-order increase `alpha g.d` falls below the rounding level of
+    `f`, `4 eps max(1, |f|)`: past it the test compares rounding errors (at a converged point it
+    would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
+    long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
+    scalar function of the flat parameters.
+
+    For objectives estimated from coupled samples (`dsorl.algorithms.nbw.run_sampled`),
+    piecewise constant in the step, `value_fn` may return `(f, resolved)`: `resolved` False
+    says the trial's samples cannot decide it (they draw as at `x`, or show an increase too
+    small to be significant) and that a shorter step would decide even less. The search
+    stops (step 0) at an unresolved rejected trial, except that while every trial so far
+    was unresolved it lengthens the step instead (`alpha / shrink`, at most
+    `max_expansions` times); after an expansion, the first resolved trial decides
+    (accepted, or step 0). Without `resolved`, `max_expansions` has no effect.
+
+    The state keeps the last `step_size` and the number of `evaluations`. The numbers may be
+    traced. (`optax.scale_by_backtracking_linesearch` minimises, returns its last tiny trial
+    instead of 0 on failure, and has no rounding-level stop, which is what keeps a vmapped
+    grid of searches short.)
+    """
+
+    def init(params):
+        dtype = ravel_pytree(params)[0].dtype
+        return ArmijoState(jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params, *, value, grad, value_fn, **extra):
+        del state, extra
+        x, d = ravel_pytree(params)[0], ravel_pytree(updates)[0]
+        slope = jnp.vdot(ravel_pytree(grad)[0], d)
+        resolution = 4 * jnp.finfo(x.dtype).eps * jnp.maximum(1, jnp.abs(value))
+
+        def searching(carry):
+            k, alpha, _, done, _ = carry
+            return ~done & (k < max_tries) & (alpha * slope > resolution)
+
+        def trial(carry):
+            k, alpha, _, _, grown = carry
+            out = value_fn(x + alpha * d)
+            f, resolved = out if isinstance(out, tuple) else (out, True)
+            resolved = jnp.asarray(resolved, bool)
+            accepted = jnp.isfinite(f) & (f >= value + c * alpha * slope)
+            # expand only while every trial so far has expanded (grown == k)
+            expand = ~accepted & ~resolved & (grown == k) & (grown < max_expansions)
+            done = accepted | (~resolved & ~expand) | (resolved & (grown > 0))
+            alpha = jnp.where(accepted, alpha, jnp.where(expand, alpha / shrink,
+                                                         alpha * shrink))
+            return k + 1, alpha, accepted, done, grown + expand
+
+        start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False),
+                 jnp.asarray(False), jnp.int32(0))
+        k, alpha, accepted, _, _ = lax.while_loop(searching, trial, start)
+        alpha = jnp.where(accepted, alpha, 0)
+        return ravel_pytree(updates)[1](alpha * d), ArmijoState(alpha, k)
+
+    return optax.GradientTransformationExtraArgs(init, update)

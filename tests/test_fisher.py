@@ -152,3 +152,31 @@ def test_bad_state_and_absorption_time():
         bias_fisher(mdp, policy, jnp.zeros(2), 2)
     with pytest.raises(ValueError, match="absorption_time"):
         bias_fisher(mdp, policy, jnp.zeros(2), 0, absorption_time=-1)
+
+
+def test_score_clip_is_the_fisher_of_clamped_probabilities():
+    # torch.distributions.Categorical(probs).log_prob differentiates log clamp(pi, eps,
+    # 1 - eps): scores d log clamp(p_a) = [eps <= p_a <= 1 - eps] dp_a / p_a, zero where the
+    # clamp binds. Sigmoid logits x_s . w = (-40, -28, -16, -4, 8, 20, 32, 44): states 0 and
+    # 7 are clipped at eps = float64 eps (|logit| > 36), at eps = 1e-9 also states 1 and 6.
+    mdp = random_mdp(7, 8, 2)
+    policy, w = policies.sigmoid(8), np.array([12.0, -40.0])
+    x = np.stack([np.arange(8), np.ones(8)], 1)
+    p0, p1 = 1 / (1 + np.exp(-(x @ w))), 1 / (1 + np.exp(x @ w))  # no 1 - p0 cancellation
+    pi = np.stack([p0, p1], 1)
+    for eps, clipped in ((np.finfo(np.float64).eps, [0, 7]), (1e-9, [0, 1, 6, 7])):
+        dp = np.stack([p0 * p1, -p0 * p1], 1)  # d p_a / d logit
+        inside = (pi >= eps) & (pi <= 1 - eps)
+        psi = np.where(inside, dp / pi, 0.0)[:, :, None] * x[:, None, :]
+        F = state_fishers(pi, psi)
+        np.testing.assert_array_equal(np.flatnonzero(~inside.all(1)), clipped)
+        got = jax.jit(lambda w: policy_fisher(policy, w, score_clip=eps))(jnp.asarray(w))
+        np.testing.assert_allclose(got, F, rtol=1e-10, atol=1e-300)
+        assert np.all(np.asarray(got)[clipped] == 0)
+        p = stationary(chain_of(mdp, pi)[0])
+        np.testing.assert_allclose(gain_fisher(mdp, policy, jnp.asarray(w), score_clip=eps),
+                                   np.einsum("s,sij->ij", p, F), rtol=1e-10, atol=1e-300)
+    exact = policy_fisher(policy, jnp.asarray(w))  # default: exact scores, nonzero everywhere
+    assert np.all(np.asarray(exact)[:, 1, 1] > 0)
+    with pytest.raises(ValueError, match="score_clip"):
+        score_table(policy, jnp.asarray(w), score_clip=0.5)

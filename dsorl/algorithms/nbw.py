@@ -8,86 +8,103 @@ Dewanto & Gallagher, "A nearly Blackwell-optimal policy gradient method" (arXiv 
   `||grad g|| < eps`; then record `g_ref = g(theta)` and switch, with `beta = beta0`;
 * barrier phase: ascend `B(theta) = h(s0) + beta log(g - g_ref + delta)` (eq. 23) preconditioned
   by eq. 26, `F_b + (beta / Delta) F_g + (beta / Delta^2) grad g grad g^T`, `Delta = g - g_ref +
-  delta`; `beta` is divided by `barrier_divisor` after each outer iteration.
+  delta`; `beta` is divided by `barrier_divisor` after each outer block of
+  `config.steps_per_outer` steps (`outer_update`; None: one block, as the authors' 100 x 1).
 
 The step length is Armijo backtracking (Boyd & Vandenberghe 2004, Alg. 9.2: alpha0 = 1,
-c = 1e-4, halving, at most 100 tries, 0 if none is accepted; `armijo_backtracking`, an optax
-transformation that also stops once the first-order increase is below the objective's
-rounding level); the direction by `dsorl.optim.natural_direction` (pseudo-inverse by
-default, as the authors' code). Differences from the authors' code: the
+c = 1e-4, halving, at most 100 tries, 0 if none is accepted;
+`dsorl.optim.armijo_backtracking`, which also stops once the first-order increase is below
+the objective's rounding level); the direction by `dsorl.optim.natural_direction`
+(pseudo-inverse by default, as the authors' code). Differences from the authors' code: the
 iteration that ends the gain phase also takes the first barrier step (theirs skips it), and
-`F_b` is always eq. 19 with `tau = 2`.
+`F_b` is always eq. 19 with `tau = 2`. Their scores come from
+`torch.distributions.Categorical(probs).log_prob`, which clips the probabilities to
+`[eps, 1 - eps]`; `Config.score_clip` emulates it (`dsorl.fisher.score_table`; default: the
+exact score).
 
-`run` (Algorithm 1) uses exact gradients and Fishers. `run_sampled` (Algorithm 2) estimates
-every gradient and Fisher from `n_episodes` episodes in **both** phases (the authors' code used
-exact ones in the gain phase and in the line search), including the gain-phase stopping test
-and the slope `c alpha grad.d` of the Armijo test. The critic (`q_b`, `q_w` of the gradient
-estimators) is exact, as in the paper's sampled experiments ("all policy evaluations are
-exact", §6.3). The objective values are estimated from samples too (`line_search="sampled"`,
-the default); the line search of one iteration is done as follows.
+Three algorithms with the contract of `dsorl.algorithms.base` (`HParams`, `Config`, `State`,
+`Trace` shared; the discounted baseline has its own hyperparameters and state):
 
-1. Draw one array of uniforms `[line_search_episodes, T + M, 2]` (a key independent of the
-   gradient's) and run episodes from s0 on it at the current parameters and at every trial
-   point, each draw the inverse cumulative law of its uniform (common random numbers,
-   `dsorl.estimators.average_reward.coupled_episodes`).
-2. Each episode gives `g_hat = mean_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat`
-   (`value_samples`: truncation bias `O(||P^T(s0, .) - p*||_1)`, variance dominated by
-   `T^2 Var g_hat`); their means give the gain objective or the barrier
-   `h_hat + beta log(g_hat - g_ref + delta)`.
-3. Armijo compares the paired difference `f_hat(x + alpha d) - f_hat(x)` with
-   `c alpha grad_hat.d + z SE`, SE the standard error of the paired difference (per-episode
-   terms by the delta method) and z = `hparams.confidence` (default 2). Coupled episodes
-   coincide until a uniform falls between the two policies' cumulative laws (probability
-   O(alpha)), so the paired variance vanishes with the step, while independent estimates
-   keep `2 Var f_hat`; the z SE margin keeps noise from passing for an increase (Env A3,
-   6 x 6 start grid, 2 seeds: mean bias error 1.19 with z = 0, 0.12 with z = 2).
-4. The coupled estimate is piecewise constant in alpha: a trial whose episodes all draw as
-   at `x`, or whose increase is positive but not significant, is "unresolved". The search
-   starts at alpha = 1 and halves after a resolved rejection; it stops (step 0) at an
-   unresolved trial, except that while every trial so far was unresolved (a nearly
-   deterministic policy that alpha = 1 barely moves) it doubles the step instead, at most
-   `max_expansions` times (`armijo_backtracking`).
+* `EXACT` / `run` (Algorithm 1): exact gradients and Fishers.
+* `SAMPLED` / `run_sampled` (Algorithm 2): every gradient and Fisher from `n_episodes` episodes
+  in **both** phases (the authors' code used exact ones in the gain phase and in the line
+  search), including the gain-phase stopping test and the slope `c alpha grad.d` of the
+  Armijo test. The critic (`q_b`, `q_w` of the gradient estimators) is exact, as in the
+  paper's sampled experiments ("all policy evaluations are exact", §6.3). The objective
+  values are estimated from samples too (`line_search="sampled"`, the default); the line
+  search of one iteration is done as follows.
 
-The same estimates give the barrier gap, `g_ref` at the switch, and the traced `objective`;
-when the sampled gap is <= 0 (outside the barrier's domain) the iteration takes a gain step
-instead. The price: the line search runs `line_search_episodes` episodes of `T + M` steps
-per trial (the critic's costs one linear solve), and increases smaller than z standard
-errors of `line_search_episodes` episodes are invisible to it. `line_search="critic"` keeps
-the paper's exact objective values for comparison. `discounted_run` is the baseline: natural
-gradient ascent on `(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
+  1. Draw one array of uniforms `[line_search_episodes, T + M, 2]` (a key independent of the
+     gradient's) and run episodes from s0 on it at the current parameters and at every trial
+     point, each draw the inverse cumulative law of its uniform (common random numbers,
+     `dsorl.estimators.average_reward.coupled_episodes`).
+  2. Each episode gives `g_hat = mean_{T<=t<T+M} r_t` and `h_hat = sum_{t<T} r_t - T g_hat`
+     (`value_samples`: truncation bias `O(||P^T(s0, .) - p*||_1)`, variance dominated by
+     `T^2 Var g_hat`); their means give the gain objective or the barrier
+     `h_hat + beta log(g_hat - g_ref + delta)`.
+  3. Armijo compares the paired difference `f_hat(x + alpha d) - f_hat(x)` with
+     `c alpha grad_hat.d + z SE`, SE the standard error of the paired difference (per-episode
+     terms by the delta method) and z = `hparams.confidence` (default 2). Coupled episodes
+     coincide until a uniform falls between the two policies' cumulative laws (probability
+     O(alpha)), so the paired variance vanishes with the step, while independent estimates
+     keep `2 Var f_hat`; the z SE margin keeps noise from passing for an increase (Env A3,
+     6 x 6 start grid, 2 seeds: mean bias error 1.19 with z = 0, 0.12 with z = 2).
+  4. The coupled estimate is piecewise constant in alpha: a trial whose episodes all draw as
+     at `x`, or whose increase is positive but not significant, is "unresolved". The search
+     starts at alpha = 1 and halves after a resolved rejection; it stops (step 0) at an
+     unresolved trial, except that while every trial so far was unresolved (a nearly
+     deterministic policy that alpha = 1 barely moves) it doubles the step instead, at most
+     `max_expansions` times (`armijo_backtracking`).
 
-Each `run` is one `lax.scan` (outer iterations of inner iterations), jittable end to end and
-`vmap`pable over `params0`, `hparams`, `key` and over MDPs of equal size.
+  The same estimates give the barrier gap, `g_ref` at the switch, and the traced `objective`;
+  when the sampled gap is <= 0 (outside the barrier's domain) the iteration takes a gain step
+  instead. The price: the line search runs `line_search_episodes` episodes of `T + M` steps
+  per trial (the critic's costs one linear solve), and increases smaller than z standard
+  errors of `line_search_episodes` episodes are invisible to it. `line_search="critic"`
+  keeps the paper's exact objective values for comparison.
+* `DISCOUNTED` / `discounted_run`: the baseline, natural gradient ascent on
+  `(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
+
+Every trace row records the values **after** its step. Cost per step as before: the state
+carries the evaluation of its parameters (exact: gain, bias, gradients and Fishers; sampled:
+the exact critic; discounted: value, gradient, Hessian test and Fisher), computed in `init`
+and at the end of each step, and the next step reuses it. Each `run` is one `lax.scan`
+(`dsorl.algorithms.base.run`), jittable end to end and `vmap`pable over `params0`, `hparams`,
+`key` and over MDPs of equal size.
 """
-from functools import partial
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from dsorl import _checks
-from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.algorithms import base
 from dsorl.estimators.average_reward import (check_mixing, common_uniforms, coupled_episodes,
                                              mean_estimates, oracle_critic, sample_estimates,
                                              value_samples)
 from dsorl.fisher import barrier_preconditioner, bias_fisher, discounted_fisher, gain_fisher
 from dsorl.markov import bias, discounted_value, gain
 from dsorl.mdp import MDP, induced_chain
-from dsorl.optim import natural_direction
+from dsorl.optim import ArmijoState, armijo_backtracking, natural_direction
 
 Array = jax.Array
 
+LINE_SEARCHES = ("sampled", "critic")
 
-class BarrierHyperparams(NamedTuple):
-    """Traced numbers of Algorithm 1 (sweepable with `vmap`).
 
-    `barrier_init` beta0 > 0, `barrier_divisor` > 0 (beta /= it per outer iteration),
+class HParams(NamedTuple):
+    """Traced numbers of Algorithms 1 and 2 (sweepable with `vmap`).
+
+    `barrier_init` beta0 > 0, `barrier_divisor` > 0 (beta /= it per outer block),
     `slack` delta > 0, `gain_tolerance` eps > 0 (the gain phase ends when `||grad g|| < eps`).
     `confidence` z >= 0, `run_sampled`'s sampled line search only: a trial must beat the
-    Armijo bound by z standard errors of the sampled increase.
+    Armijo bound by z standard errors of the sampled increase. `gain_reference` g_hat*: NaN
+    (default) starts in the gain phase; a number (known or previously reached optimal gain)
+    starts in the barrier phase at once, and then needs a strictly feasible start,
+    `g(params0) - gain_reference + slack > 0` (concrete input without one: `ValueError`).
+    The paper's settings: `HParams(**dsorl.envs.nbw.paper_hyperparams(name))`.
     """
 
     barrier_init: Any = 100.0
@@ -95,24 +112,29 @@ class BarrierHyperparams(NamedTuple):
     slack: Any = 1.0
     gain_tolerance: Any = 1e-4
     confidence: Any = 2.0
+    gain_reference: Any = math.nan
 
 
-class BarrierConfig(NamedTuple):
-    """Static settings of Algorithms 1 and 2 (sizes, counts and choices of method).
+class Config(NamedTuple):
+    """Static settings of all three algorithms (sizes, counts and choices of method).
 
-    `inner_iterations` x `outer_iterations` steps in all (the authors ran 100 x 1);
-    `state` s0, the state whose bias is maximised; `absorption_time` tau of eq. 19;
-    Armijo settings; the natural direction's `damping`, `pseudo_inverse` and `rcond`;
-    `keep_params` adds the parameters to the trace. Algorithm 2 only: `episode_length` T,
-    `n_episodes` N per iteration, `baseline` and `post_mixing` of the gradient estimators;
-    `line_search` "sampled" (objective values from coupled episodes, `run_sampled`) or
-    "critic" (from the exact critic, as the paper's experiments); for "sampled",
-    `line_search_episodes` episodes of `T + gain_window` steps (`gain_window` None: T) and at
-    most `max_expansions` doublings of the step while the estimate is unresolved.
+    `policy`: a `dsorl.policies.Policy` (e.g. `policies.sigmoid(S)`). `n_steps` iterations in
+    all (the authors ran 100), beta divided after every `steps_per_outer` (None: once, at
+    the end; `n_steps` must be a multiple); `state` s0, the state whose bias is maximised;
+    `absorption_time` tau of eq. 19; Armijo settings; the natural direction's `damping`,
+    `pseudo_inverse` and `rcond`; `score_clip` c: scores of `log clip(pi, c, 1 - c)` in
+    every Fisher and score (None: exact; 2.22e-16 emulates the authors' torch code, see
+    `dsorl.fisher.score_table`). Algorithm 2 only: `episode_length` T, `n_episodes` N per
+    iteration, `baseline` and `post_mixing` of the gradient estimators; `line_search`
+    "sampled" (objective values from coupled episodes) or "critic" (from the exact critic,
+    as the paper's experiments); for "sampled", `line_search_episodes` episodes of
+    `T + gain_window` steps (`gain_window` None: T) and at most `max_expansions` doublings
+    of the step while the estimate is unresolved.
     """
 
-    inner_iterations: int = 100
-    outer_iterations: int = 1
+    policy: Any
+    n_steps: int = 100
+    steps_per_outer: Optional[int] = None
     state: int = 0
     absorption_time: int = 2
     max_backtracking: int = 100
@@ -121,7 +143,7 @@ class BarrierConfig(NamedTuple):
     damping: float = 0.0
     pseudo_inverse: bool = True
     rcond: Optional[float] = None
-    keep_params: bool = False
+    score_clip: Optional[float] = None
     episode_length: int = 0
     n_episodes: int = 16
     baseline: bool = True
@@ -132,22 +154,36 @@ class BarrierConfig(NamedTuple):
     gain_window: Optional[int] = None
 
 
-class BarrierState(NamedTuple):
-    """`params` (pytree like `params0`), phase flag, `gain_ref` (g_hat*), `beta`, and the
-    line search's optax state."""
+class Evaluation(NamedTuple):
+    """Exact gain, bias at s0, their gradients `[d]` and the Fishers `F_g`, `F_b` `[d, d]`."""
+
+    gain: Array
+    bias: Array
+    grad_gain: Array
+    grad_bias: Array
+    gain_fisher: Array
+    bias_fisher: Array
+
+
+class State(NamedTuple):
+    """`params` (pytree like `params0`), phase flag, `gain_ref` (g_hat*), `beta`, the line
+    search's last `ArmijoState`, and `evaluation` of `params`: an `Evaluation` (Algorithm 1)
+    or the exact `Critic` the estimators use (Algorithm 2)."""
 
     params: Any
     in_barrier: Array
     gain_ref: Array
     beta: Array
-    line_search: Any
+    line_search: ArmijoState
+    evaluation: Any
 
 
 class Trace(NamedTuple):
-    """Per iteration, before its step: objective (as the algorithm estimates it: sampled in
-    `run_sampled`'s sampled line search), exact gain and bias at s0, norm of the (sampled)
-    gradient of the objective, accepted step length, number of objective evaluations of
-    the line search, phase; `params` if kept."""
+    """Per iteration, after its step: the step's objective at the new parameters (as the
+    algorithm estimates it: sampled in `run_sampled`'s sampled line search; the criterion,
+    beta and `g_ref` of the step), exact gain and bias at s0 of the new parameters, norm of
+    the (sampled) gradient the step ascended, accepted step length, number of objective
+    evaluations of the line search, phase of the step; `params` if kept."""
 
     objective: Array
     gain: Array
@@ -159,72 +195,153 @@ class Trace(NamedTuple):
     params: Any = None
 
 
-LINE_SEARCHES = ("sampled", "critic")
+def expected_params(mdp: MDP, config: Config):
+    """Shapes of the policy's parameters (`config.policy.init`)."""
+    _check_policy(config)
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), jax.eval_shape(config.policy.init))
 
 
-class _Evaluation(NamedTuple):
-    gain: Array
-    bias: Array
-    grad_gain: Array
-    grad_bias: Array
-    gain_fisher: Array
-    bias_fisher: Array
+def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
+    """Algorithm 1's checks on concrete input: the MDP's randomised policies unichain
+    (`check_mixing`, periodicity allowed), `barrier_init`, `barrier_divisor`, `slack`,
+    `gain_tolerance` > 0, a finite or NaN `gain_reference`, the policy and `score_clip`."""
+    _check_policy(config)
+    check_mixing(mdp, aperiodic=False)
+    for name in ("barrier_init", "barrier_divisor", "slack", "gain_tolerance"):
+        _checks.check_positive(name, getattr(hparams, name))
+    if _checks.is_concrete(hparams.gain_reference):
+        ref = jnp.asarray(hparams.gain_reference)
+        if bool(jnp.any(jnp.isinf(ref))):
+            raise ValueError(f"gain_reference = {ref} must be finite (or NaN: none).")
+    _check_config(config)
 
 
-def paper_hyperparams(env_name: str) -> BarrierHyperparams:
-    """Algorithm 1's settings in the paper's experiments (§6.3) for env `A1`..`B3`."""
-    kind = env_name.removeprefix("Env-")[0]
-    return BarrierHyperparams(PAPER_SETTINGS["barrier_init"][kind],
-                              PAPER_SETTINGS["barrier_divisor"], PAPER_SETTINGS["barrier_slack"],
-                              PAPER_SETTINGS["gain_phase_tolerance"])  # confidence: ours
+def validate_sampled(mdp: MDP, hparams: HParams, config: Config) -> None:
+    """Algorithm 2's checks: those of `validate`, aperiodicity, `n_episodes > 0`,
+    `episode_length >= max(1, absorption_time)`, `line_search`, and for the sampled line
+    search `confidence >= 0`, `line_search_episodes >= 2` and `gain_window >= 1`."""
+    validate(mdp, hparams, config)
+    check_mixing(mdp)
+    _checks.check_positive("n_episodes", config.n_episodes)
+    if config.episode_length < max(config.absorption_time, 1):
+        raise ValueError(f"episode_length = {config.episode_length} must be >= max(1,"
+                         f" absorption_time = {config.absorption_time}).")
+    _check_line_search(config)
+    if config.line_search == "sampled":
+        _checks.check_positive("confidence", hparams.confidence, allow_zero=True)
+        if config.line_search_episodes < 2:  # a standard error needs two episodes
+            raise ValueError(f"line_search_episodes = {config.line_search_episodes} must be"
+                             " >= 2.")
+        if config.gain_window is not None and config.gain_window < 1:
+            raise ValueError(f"gain_window = {config.gain_window} must be >= 1 (or None: the"
+                             " episode length).")
 
 
-def init(mdp: MDP, params0, hparams: BarrierHyperparams, *, policy, config: BarrierConfig,
-         gain_reference=None) -> BarrierState:
-    """Initial state: gain phase, or the barrier phase at once if `gain_reference` is given.
+def init_exact(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config) -> State:
+    """Algorithm 1's initial state: the phase of `gain_reference`, the exact evaluation."""
+    return _init(mdp, params0, hparams, _exact_evaluation(mdp, params0, config), config)
 
-    With `gain_reference` (a known or previously reached g_hat*), the barrier method needs a
-    strictly feasible start, `g(params0) - gain_reference + slack > 0`; concrete input that
-    has none (the environment has no reachable gain-optimal interior from here) raises
-    `ValueError`.
+
+def init_sampled(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config) -> State:
+    """Algorithm 2's initial state: the phase of `gain_reference`, the exact critic."""
+    return _init(mdp, params0, hparams, _critic(mdp, params0, config), config)
+
+
+def step_exact(mdp: MDP, state: State, hparams: HParams, key=None, *, config: Config):
+    """One iteration of Algorithm 1: `(State, Trace row)` (the key is unused)."""
+    return _barrier_step(mdp, state, hparams, key, config, sampled=False)
+
+
+def step_sampled(mdp: MDP, state: State, hparams: HParams, key, *, config: Config):
+    """One iteration of Algorithm 2 with the key of the iteration: `(State, Trace row)`.
+
+    Gradients and Fishers from `key`, the sampled line search's uniforms from
+    `fold_in(key, 1)`; the gain and bias values the iteration uses (objective, barrier gap,
+    `g_ref` at the switch, Armijo test) are then the coupled-episode estimates.
     """
-    _validate(mdp, hparams, config)
+    _check_line_search(config)
+    return _barrier_step(mdp, state, hparams, key, config, sampled=True)
+
+
+def outer_update(mdp: MDP, state: State, hparams: HParams, *, config: Config) -> State:
+    """After each outer block: `beta /= barrier_divisor` in the barrier phase."""
+    return state._replace(beta=jnp.where(state.in_barrier,
+                                         state.beta / hparams.barrier_divisor, state.beta))
+
+
+EXACT = base.Algorithm("nbw_exact", HParams=HParams, Config=Config, State=State, Trace=Trace,
+                       init=init_exact, step=step_exact, validate=validate,
+                       expected_params=expected_params, outer_update=outer_update,
+                       uses_key=lambda config: False)
+SAMPLED = base.Algorithm("nbw_sampled", HParams=HParams, Config=Config, State=State,
+                         Trace=Trace, init=init_sampled, step=step_sampled,
+                         validate=validate_sampled, expected_params=expected_params,
+                         outer_update=outer_update, uses_key=lambda config: True)
+
+
+def run(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config,
+        keep_params: bool = False):
+    """Algorithm 1 with exact gradients and Fishers: `(final State, Trace[n_steps])`.
+
+    `key` is unused (may be None). Concrete input is checked (`validate`).
+    """
+    return EXACT.run(mdp, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+def run_sampled(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config,
+                keep_params: bool = False):
+    """Algorithm 2: Algorithm 1 with gradients, Fishers and objective values from episodes.
+
+    Iteration `k` uses the key `fold_in(key, k)`. Gradients and Fishers: the means of
+    `dsorl.estimators.average_reward.sample_estimates` over `config.n_episodes` episodes of
+    `config.episode_length` steps from `config.state`, with the exact critic.
+    Line search (`config.line_search="sampled"`, the default; steps 1-4 of the module
+    docstring): from a second key (`fold_in(key_k, 1)`), one array of uniforms
+    `[line_search_episodes, T + M, 2]` (`M = gain_window`, default T) drives coupled episodes
+    at the current parameters and at every trial point; the gain and the bias at s0 are the
+    episode means of `g_hat` (rewards of steps T..T+M-1) and `h_hat = sum_{t<T} r_t - T g_hat`
+    (truncation bias and variance: `value_samples`). Armijo backtracking (alpha0 = 1,
+    halving) accepts the first trial whose sampled objective exceeds that at the current
+    point by `c alpha grad_hat.d` plus `hparams.confidence` standard errors of the paired
+    difference; it doubles the step (at most `max_expansions` times) while the trials are
+    unresolved from the start, and stops with step 0 at an unresolved trial otherwise. The
+    barrier gap `g_hat - g_ref + delta`, `g_ref` (g_hat at the switch) and the traced
+    `objective` (the estimate at the new parameters on the same uniforms) are these
+    estimates; a sampled gap <= 0 gives a gain step. The gain-phase test
+    `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias` are
+    the iterates' exact values (from the critic the next iteration uses; the algorithm does
+    not use them). `line_search="critic"`: objective values from the exact critic (the
+    paper's setting). Concrete input is checked (`validate_sampled`).
+    """
+    return SAMPLED.run(mdp, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+def _init(mdp, params0, hparams, evaluation, config) -> State:
     dtype = ravel_pytree(params0)[0].dtype
-    if gain_reference is None:
-        in_barrier, gain_ref, beta = False, jnp.zeros((), dtype), jnp.zeros((), dtype)
-    else:
-        in_barrier, gain_ref = True, jnp.asarray(gain_reference, dtype)
-        beta = jnp.asarray(hparams.barrier_init, dtype)
-        gap = gain(induced_chain(mdp, policy.probs(params0))) - gain_ref + hparams.slack
-        if _checks.is_concrete(gap) and not float(gap) > 0:
-            raise ValueError(f"no strictly feasible start for the barrier: g(params0) -"
-                             f" gain_reference + slack = {float(gap):.6g} <= 0 (the"
-                             " constraint set g >= gain_reference - slack has no interior"
-                             " point here).")
-    return BarrierState(params0, jnp.asarray(in_barrier), gain_ref, beta,
-                        _line_search(config).init(ravel_pytree(params0)[0]))
+    ref = jnp.asarray(hparams.gain_reference, dtype)
+    in_barrier = ~jnp.isnan(ref)
+    gain_ref = jnp.where(in_barrier, ref, 0)
+    beta = jnp.where(in_barrier, jnp.asarray(hparams.barrier_init, dtype), 0)
+    gap = evaluation.gain - gain_ref + hparams.slack
+    bad = in_barrier & ~(gap > 0)
+    if _checks.is_concrete(bad) and bool(jnp.any(bad)):
+        raise ValueError(f"no strictly feasible start for the barrier: g(params0) -"
+                         f" gain_reference + slack = {gap} <= 0 (the constraint set"
+                         " g >= gain_reference - slack has no interior point here).")
+    return State(params0, in_barrier, gain_ref, beta, _line_search(config).init(params0),
+                 evaluation)
 
 
-def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, policy,
-         config: BarrierConfig, sampled: bool = False):
-    """One iteration of Algorithm 1 (`sampled=False`) or 2: returns `(state, Trace row)`.
-
-    With `sampled` and `config.line_search == "sampled"`, the gain and bias values the
-    iteration uses (objective, barrier gap, `g_ref` at the switch, Armijo test) are the
-    coupled-episode estimates of `_sampled_values` (see `run_sampled`).
-    """
+def _barrier_step(mdp, state, hparams, key, config, *, sampled):
     flat, unravel = ravel_pytree(state.params)
     s0 = config.state
-    if sampled:
-        _check_line_search(config)
-        ev = _sampled_evaluation(mdp, policy, state.params, key, config)
-    else:
-        ev = _exact_evaluation(mdp, policy, state.params, s0, config.absorption_time)
+    ev = (_sampled_evaluation(mdp, state.params, state.evaluation, key, config) if sampled
+          else state.evaluation)
     from_samples = sampled and config.line_search == "sampled"
     if from_samples:
-        base, trial = _sampled_values(mdp, policy, unravel, flat, jax.random.fold_in(key, 1),
-                                      config)
-        g_now, h_now = base.gain.mean(), base.bias.mean()
+        base_values, trial = _sampled_values(mdp, unravel, flat, jax.random.fold_in(key, 1),
+                                             config)
+        g_now, h_now = base_values.gain.mean(), base_values.bias.mean()
     else:
         g_now, h_now = ev.gain, ev.bias
     switch = ~state.in_barrier & (jnp.linalg.norm(ev.grad_gain) < hparams.gain_tolerance)
@@ -252,7 +369,7 @@ def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, pol
         return jnp.where(barrier_step, h + beta * jnp.log(g - gain_ref + hparams.slack), g)
 
     def exact_value(theta):
-        chain = induced_chain(mdp, policy.probs(unravel(theta)))
+        chain = induced_chain(mdp, config.policy.probs(unravel(theta)))
         return objective_at(gain(chain), bias(chain)[s0])
 
     def sampled_value(theta):
@@ -266,7 +383,7 @@ def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, pol
             return jnp.where(barrier_step, v.bias + beta * v.gain / (g_mean - gain_ref
                                                                    + hparams.slack), v.gain)
 
-        paired = influence(samples, g) - influence(base, g_now)
+        paired = influence(samples, g) - influence(base_values, g_now)
         se = jnp.std(paired, ddof=1) / jnp.sqrt(paired.shape[0])
         f = objective_at(g, h)
         # unresolved: no episode changed, or a positive increase not yet significant
@@ -274,83 +391,32 @@ def step(mdp: MDP, state: BarrierState, hparams: BarrierHyperparams, key, *, pol
         return f - hparams.confidence * se, resolved
 
     value = sampled_value if from_samples else exact_value
-    update, line_search, step_size = _natural_armijo_step(
-        flat, grad, precond, objective, value, state.line_search, config)
-    new = BarrierState(unravel(flat + update), in_barrier, gain_ref, beta, line_search)
-    row = Trace(objective, ev.gain, ev.bias, jnp.linalg.norm(grad), step_size,
-                line_search.evaluations, in_barrier,
-                state.params if config.keep_params else None)
-    return new, row
-
-
-def run(mdp: MDP, params0, hparams: BarrierHyperparams, key=None, *, policy,
-        config: BarrierConfig = BarrierConfig(), gain_reference=None):
-    """Algorithm 1 with exact gradients and Fishers: `(final BarrierState, Trace[iterations])`.
-
-    `key` is unused (kept for the common `run` signature). Concrete input is checked: the
-    MDP's randomised policies unichain (`check_mixing`, periodicity allowed), `beta0`,
-    `slack`, `gain_tolerance`, `barrier_divisor` > 0.
-    """
-    return _run(mdp, params0, hparams, key, policy, config, gain_reference, sampled=False)
-
-
-def run_sampled(mdp: MDP, params0, hparams: BarrierHyperparams, key, *, policy,
-                config: BarrierConfig, gain_reference=None):
-    """Algorithm 2: Algorithm 1 with gradients, Fishers and objective values from episodes.
-
-    Each iteration `k` uses the key `fold_in(key, k)`. Gradients and Fishers: the means of
-    `dsorl.estimators.average_reward.sample_estimates` over `config.n_episodes` episodes of
-    `config.episode_length` steps from `config.state`, with the exact critic.
-    Line search (`config.line_search="sampled"`, the default; steps 1-4 of the module
-    docstring): from a second key (`fold_in(key_k, 1)`), one array of uniforms
-    `[line_search_episodes, T + M, 2]` (`M = gain_window`, default T) drives coupled episodes
-    at the current parameters and at every trial point; the gain and the bias at s0 are the
-    episode means of `g_hat` (rewards of steps T..T+M-1) and `h_hat = sum_{t<T} r_t - T g_hat`
-    (truncation bias and variance: `value_samples`). Armijo backtracking (alpha0 = 1,
-    halving) accepts the first trial whose sampled objective exceeds that at the current
-    point by `c alpha grad_hat.d` plus `hparams.confidence` standard errors of the paired
-    difference; it doubles the step (at most `max_expansions` times) while the trials are
-    unresolved from the start, and stops with step 0 at an unresolved trial otherwise. The
-    barrier gap `g_hat - g_ref + delta`, `g_ref` (g_hat at the switch) and the traced
-    `objective` are these estimates; a sampled gap <= 0 gives a gain step. The gain-phase
-    test `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias`
-    are the iterates' exact values (diagnostics; the algorithm does not use them).
-    `line_search="critic"`: objective values from the exact critic (the paper's setting).
-    Concrete input is also checked for aperiodicity, `n_episodes > 0`,
-    `episode_length >= absorption_time`, `line_search`, `line_search_episodes > 0` and
-    `gain_window >= 1`.
-    """
-    return _run(mdp, params0, hparams, key, policy, config, gain_reference, sampled=True)
-
-
-def _run(mdp, params0, hparams, key, policy, config, gain_reference, *, sampled):
+    update, line_search = _natural_armijo_step(flat, grad, precond, objective, value,
+                                               state.line_search, config)
+    new_flat = flat + update
+    params = unravel(new_flat)
     if sampled:
-        _validate_sampling(mdp, hparams, config)
-    state = init(mdp, params0, hparams, policy=policy, config=config,
-                 gain_reference=gain_reference)
-    key = jax.random.key(0) if key is None else key
-    one_step = partial(step, mdp, hparams=hparams, policy=policy, config=config,
-                       sampled=sampled)
-
-    def inner(state, k):
-        return one_step(state, key=jax.random.fold_in(key, k))
-
-    def outer(state, ks):
-        state, rows = lax.scan(inner, state, ks)
-        beta = jnp.where(state.in_barrier, state.beta / hparams.barrier_divisor, state.beta)
-        return state._replace(beta=beta), rows
-
-    ks = jnp.arange(config.outer_iterations * config.inner_iterations).reshape(
-        config.outer_iterations, config.inner_iterations)
-    state, rows = lax.scan(outer, state, ks)
-    return state, jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), rows)
+        evaluation = _critic(mdp, params, config)
+        g_new, h_new = evaluation.gain, evaluation.bias[s0]
+    else:
+        evaluation = _exact_evaluation(mdp, params, config)
+        g_new, h_new = evaluation.gain, evaluation.bias
+    if from_samples:  # the estimate at the new parameters, on the line search's uniforms
+        samples, _ = trial(new_flat)
+        objective_new = objective_at(samples.gain.mean(), samples.bias.mean())
+    else:
+        objective_new = objective_at(g_new, h_new)
+    new = State(params, in_barrier, gain_ref, beta, line_search, evaluation)
+    row = Trace(objective_new, g_new, h_new, jnp.linalg.norm(grad), line_search.step_size,
+                line_search.evaluations, in_barrier)
+    return new, row
 
 
 # ----------------------------------------------------------------------------------------
 # Baseline: natural discounted-reward policy gradient (§6.4)
 
 
-class DiscountedHyperparams(NamedTuple):
+class DiscountedHParams(NamedTuple):
     """`gamma` in [0, 1); `tolerance`: stop at a local maximum, `||grad|| <= tolerance` with
     a negative semi-definite Hessian (the authors' rule)."""
 
@@ -358,58 +424,107 @@ class DiscountedHyperparams(NamedTuple):
     tolerance: Any = 1e-4
 
 
+class DiscountedEvaluation(NamedTuple):
+    """At the state's parameters: `(1 - gamma) v_gamma(s0)`, its gradient `[d]`, whether the
+    stopping rule holds there, the discounted Fisher `[d, d]`, exact gain and bias at s0."""
+
+    value: Array
+    grad: Array
+    local_max: Array
+    fisher: Array
+    gain: Array
+    bias: Array
+
+
 class DiscountedState(NamedTuple):
+    """`params`, `stopped` (the stopping rule held at an iterate), the line search's last
+    `ArmijoState`, and the `DiscountedEvaluation` of `params`."""
+
     params: Any
     stopped: Array
-    line_search: Any
+    line_search: ArmijoState
+    evaluation: DiscountedEvaluation
 
 
-def discounted_run(mdp: MDP, params0, hparams: DiscountedHyperparams, key=None, *, policy,
-                   config: BarrierConfig = BarrierConfig()):
+def validate_discounted(mdp: MDP, hparams: DiscountedHParams, config: Config) -> None:
+    """`gamma` in [0, 1), `tolerance >= 0`, the policy and `score_clip` (concrete values)."""
+    _check_policy(config)
+    _checks.check_discount(hparams.gamma)
+    _checks.check_positive("tolerance", hparams.tolerance, allow_zero=True)
+    _check_config(config)
+
+
+def init_discounted(mdp: MDP, params0, hparams: DiscountedHParams, key=None, *,
+                    config: Config) -> DiscountedState:
+    """Not stopped; the evaluation of `params0`."""
+    return DiscountedState(params0, jnp.asarray(False), _line_search(config).init(params0),
+                           _discounted_evaluation(mdp, params0, hparams, config))
+
+
+def step_discounted(mdp: MDP, state: DiscountedState, hparams: DiscountedHParams, key=None,
+                    *, config: Config):
+    """One natural-gradient Armijo step on `(1 - gamma) v_gamma(s0)` (none once stopped)."""
+    flat, unravel = ravel_pytree(state.params)
+    ev = state.evaluation
+    stopped = state.stopped | ev.local_max
+    update, line_search = _natural_armijo_step(
+        flat, ev.grad, ev.fisher, ev.value, _discounted_objective(mdp, unravel, hparams, config),
+        state.line_search, config)
+    update = jnp.where(stopped, 0, update)
+    line_search = line_search._replace(step_size=jnp.where(stopped, 0, line_search.step_size))
+    params = unravel(flat + update)
+    new_ev = _discounted_evaluation(mdp, params, hparams, config)
+    row = Trace(new_ev.value, new_ev.gain, new_ev.bias, jnp.linalg.norm(ev.grad),
+                line_search.step_size, line_search.evaluations, jnp.asarray(False))
+    return DiscountedState(params, stopped, line_search, new_ev), row
+
+
+DISCOUNTED = base.Algorithm("nbw_discounted", HParams=DiscountedHParams, Config=Config,
+                            State=DiscountedState, Trace=Trace, init=init_discounted,
+                            step=step_discounted, validate=validate_discounted,
+                            expected_params=expected_params, uses_key=lambda config: False)
+
+
+def discounted_run(mdp: MDP, params0, hparams: DiscountedHParams, key=None, *,
+                   config: Config, keep_params: bool = False):
     """Natural discounted PG maximising `(1 - gamma) v_gamma(s0)`: `(final state, Trace)`.
 
     `v_gamma(s0) = rho . (I - gamma P_pi)^{-1} r_pi` (`mdp.rho`), gradient by autodiff,
     preconditioner the discounted Fisher `sum_s d_gamma(s) F(s)` (eq. 33), Armijo steps as in
-    `run`; `config.inner_iterations x outer_iterations` iterations. The trace's `bias` and
-    `gain` are those of the current policy (`in_barrier` is always False). The Hessian of
-    the stopping rule costs `d` gradient evaluations. `key` is unused.
+    `run`; `config.n_steps` iterations (`steps_per_outer` has no effect). The trace's
+    `objective`, `gain` and `bias` are those of the new policy (`in_barrier` is always
+    False). The Hessian of the stopping rule costs `d` gradient evaluations. `key` is unused.
     """
-    _checks.check_discount(hparams.gamma)
-    _checks.check_positive("tolerance", hparams.tolerance, allow_zero=True)
-    flat0, unravel = ravel_pytree(params0)
-    s0, gamma = config.state, hparams.gamma
+    return DISCOUNTED.run(mdp, params0, hparams, key, config=config, keep_params=keep_params)
 
+
+def _discounted_objective(mdp, unravel, hparams, config):
     def objective(theta):
-        chain = induced_chain(mdp, policy.probs(unravel(theta)))
-        return (1 - gamma) * (mdp.rho @ discounted_value(chain, gamma))
+        chain = induced_chain(mdp, config.policy.probs(unravel(theta)))
+        return (1 - hparams.gamma) * (mdp.rho @ discounted_value(chain, hparams.gamma))
+    return objective
 
-    def one_step(state, _):
-        flat = ravel_pytree(state.params)[0]
-        f, grad = jax.value_and_grad(objective)(flat)
-        curvature = jnp.linalg.eigvalsh(jax.hessian(objective)(flat))
-        stopped = state.stopped | ((jnp.linalg.norm(grad) <= hparams.tolerance)
-                                   & jnp.all(curvature <= 0))
-        precond = discounted_fisher(mdp, policy, unravel(flat), gamma)
-        update, line_search, step_size = _natural_armijo_step(
-            flat, grad, precond, f, objective, state.line_search, config)
-        update, step_size = jnp.where(stopped, 0, update), jnp.where(stopped, 0, step_size)
-        chain = induced_chain(mdp, policy.probs(state.params))
-        row = Trace(f, gain(chain), bias(chain)[s0], jnp.linalg.norm(grad), step_size,
-                    line_search.evaluations, jnp.asarray(False),
-                    state.params if config.keep_params else None)
-        return DiscountedState(unravel(flat + update), stopped, line_search), row
 
-    state = DiscountedState(params0, jnp.asarray(False), _line_search(config).init(flat0))
-    n = config.outer_iterations * config.inner_iterations
-    return lax.scan(one_step, state, None, length=n)
+def _discounted_evaluation(mdp, params, hparams, config) -> DiscountedEvaluation:
+    flat, unravel = ravel_pytree(params)
+    objective = _discounted_objective(mdp, unravel, hparams, config)
+    f, grad = jax.value_and_grad(objective)(flat)
+    curvature = jnp.linalg.eigvalsh(jax.hessian(objective)(flat))
+    local_max = (jnp.linalg.norm(grad) <= hparams.tolerance) & jnp.all(curvature <= 0)
+    fisher = discounted_fisher(mdp, config.policy, params, hparams.gamma,
+                               score_clip=config.score_clip)
+    chain = induced_chain(mdp, config.policy.probs(params))
+    return DiscountedEvaluation(f, grad, local_max, fisher, gain(chain),
+                                bias(chain)[config.state])
 
 
 # ----------------------------------------------------------------------------------------
 # Shared pieces
 
 
-def _exact_evaluation(mdp, policy, params, s0, absorption_time) -> _Evaluation:
+def _exact_evaluation(mdp, params, config) -> Evaluation:
     flat, unravel = ravel_pytree(params)
+    policy, s0 = config.policy, config.state
 
     def values(theta):
         chain = induced_chain(mdp, policy.probs(unravel(theta)))
@@ -417,21 +532,28 @@ def _exact_evaluation(mdp, policy, params, s0, absorption_time) -> _Evaluation:
         return v, v
 
     jac, (g, h) = jax.jacrev(values, has_aux=True)(flat)
-    return _Evaluation(g, h, jac[0], jac[1], gain_fisher(mdp, policy, params),
-                       bias_fisher(mdp, policy, params, s0, absorption_time=absorption_time))
+    return Evaluation(g, h, jac[0], jac[1],
+                      gain_fisher(mdp, policy, params, score_clip=config.score_clip),
+                      bias_fisher(mdp, policy, params, s0,
+                                  absorption_time=config.absorption_time,
+                                  score_clip=config.score_clip))
 
 
-def _sampled_evaluation(mdp, policy, params, key, config) -> _Evaluation:
-    critic = oracle_critic(mdp, policy, params)
+def _critic(mdp, params, config):
+    return oracle_critic(mdp, config.policy, params)
+
+
+def _sampled_evaluation(mdp, params, critic, key, config) -> Evaluation:
     est = mean_estimates(sample_estimates(
-        key, mdp, policy, params, config.state, episode_length=config.episode_length,
+        key, mdp, config.policy, params, config.state, episode_length=config.episode_length,
         n_episodes=config.n_episodes, critic=critic, absorption_time=config.absorption_time,
-        baseline=config.baseline, post_mixing=config.post_mixing))
-    return _Evaluation(critic.gain, critic.bias[config.state], est.gain_gradient,
-                       est.bias_gradient, est.gain_fisher, est.bias_fisher)
+        baseline=config.baseline, post_mixing=config.post_mixing,
+        score_clip=config.score_clip))
+    return Evaluation(critic.gain, critic.bias[config.state], est.gain_gradient,
+                      est.bias_gradient, est.gain_fisher, est.bias_fisher)
 
 
-def _sampled_values(mdp, policy, unravel, flat, key, config):
+def _sampled_values(mdp, unravel, flat, key, config):
     """Per-episode gain and bias estimates at s0 from `line_search_episodes` coupled episodes.
 
     Returns `(base, trial)`: the `ValueSamples` at `flat`, and `trial(theta) ->
@@ -443,86 +565,17 @@ def _sampled_values(mdp, policy, unravel, flat, key, config):
     uniforms = common_uniforms(key, T + window, config.line_search_episodes, flat.dtype)
 
     def episodes(theta):
-        return coupled_episodes(mdp, policy.probs(unravel(theta)), config.state, uniforms)
+        return coupled_episodes(mdp, config.policy.probs(unravel(theta)), config.state,
+                                uniforms)
 
-    base = episodes(flat)
+    base_episodes = episodes(flat)
 
     def trial(theta):
         eps = episodes(theta)
-        return value_samples(eps, episode_length=T), jnp.any(eps.actions != base.actions)
+        return (value_samples(eps, episode_length=T),
+                jnp.any(eps.actions != base_episodes.actions))
 
-    return value_samples(base, episode_length=T), trial
-
-
-def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
-                        max_expansions: int = 0) -> optax.GradientTransformationExtraArgs:
-    """Armijo backtracking for maximisation, as an optax transformation.
-
-    `update(direction, state, params, value=f(x), grad=g, value_fn=f)` returns
-    `alpha * direction` for the first `alpha = alpha0 shrink^k`, `k < max_tries`, with
-    `f(x + alpha d) >= f(x) + c alpha g.d` and a finite `f(x + alpha d)` (Boyd & Vandenberghe
-    2004, Alg. 9.2; Dewanto & Gallagher §6.3), and 0 when none qualifies or `g.d <= 0`
-    (a non-ascent direction, possible with sampled gradients). The search also gives up
-    (step 0) once the first-order increase `alpha g.d` falls below the rounding level of
-    `f`, `4 eps max(1, |f|)`: past it the test compares rounding errors (at a converged point it
-    would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
-    long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
-    scalar function of the flat parameters.
-
-    For objectives estimated from coupled samples (`run_sampled`), piecewise constant in the
-    step, `value_fn` may return `(f, resolved)`: `resolved` False says the trial's samples
-    cannot decide it (they draw as at `x`, or show an increase too small to be significant)
-    and that a shorter step would decide even less. The search stops (step 0) at an
-    unresolved rejected trial, except that while every trial so far was unresolved it
-    lengthens the step instead (`alpha / shrink`, at most `max_expansions` times); after an
-    expansion, the first resolved trial decides (accepted, or step 0). Without `resolved`,
-    `max_expansions` has no effect.
-
-    The state keeps the last `step_size` and the number of `evaluations`. The numbers may be
-    traced. (`optax.scale_by_backtracking_linesearch` minimises, returns its last tiny trial
-    instead of 0 on failure, and has no rounding-level stop, which is what keeps a vmapped
-    grid of searches short.)
-    """
-
-    def init(params):
-        dtype = ravel_pytree(params)[0].dtype
-        return ArmijoState(jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
-
-    def update(updates, state, params, *, value, grad, value_fn, **extra):
-        del state, extra
-        x, d = ravel_pytree(params)[0], ravel_pytree(updates)[0]
-        slope = jnp.vdot(ravel_pytree(grad)[0], d)
-        resolution = 4 * jnp.finfo(x.dtype).eps * jnp.maximum(1, jnp.abs(value))
-
-        def searching(carry):
-            k, alpha, _, done, _ = carry
-            return ~done & (k < max_tries) & (alpha * slope > resolution)
-
-        def trial(carry):
-            k, alpha, _, _, grown = carry
-            out = value_fn(x + alpha * d)
-            f, resolved = out if isinstance(out, tuple) else (out, True)
-            resolved = jnp.asarray(resolved, bool)
-            accepted = jnp.isfinite(f) & (f >= value + c * alpha * slope)
-            # expand only while every trial so far has expanded (grown == k)
-            expand = ~accepted & ~resolved & (grown == k) & (grown < max_expansions)
-            done = accepted | (~resolved & ~expand) | (resolved & (grown > 0))
-            alpha = jnp.where(accepted, alpha, jnp.where(expand, alpha / shrink,
-                                                         alpha * shrink))
-            return k + 1, alpha, accepted, done, grown + expand
-
-        start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False),
-                 jnp.asarray(False), jnp.int32(0))
-        k, alpha, accepted, _, _ = lax.while_loop(searching, trial, start)
-        alpha = jnp.where(accepted, alpha, 0)
-        return ravel_pytree(updates)[1](alpha * d), ArmijoState(alpha, k)
-
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-class ArmijoState(NamedTuple):
-    step_size: Array
-    evaluations: Array
+    return value_samples(base_episodes, episode_length=T), trial
 
 
 def _line_search(config):
@@ -532,38 +585,29 @@ def _line_search(config):
 
 
 def _natural_armijo_step(flat, grad, precond, value, value_fn, ls_state, config):
-    """Natural direction `precond^+ grad` (or damped solve), then Armijo backtracking."""
+    """Natural direction `precond^+ grad` (or damped solve), then Armijo backtracking:
+    `(update, ArmijoState)`."""
     nd = natural_direction(config.damping, pseudo_inverse=config.pseudo_inverse,
                            rcond=config.rcond)
     direction, _ = nd.update(grad, nd.init(flat), flat, fisher=precond)
-    update, ls_state = _line_search(config).update(direction, ls_state, flat, value=value,
-                                                   grad=grad, value_fn=value_fn)
-    return update, ls_state, ls_state.step_size
+    return _line_search(config).update(direction, ls_state, flat, value=value, grad=grad,
+                                       value_fn=value_fn)
 
 
-def _validate(mdp, hparams, config) -> None:
-    check_mixing(mdp, aperiodic=False)
-    for name in ("barrier_init", "barrier_divisor", "slack", "gain_tolerance"):
-        _checks.check_positive(name, getattr(hparams, name))
-    if config.inner_iterations < 1 or config.outer_iterations < 1:
-        raise ValueError("inner_iterations and outer_iterations must be >= 1.")
+def _check_policy(config) -> None:
+    policy = getattr(config, "policy", None)
+    if not (callable(getattr(policy, "probs", None)) and callable(getattr(policy, "init", None))):
+        raise TypeError(f"config.policy must be a dsorl.policies.Policy (e.g."
+                        f" policies.sigmoid(n_states)), got {policy!r}.")
 
 
-def _validate_sampling(mdp, hparams, config) -> None:
-    check_mixing(mdp)
-    _checks.check_positive("n_episodes", config.n_episodes)
-    if config.episode_length < max(config.absorption_time, 1):
-        raise ValueError(f"episode_length = {config.episode_length} must be >= max(1,"
-                         f" absorption_time = {config.absorption_time}).")
-    _check_line_search(config)
-    if config.line_search == "sampled":
-        _checks.check_positive("confidence", hparams.confidence, allow_zero=True)
-        if config.line_search_episodes < 2:  # a standard error needs two episodes
-            raise ValueError(f"line_search_episodes = {config.line_search_episodes} must be"
-                             " >= 2.")
-        if config.gain_window is not None and config.gain_window < 1:
-            raise ValueError(f"gain_window = {config.gain_window} must be >= 1 (or None: the"
-                             " episode length).")
+def _check_config(config) -> None:
+    if config.score_clip is not None and (isinstance(config.score_clip, bool) or not (
+            0 < config.score_clip < 0.5)):
+        raise ValueError(f"config.score_clip = {config.score_clip!r} must be None or lie in"
+                         " (0, 1/2).")
+    if config.absorption_time < 0:
+        raise ValueError(f"config.absorption_time = {config.absorption_time} must be >= 0.")
 
 
 def _check_line_search(config) -> None:
@@ -572,6 +616,7 @@ def _check_line_search(config) -> None:
                          f" {LINE_SEARCHES}.")
 
 
-__all__ = ["BarrierHyperparams", "BarrierConfig", "BarrierState", "Trace", "LINE_SEARCHES",
-           "paper_hyperparams", "init", "step", "run", "run_sampled", "armijo_backtracking",
-           "ArmijoState", "DiscountedHyperparams", "DiscountedState", "discounted_run"]
+__all__ = ["HParams", "Config", "State", "Trace", "Evaluation", "LINE_SEARCHES", "EXACT",
+           "SAMPLED", "DISCOUNTED", "run", "run_sampled", "discounted_run", "validate",
+           "validate_sampled", "expected_params", "outer_update", "DiscountedHParams",
+           "DiscountedState", "DiscountedEvaluation"]

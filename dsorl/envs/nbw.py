@@ -146,8 +146,23 @@ def nbw_reference(name: str) -> dict:
                                  "episode_length", "mixing_time_bound", "about")}
 
 
-def _spec(name: str) -> dict:
+def paper_hyperparams(name: str) -> dict:
+    """The barrier settings of the paper's experiments (§6.3) for env `name` (`A1`..`B3`):
+    `{barrier_init, barrier_divisor, slack, gain_tolerance}`, the fields of
+    `dsorl.algorithms.nbw.HParams` (use `nbw.HParams(**paper_hyperparams(name))`)."""
+    kind = _key(name)[0]
+    return dict(barrier_init=PAPER_SETTINGS["barrier_init"][kind],
+                barrier_divisor=PAPER_SETTINGS["barrier_divisor"],
+                slack=PAPER_SETTINGS["barrier_slack"],
+                gain_tolerance=PAPER_SETTINGS["gain_phase_tolerance"])
+
+
+def _key(name: str) -> str:
     key = name.removeprefix("Env-")
     if key not in _ENVS:
         raise ValueError(f"unknown nBw environment {name!r}; choose one of {NAMES}.")
-    return _ENVS[key]
+    return key
+
+
+def _spec(name: str) -> dict:
+    return _ENVS[_key(name)]

@@ -44,7 +44,7 @@ from dsorl.bias_gradient import bias_offset_values
 from dsorl.fisher import score_table
 from dsorl.markov import bias, closed_classes, gain
 from dsorl.mdp import MDP, induced_chain
-from dsorl.sampling import Trajectory, _cumulative, rollouts
+from dsorl.sampling import Trajectory, draw, rollouts
 
 Array = jax.Array
 
@@ -134,7 +134,8 @@ def episode_estimates(episode: Trajectory, scores: Array, critic: Critic, *,
 
 def sample_estimates(key: Array, mdp: MDP, policy, params, state, *, episode_length: int,
                      n_episodes: int, critic: Critic = None, absorption_time: int = 2,
-                     baseline: bool = True, post_mixing: str = "score") -> EpisodeEstimates:
+                     baseline: bool = True, post_mixing: str = "score",
+                     score_clip=None) -> EpisodeEstimates:
     """Per-episode estimates from `n_episodes` episodes of `episode_length` steps from `state`.
 
     Returns an `EpisodeEstimates` whose leaves have a leading axis `[n_episodes]`: their
@@ -142,7 +143,8 @@ def sample_estimates(key: Array, mdp: MDP, policy, params, state, *, episode_len
     standard error. Episodes are `lax.scan`s, `vmap`ped over split keys
     (`dsorl.sampling.rollouts`); `critic` defaults to `oracle_critic`. Concrete input is
     checked: positive `n_episodes`, `episode_length >= absorption_time`, and an MDP whose
-    randomised policies induce aperiodic unichain chains (`check_mixing`).
+    randomised policies induce aperiodic unichain chains (`check_mixing`). `score_clip`:
+    the scores of clipped probabilities (`dsorl.fisher.score_table`).
     """
     _checks.check_positive("n_episodes", n_episodes)
     _check_options(episode_length, absorption_time, post_mixing)
@@ -150,7 +152,7 @@ def sample_estimates(key: Array, mdp: MDP, policy, params, state, *, episode_len
     pi = policy.probs(params)
     critic = oracle_critic(mdp, policy, params) if critic is None else critic
     episodes = rollouts(key, mdp, pi, episode_length + 1, n_episodes, initial_state=state)
-    scores = score_table(policy, params)
+    scores = score_table(policy, params, score_clip=score_clip)
     one = lambda ep: episode_estimates(ep, scores, critic, absorption_time=absorption_time,
                                        baseline=baseline, post_mixing=post_mixing)
     return jax.vmap(one)(episodes)
@@ -184,19 +186,17 @@ def coupled_episodes(mdp: MDP, pi: Array, state, uniforms: Array) -> Trajectory:
     """Episodes of `pi[S, A]` from `state`, every draw the inverse cumulative law of a uniform.
 
     `a_t = min{a : F_pi(a | s_t) > u[t, 0]}`, `s_{t+1} = min{s' : F_P(s' | s_t, a_t) > u[t, 1]}`
-    with `F` the cumulative sums; zero-probability actions and states are never drawn. Each
+    with `F` the cumulative sums (`dsorl.sampling.draw`); zero-probability actions and
+    states are never drawn. Each
     episode has the law of `dsorl.sampling.rollout`; two policies run on the same `uniforms`
     (shape `[N, L, 2]`) take the same draws until a uniform falls between their cumulative
     laws, which happens with probability at most `sum_t max_s TV(pi(.|s), pi'(.|s))` before
     the episodes part. Returns a `Trajectory` with leading axis `[N]`: `states[N, L + 1]`,
     `actions[N, L]`, `rewards[N, L]` (`r_t = R(s_t, a_t)`).
     """
-    cdf_pi, cdf_P = _cumulative(pi), _cumulative(mdp.P)
-    draw = lambda cdf, u: jnp.sum(cdf <= u, dtype=jnp.int32)
-
     def step(s, u):
-        a = draw(cdf_pi[s], u[0])
-        return draw(cdf_P[s, a], u[1]), (s, a)
+        a = draw(pi[s], u[0])
+        return draw(mdp.P[s, a], u[1]), (s, a)
 
     def episode(us):
         s_last, (states, actions) = lax.scan(step, jnp.asarray(state, jnp.int32), us)

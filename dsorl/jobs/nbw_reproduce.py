@@ -5,7 +5,11 @@ barrier method (Algorithm 1), the sampled one (Algorithm 2, `sampling.seeds` see
 `sampling.episodes` episodes per step; `nbw_sampled` with the line search from samples,
 `sampling.line_search_episodes` coupled episodes and `sampling.confidence` standard errors,
 and `nbw_sampled_critic` with the paper's exact objective values in the line search) and
-natural discounted PG for the paper's three discount factors, `iterations` steps each. Every method is one jitted, `vmap`ped call per
+natural discounted PG for the paper's three discount factors, `n_steps` steps each (beta
+divided every `steps_per_outer`; null: once). The exact method runs twice: with the exact
+score (`nbw_exact`) and with the authors' clipped one (`nbw_exact_score_clip`:
+`score_clip`, the probabilities clamped to [eps, 1 - eps] as `torch.distributions.Categorical`
+does; null: skipped). Every method is one jitted, `vmap`ped call per
 environment (and per seed), timed with the compile apart (median of `timing_repeats` calls
 for the single-seed methods). Output: per environment and
 method, the mean and standard deviation over starts of `|h_final(s0) - h*(s0)|` and of the
@@ -21,12 +25,14 @@ import numpy as np
 
 from dsorl import envs, policies
 from dsorl.algorithms import nbw
-from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.envs.nbw import PAPER_SETTINGS, paper_hyperparams
 from dsorl.markov import bias, gain
 from dsorl.mdp import induced_chain
 
 # Mean absolute bias errors of the authors' code (Fig. 6 of arXiv 2105.13609, the numbers
 # printed on its error maps), as quoted in this project's issue #3; B1 sampled not given.
+# Ours, exact (41 x 41 grid, 100 steps): 0.000, 0.059, 0.147, 0.000, 0.644, 0.323 with the
+# exact score; with score_clip (torch's clamp, float64 eps) B3 becomes 0.761, the rest stay.
 REFERENCE_BIAS_ERROR = {
     "nbw_exact": {"A1": 0.000, "A2": 0.059, "A3": 0.147, "B1": 0.000, "B2": 0.634, "B3": 0.751},
     "nbw_sampled": {"A1": 0.122, "A2": 1.191, "A3": 0.247, "B2": 6.598, "B3": 1.428},
@@ -36,8 +42,9 @@ DEFAULTS = {
     "envs": list(envs.NBW_NAMES),
     "methods": ["nbw_exact", "nbw_sampled", "discounted"],
     "grid": {"low": -10.0, "high": 10.0, "step": 0.5},
-    "iterations": 100,
-    "outer_iterations": 1,
+    "n_steps": 100,
+    "steps_per_outer": None,
+    "score_clip": float(np.finfo(np.float64).eps),
     "sampling": {"seeds": 10, "episodes": 16, "baseline": True, "post_mixing": "score",
                  "line_search_episodes": 16, "confidence": 2.0, "gain_window": None,
                  "max_expansions": 10},
@@ -81,35 +88,40 @@ def _methods(name, mdp, policy, config):
     ref = envs.nbw_reference(name)
     sampling = config["sampling"]
     sampling = {**DEFAULTS["sampling"], **sampling}
-    barrier = nbw.BarrierConfig(
-        inner_iterations=config["iterations"], outer_iterations=config["outer_iterations"],
+    barrier = nbw.Config(
+        policy, n_steps=config["n_steps"], steps_per_outer=config["steps_per_outer"],
         episode_length=ref["episode_length"], n_episodes=sampling["episodes"],
         baseline=sampling["baseline"], post_mixing=sampling["post_mixing"],
         line_search_episodes=sampling["line_search_episodes"],
         gain_window=sampling["gain_window"], max_expansions=sampling["max_expansions"])
-    hp = nbw.paper_hyperparams(name)._replace(confidence=sampling["confidence"])
-    nbw.init(mdp, jnp.zeros(2), hp, policy=policy, config=barrier)  # entry checks, concrete
+    hp = nbw.HParams(**paper_hyperparams(name), confidence=sampling["confidence"])
+    nbw.validate(mdp, hp, barrier)  # entry checks on concrete values, before any compile
+    if {"nbw_sampled", "nbw_sampled_critic"} & set(config["methods"]):
+        nbw.validate_sampled(mdp, hp, barrier)
     finals = lambda trace: (trace.gain[:, -1], trace.bias[:, -1])
     out = []
     for method in config["methods"]:
         if method == "nbw_exact":
-            fn = lambda w, key: finals(jax.vmap(
-                lambda w0: nbw.run(mdp, w0, hp, policy=policy, config=barrier)[1])(w))
-            out.append((method, method, fn, 1))
+            configs = [("nbw_exact", barrier)]
+            if config["score_clip"] is not None:  # the authors' clipped score
+                configs.append(("nbw_exact_score_clip",
+                                barrier._replace(score_clip=config["score_clip"])))
+            for label, exact in configs:
+                fn = lambda w, key, exact=exact: finals(jax.vmap(
+                    lambda w0: nbw.run(mdp, w0, hp, config=exact)[1])(w))
+                out.append((method, label, fn, 1))
         elif method in ("nbw_sampled", "nbw_sampled_critic"):
             line_search = "sampled" if method == "nbw_sampled" else "critic"
             sampled = barrier._replace(line_search=line_search)
             fn = lambda w, key, sampled=sampled: finals(jax.vmap(
-                lambda w0: nbw.run_sampled(mdp, w0, hp, key, policy=policy,
-                                           config=sampled)[1])(w))
+                lambda w0: nbw.run_sampled(mdp, w0, hp, key, config=sampled)[1])(w))
             # both compare with the authors' sampled runs (theirs used the critic's values)
             out.append(("nbw_sampled", method, fn, sampling["seeds"]))
         elif method == "discounted":
             for gamma in PAPER_SETTINGS["discounts"][name]:
-                dhp = nbw.DiscountedHyperparams(gamma, PAPER_SETTINGS["gain_phase_tolerance"])
+                dhp = nbw.DiscountedHParams(gamma, PAPER_SETTINGS["gain_phase_tolerance"])
                 fn = lambda w, key, dhp=dhp: finals(jax.vmap(
-                    lambda w0: nbw.discounted_run(mdp, w0, dhp, policy=policy,
-                                                  config=barrier)[1])(w))
+                    lambda w0: nbw.discounted_run(mdp, w0, dhp, config=barrier)[1])(w))
                 out.append((method, f"discounted_{gamma:g}", fn, 1))
         else:
             raise ValueError(f"unknown method {method!r}; choose from nbw_exact, nbw_sampled,"

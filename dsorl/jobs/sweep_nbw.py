@@ -16,8 +16,8 @@ from dsorl.sweep import Grid, axis
 DEFAULTS = {
     "envs": list(envs.NBW_NAMES),
     "grid": {"low": -10.0, "high": 10.0, "step": 0.5},
-    "inner_iterations": 100,
-    "outer_iterations": 1,
+    "n_steps": 100,
+    "steps_per_outer": None,
     "output_dir": "results/sweep_nbw",
 }
 
@@ -25,22 +25,23 @@ DEFAULTS = {
 def sweep_spec(config: dict) -> dict:
     """Keyword arguments of `dsorl.sweep.sweep` for this config."""
     from dsorl.algorithms import nbw
+    from dsorl.envs.nbw import paper_hyperparams
 
     unknown = sorted(set(config["envs"]) - set(envs.NBW_NAMES))
     if unknown or not config["envs"]:
         raise ValueError(f"config key 'envs' takes a non-empty list of {', '.join(envs.NBW_NAMES)};"
                          f" got {config['envs']!r}.")
     starts = np.asarray(policies.sigmoid_grid(**config["grid"], dtype=np.float64))
-    static = nbw.BarrierConfig(inner_iterations=config["inner_iterations"],
-                               outer_iterations=config["outer_iterations"])
+    static = {"n_steps": config["n_steps"], "steps_per_outer": config["steps_per_outer"]}
 
     def run(mdp, params0, hparams, key, *, config):
-        policy = policies.sigmoid(mdp.P.shape[0])  # sizes are static under tracing
-        return nbw.run(mdp, params0, hparams.barrier, key, policy=policy, config=config)
+        # the sigmoid policy of the MDP's size (static under tracing)
+        policy = policies.sigmoid(mdp.P.shape[0])
+        return nbw.run(mdp, params0, hparams.barrier, key, config=nbw.Config(policy, **config))
 
     def hparams(point):
         ref = envs.nbw_reference(point["env"])
-        return _Hparams(nbw.paper_hyperparams(point["env"]), ref["optimal_gain"],
+        return _Hparams(nbw.HParams(**paper_hyperparams(point["env"])), ref["optimal_gain"],
                         ref["optimal_bias_s0"])
 
     def metrics(final_state, trace, member):
