@@ -65,7 +65,7 @@ def plot(result: dict, config: dict, out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     axes[0, 0].set_ylabel(r"$V^*_\tau(\rho) - V_\tau^{\pi_\nu}(\rho)$")
-    fig.suptitle(f"value gap, mean over {c['seeds']} seeds (η = {config['eta']}, τ = {config['tau']})")
+    fig.suptitle(f"value gap, mean over {c['seeds']} seeds (η = {config['step_size']}, τ = {config['tau']})")
     fig.tight_layout()
     fig.savefig(out / "convergence.png", dpi=130)
 

@@ -4,7 +4,8 @@ Exact quantities against dense NumPy references (the policy, the regularised val
 Lions derivative in closed form), autodiff against the covariance formula and finite
 differences; the particle dynamics against the laws they must reach (N(0, I) when r = 0,
 monotone ascent for small steps, forgetting of the initialisation for large sigma, the gap
-to the soft optimum), variants, divergence reports and input errors.
+to the soft optimum), the algorithm contract (trace after each step, float32, jit/vmap with
+the problem captured or passed), variants, divergence reports and input errors.
 """
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,8 @@ def particles(n, seed=0, loc=0.0, scale=1.0):
     return jax.tree_util.tree_map(lambda x: jnp.asarray(loc + scale * x[index]), _BANK)
 
 
-def hparams(gamma=0.8, tau=1.0, sigma=0.5, eta=0.1):
-    return mf.LangevinHParams(gamma, tau, sigma, eta)
+def hparams(gamma=0.8, tau=1.0, sigma=0.5, step_size=0.1):
+    return mf.HParams(gamma, tau, sigma, step_size)
 
 
 # jitted entry points shared by the exact tests (one compile per structure, not per call)
@@ -221,45 +222,91 @@ def test_langevin_ascent_update():
         np.testing.assert_allclose(u, eta * g, rtol=1e-15)
 
 
-def test_run_matches_manual_steps_and_records_the_trace():
+def test_run_matches_manual_steps_and_records_the_trace_after_each_step():
     prob, ps, hp = problem(), particles(6), hparams()
-    state, trace = mf.run(prob, ps, hp, jax.random.key(0), config=mf.MeanFieldConfig(4))
-    hp_arrays = mf.LangevinHParams(*map(jnp.asarray, hp))
-    manual = mf.init(prob, ps, hp_arrays, jax.random.key(0))
-    step = jax.jit(mf.step)
-    rows = []
-    for _ in range(4):
-        manual, row = step(prob, manual, hp_arrays)
+    key, config = jax.random.key(0), mf.Config(4)
+    state, trace = jax.jit(lambda k: mf.run(prob, ps, hp, k, config=config, keep_params=True))(key)
+    hp_arrays = mf.HParams(*map(jnp.asarray, hp))
+    manual = mf.init(prob, ps, hp_arrays, key, config=config)
+    step = jax.jit(lambda s, k: mf.step(prob, s, hp_arrays, k, config=config))
+    rows, ensembles = [], []
+    for i in range(4):   # the driver's keys: fold_in(key, i) for step i
+        manual, row = step(manual, jax.random.fold_in(key, i))
         rows.append(row)
-    for a, b in zip(leaves(state.particles), leaves(manual.particles)):
+        ensembles.append(manual.params)
+    for a, b in zip(leaves(state.params), leaves(manual.params)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert int(state.step) == 4 and int(state.first_bad_step) == -1
-    # row k describes nu_k: compare with independent evaluations of the ensembles
-    first = jax.jit(mf.evaluate)(prob, ps, hp_arrays)
-    pi = numpy_policy(ps, MU)
+    # row k describes nu_{k+1}, the ensemble after step k: compare with independent
+    # evaluations of the ensembles (the last row is the final state's)
+    evaluate = jax.jit(mf.evaluate)
+    final = state.params
+    pi = numpy_policy(final, MU)
     V, _, _ = numpy_soft(prob.mdp, pi, 0.8, 1.0, MU)
-    np.testing.assert_allclose(trace.value_tau[0], prob.mdp.rho @ V, rtol=1e-12)
-    np.testing.assert_allclose(trace.value[0], prob.mdp.rho @ numpy_soft(prob.mdp, pi, 0.8, 0.0, MU)[0],
+    np.testing.assert_allclose(trace.value_tau[-1], prob.mdp.rho @ V, rtol=1e-12)
+    np.testing.assert_allclose(trace.value[-1], prob.mdp.rho @ numpy_soft(prob.mdp, pi, 0.8, 0.0, MU)[0],
                                rtol=1e-12)
-    flat = np.concatenate([x.reshape(6, -1) for x in leaves(ps)], axis=1)
-    np.testing.assert_allclose(trace.dispersion[0], flat.var(0).mean(), rtol=1e-12)
+    flat = np.concatenate([x.reshape(6, -1) for x in leaves(final)], axis=1)
+    np.testing.assert_allclose(trace.dispersion[-1], flat.var(0).mean(), rtol=1e-12)
     m, v = flat.mean(0), flat.var(0)
     kl = 0.5 * np.sum(v + m ** 2 - 1 - np.log(v))
-    np.testing.assert_allclose(trace.objective[0], prob.mdp.rho @ V - 0.5 ** 2 / 2 * kl, rtol=1e-12)
-    for name in mf.MeanFieldTrace._fields:
-        np.testing.assert_allclose(getattr(trace, name)[0], getattr(first, name), rtol=1e-12)
-        np.testing.assert_allclose(getattr(trace, name), np.stack([getattr(r, name) for r in rows]),
-                                   rtol=1e-12)
+    np.testing.assert_allclose(trace.objective[-1], prob.mdp.rho @ V - 0.5 ** 2 / 2 * kl, rtol=1e-12)
+    for k, ensemble in enumerate(ensembles):
+        for a, b in zip(leaves(trace.params), leaves(ensemble)):
+            np.testing.assert_allclose(a[k], b, rtol=1e-12)
+        want = evaluate(prob, ensemble, hp_arrays)
+        for name in ("objective", "value_tau", "value", "dispersion"):
+            np.testing.assert_allclose(getattr(trace, name)[k], getattr(want, name), rtol=1e-12)
+            np.testing.assert_allclose(getattr(trace, name)[k], getattr(rows[k], name), rtol=1e-12)
+    # the carried Lions derivative is that of the current particles
+    np.testing.assert_allclose(leaves(state.lions)[1], leaves(_LIONS(prob, final, 0.8, 1.0))[1],
+                               rtol=1e-11, atol=1e-14)
 
 
-def test_run_variants_over_seeds_tau_sigma_eta():
+def test_float32_run_stays_float32():
+    """float32 problem and particles (with x64 enabled): a float32 run, within 1e-5 of
+    float64 without noise (the normal draws of a key differ between the two dtypes)."""
+    m = random_mdp(0, S, A)
+    mdp32 = dsorl.MDP(*(np.asarray(x, np.float32) for x in (m.P, m.R, m.rho)))
+    prob32 = mf.MeanFieldProblem(mdp32, FEATURE, X.astype(np.float32), MU.astype(np.float32))
+    ps32 = jax.tree_util.tree_map(lambda x: x.astype(np.float32), particles(6))
+    for gradient in mf.GRADIENTS:
+        state, trace = jax.jit(lambda ps, g=gradient: mf.run(prob32, ps, hparams(sigma=0.0),
+                                                             jax.random.key(0),
+                                                             config=mf.Config(3, g)))(ps32)
+        assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.lions,
+                                                                             trace)))
+        state64, trace64 = jax.jit(lambda ps, g=gradient: mf.run(problem(0), ps, hparams(sigma=0.0),
+                                                                 jax.random.key(0),
+                                                                 config=mf.Config(3, g)))(particles(6))
+        np.testing.assert_allclose(trace.value_tau, trace64.value_tau, rtol=1e-5)
+        for a, b in zip(leaves(state.params), leaves(state64.params)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_jit_vmap_with_the_problem_captured_or_passed():
+    prob, ps, hp, config = problem(), particles(5), hparams(), mf.Config(3)
+    keys = jax.random.split(jax.random.key(3), 2)
+    captured = jax.jit(jax.vmap(lambda k: mf.run(prob, ps, hp, k, config=config)))(keys)
+    passed = jax.jit(jax.vmap(lambda p, k: mf.run(p, ps, hp, k, config=config),
+                              in_axes=(None, 0)))(prob, keys)
+    direct = [mf.run(prob, ps, hp, k, config=config) for k in keys]
+    for i, (state, trace) in enumerate(direct):
+        for got in (captured, passed):
+            np.testing.assert_allclose(got[1].objective[i], trace.objective, rtol=1e-12)
+            for a, b in zip(leaves(got[0].params), leaves(state.params)):
+                np.testing.assert_allclose(a[i], b, rtol=1e-12)
+    assert not np.allclose(captured[1].objective[0], captured[1].objective[1])  # keys reach the noise
+
+
+def test_run_variants_over_seeds_tau_sigma_step_size():
     # N = 1 (allowed; its objective is -inf for sigma > 0, which is not a divergence)
     prob, ps = problem(), particles(1)
-    config = mf.MeanFieldConfig(3)
+    config = mf.Config(3)
 
-    def fn(key, tau, sigma, eta):
-        state, trace = mf.run(prob, ps, mf.LangevinHParams(0.8, tau, sigma, eta), key, config=config)
-        return state.particles, state.first_bad_step, trace
+    def fn(key, tau, sigma, step_size):
+        state, trace = mf.run(prob, ps, mf.HParams(0.8, tau, sigma, step_size), key, config=config)
+        return state.params, state.first_bad_step, trace
 
     keys = jax.random.split(jax.random.key(1), 3)
     batched = (keys, jnp.array([0.5, 1.0, 2.0]), jnp.array([0.0, 0.3, 1.0]), jnp.array([0.01, 0.1, 0.2]))
@@ -279,9 +326,9 @@ def test_with_zero_reward_the_particle_law_converges_to_the_standard_gaussian():
     prob = mf.MeanFieldProblem(dsorl.MDP(base.P, np.zeros((S, A)), base.rho), FEATURE, X)
     N, T, eta, sigma = 4000, 400, 0.1, 1.0
     # small tau: the finite-N interaction (pull of f_nu towards 0) stays far below the SE
-    state, trace = mf.run(prob, particles(N, 7, loc=2.0, scale=0.5), hparams(0.5, 0.05, sigma, eta),
-                          jax.random.key(8), config=mf.MeanFieldConfig(T))
-    flat = np.concatenate([x.reshape(N, -1) for x in leaves(state.particles)], axis=1)
+    state, trace = jax.jit(lambda ps: mf.run(prob, ps, hparams(0.5, 0.05, sigma, eta), jax.random.key(8),
+                                             config=mf.Config(T)))(particles(N, 7, loc=2.0, scale=0.5))
+    flat = np.concatenate([x.reshape(N, -1) for x in leaves(state.params)], axis=1)
     v = 1 / (1 - eta * sigma ** 2 / 4)
     transient = 2.0 * (1 - eta * sigma ** 2 / 2) ** T
     se_mean, se_var, se_cov = np.sqrt(v / N), v * np.sqrt(2 / N), v / np.sqrt(N)
@@ -295,7 +342,7 @@ def test_with_zero_reward_the_particle_law_converges_to_the_standard_gaussian():
 # one compiled program for the dynamics tests below: B = 12 runs of 150 steps of N = 16
 # particles, batched over initial ensembles, hyperparameters and keys
 _B, _N, _T = 12, 16, 150
-_RUNS = jax.jit(jax.vmap(lambda prob, ps, hp, key: mf.run(prob, ps, hp, key, config=mf.MeanFieldConfig(_T)),
+_RUNS = jax.jit(jax.vmap(lambda prob, ps, hp, key: mf.run(prob, ps, hp, key, config=mf.Config(_T)),
                          in_axes=(None, 0, 0, 0)))
 
 
@@ -304,7 +351,7 @@ def _batch(*trees):
 
 
 def _hparams_batch(**kwargs):
-    return mf.LangevinHParams(*(jnp.broadcast_to(jnp.asarray(v, float), (_B,))
+    return mf.HParams(*(jnp.broadcast_to(jnp.asarray(v, float), (_B,))
                                 for v in hparams(**kwargs)))
 
 
@@ -313,7 +360,7 @@ def test_objective_does_not_decrease_for_small_steps():
     step. sigma = 0.3 (runs 1..11): the objective's mean over seeds is non-decreasing up to
     its standard error (4.5 SE between any two steps) and rises significantly overall."""
     sigma = np.r_[0.0, np.full(_B - 1, 0.3)]
-    _, trace = _RUNS(problem(0), _batch(*[particles(_N)] * _B), _hparams_batch(sigma=sigma, eta=0.05),
+    _, trace = _RUNS(problem(0), _batch(*[particles(_N)] * _B), _hparams_batch(sigma=sigma, step_size=0.05),
                      jax.random.split(jax.random.key(1), _B))
     value = np.asarray(trace.value_tau[0])
     assert np.all(np.diff(value) >= -1e-13 * np.abs(value).max())
@@ -335,8 +382,8 @@ def test_large_sigma_forgets_the_initialisation():
     prob = problem(0)
     starts = [particles(_N, i) if i % 2 == 0 else particles(_N, i, loc=1.0, scale=0.5) for i in range(_B)]
     keys = jnp.repeat(jax.random.split(jax.random.key(4), _B // 2), 2)
-    state, _ = _RUNS(prob, _batch(*starts), _hparams_batch(sigma=2.0, eta=0.1), keys)
-    pis = np.asarray(jax.vmap(lambda p: mf.mean_field_policy(prob, p))(state.particles))
+    state, _ = _RUNS(prob, _batch(*starts), _hparams_batch(sigma=2.0, step_size=0.1), keys)
+    pis = np.asarray(jax.vmap(lambda p: mf.mean_field_policy(prob, p))(state.params))
     pis0 = np.stack([np.asarray(_POLICY(prob, p)) for p in starts])
     gap0 = np.abs(pis0[0::2] - pis0[1::2]).max(axis=(1, 2))
     gap = np.abs(pis[0::2] - pis[1::2]).max(axis=(1, 2))
@@ -351,16 +398,16 @@ def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
     prob = problem(0, mu=None)
     gamma, tau, eta = 0.8, 1.0, 0.4
     pi_star = dsorl.soft_value_iteration(prob.mdp, gamma, tau).policy
-    seeds, sigmas = 8, jnp.array([0.5, 0.125])
+    seeds, sigmas = 16, jnp.array([0.5, 0.125])
 
     def gaps(n):
         def one(sigma, key):
-            hp = mf.LangevinHParams(*map(jnp.asarray, (gamma, tau, sigma, eta)))
+            hp = mf.HParams(*map(jnp.asarray, (gamma, tau, sigma, eta)))
 
             def chunk(ps, k):
-                state, _ = mf.run(prob, ps, hp, k, config=mf.MeanFieldConfig(50))
-                pi = mf.mean_field_policy(prob, state.particles)
-                return state.particles, jnp.abs(pi - pi_star).sum(-1).max()
+                state, _ = mf.run(prob, ps, hp, k, config=mf.Config(50))
+                pi = mf.mean_field_policy(prob, state.params)
+                return state.params, jnp.abs(pi - pi_star).sum(-1).max()
 
             _, snapshots = jax.lax.scan(chunk, particles(n), jax.random.split(key, 6))
             return snapshots[2:].mean()
@@ -382,49 +429,66 @@ def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
 
 def test_divergence_is_reported_with_its_step_and_hyperparameters():
     """eta sigma^2 / 2 = 50: |theta| grows like 49^k; the first non-finite statistic is the
-    particles' variance, when |theta|^2 overflows (|theta| ~ 1.3e154). The bounded drift
-    and the noise only shift the start, so the step is predictable within a few steps from
-    the largest initial coordinate."""
-    eta = np.r_[np.full(_B - 1, 0.1), 100.0]
+    particles' variance, when |theta|^2 overflows (|theta| ~ 1.3e154), and the step
+    reported is the one after which that happens. The bounded drift and the noise only shift
+    the start, so the step is predictable within a few steps from the largest initial
+    coordinate."""
+    step_size = np.r_[np.full(_B - 1, 0.1), 100.0]
     ps = particles(_N)
-    state, trace = _RUNS(problem(), _batch(*[ps] * _B), _hparams_batch(sigma=1.0, eta=eta),
+    state, trace = _RUNS(problem(), _batch(*[ps] * _B), _hparams_batch(sigma=1.0, step_size=step_size),
                          jax.random.split(jax.random.key(0), _B))
     bad = np.asarray(state.first_bad_step)
     assert np.all(bad[:-1] == -1) and bad[-1] >= 0
     k = bad[-1]
     start = np.abs(np.concatenate([x.ravel() for x in leaves(ps)])).max()
-    predicted = np.log(np.sqrt(np.finfo(np.float64).max) / start) / np.log(49)
+    predicted = np.log(np.sqrt(np.finfo(np.float64).max) / start) / np.log(49) - 1
     assert abs(k - predicted) <= 3
-    # the trace agrees: rows before k are finite, row k is not
-    rows = np.stack([np.asarray(x[-1]) for x in trace], axis=1)
+    # the trace agrees: rows before k are finite, row k (the ensemble after step k) is not
+    rows = np.stack([np.asarray(getattr(trace, f)[-1]) for f in ("objective", "value_tau",
+                                                                   "value", "dispersion")], axis=1)
     assert np.all(np.isfinite(rows[:k])) and not np.all(np.isfinite(rows[k]))
-    mf.check_divergence(state.first_bad_step[:-1], hparams(sigma=1.0, eta=eta[:-1]))
+    mf.check_divergence(state.first_bad_step[:-1], hparams(sigma=1.0, step_size=step_size[:-1]))
     with pytest.raises(mf.DivergenceError, match=rf"1 of 12 .* run \(11,\): step {k} \(gamma=0.8, tau=1.0,"
-                                                 r" sigma=1.0, eta=100.0\)") as err:
-        mf.check_divergence(state.first_bad_step, hparams(sigma=1.0, eta=eta))
+                                                 r" sigma=1.0, step_size=100.0\)") as err:
+        mf.check_divergence(state.first_bad_step, hparams(sigma=1.0, step_size=step_size))
     assert err.value.runs == [{"index": (11,), "first_bad_step": k, "gamma": 0.8, "tau": 1.0,
-                               "sigma": 1.0, "eta": 100.0}]
+                               "sigma": 1.0, "step_size": 100.0}]
+
+
+_NAN = particles(3)
+_NAN = {"params": {**_NAN["params"], "w": _NAN["params"]["w"].at[1, 2, 0].set(np.nan)}}
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(hp=hparams(tau=0.0)), "tau = 0.0 must be finite and > 0"),
     (dict(hp=hparams(tau=-1.0)), "tau = -1.0 must be"),
     (dict(hp=hparams(sigma=-0.1)), "sigma = -0.1 must be finite and >= 0"),
-    (dict(hp=hparams(eta=0.0)), "eta = 0.0 must be finite and > 0"),
-    (dict(hp=hparams(eta=jnp.array([0.1, -1.0]))), "eta = .* must be finite and > 0"),
+    (dict(hp=hparams(step_size=0.0)), "step_size = 0.0 must be finite and > 0"),
+    (dict(hp=hparams(step_size=jnp.array([0.1, -1.0]))), "step_size = .* must be finite and > 0"),
     (dict(hp=hparams(gamma=1.0)), "gamma = 1.0 must lie in"),
-    (dict(hp=(0.9, 1.0, 0.1, 0.1)), "LangevinHParams"),
-    (dict(ps=jax.tree_util.tree_map(lambda p: p[:0], particles(3))), "N = 0 must be >= 1"),
+    (dict(hp=hparams(gamma=-0.1)), "gamma = -0.1 must lie in"),
+    (dict(hp={"gamma": 0.9, "tau": 1.0, "sigma": 0.1, "eta": 0.1}), "missing step_size; unknown eta"),
+    (dict(ps=_NAN), r"params0 leaf 2\[1, 2, 0\] = nan is not finite"),
+    (dict(ps=jax.tree_util.tree_map(lambda p: p[:0], particles(3))),
+     "params0: number of particles N = 0 must be >= 1"),
     (dict(prob=mf.MeanFieldProblem(random_mdp(0, S, A), FEATURE, features.one_hot_encoding(S, A)[..., :6])),
-     r"encodings have width \(6,\) but .* expect d = 7"),
-    (dict(config=mf.MeanFieldConfig(0)), "n_steps = 0"),
-    (dict(config=mf.MeanFieldConfig(3, "finite_differences")), "unknown Lions-derivative method"),
+     r"params0: encodings have width \(6,\) but .* expect d = 7"),
+    (dict(config=mf.Config(3, n_particles=4)), r"params0 leaf 0 must have shape \(4, 4\), got \(3, 4\)"),
+    (dict(config=mf.Config(3, n_particles=0)), "n_particles = 0 must be None or an integer >= 1"),
+    (dict(config=mf.Config(-1)), "n_steps = -1 must be >= 0"),
+    (dict(config=mf.Config(3, "finite_differences")), "unknown Lions-derivative method"),
+    (dict(key=None), "pass an explicit key"),
 ])
 def test_bad_run_inputs_raise(change, message):
-    args = dict(prob=problem(), ps=particles(3), hp=hparams(), config=mf.MeanFieldConfig(3))
+    args = dict(prob=problem(), ps=particles(3), hp=hparams(), config=mf.Config(3), key=jax.random.key(0))
     args.update(change)
     with pytest.raises(ValueError, match=message):
-        mf.run(args["prob"], args["ps"], args["hp"], jax.random.key(0), config=args["config"])
+        mf.run(args["prob"], args["ps"], args["hp"], args["key"], config=args["config"])
+
+
+def test_run_rejects_hparams_of_another_type():
+    with pytest.raises(TypeError, match="hparams must be a HParams or a mapping"):
+        mf.run(problem(), particles(3), (0.9, 1.0, 0.1, 0.1), jax.random.key(0), config=mf.Config(3))
 
 
 def test_bad_inputs_of_the_exact_quantities_raise():
@@ -443,7 +507,9 @@ def test_bad_inputs_of_the_exact_quantities_raise():
         (lambda: mf.MeanFieldProblem(np.ones((S, A, S)), FEATURE, X), "dsorl.MDP"),
         (lambda: mf.MeanFieldProblem(prob.mdp, FEATURE, X, np.ones((S, A))), "reference-measure row"),
         (lambda: jax.jit(lambda k: mf.check_divergence(k, hparams()))(jnp.int32(3)), "outside jit"),
-        (lambda: mf.check_hparams(hparams(sigma=jnp.array([0.1, -0.2]))), "sigma = .* must be finite and >= 0"),
+        (lambda: mf.validate(prob, hparams(sigma=jnp.array([0.1, -0.2])), mf.Config(3)),
+         "sigma = .* must be finite and >= 0"),
+        (lambda: mf.validate(ps, hparams(), mf.Config(3)), "problem must be a MeanFieldProblem"),
     ]:
         with pytest.raises(ValueError, match=message):
             call()
@@ -472,11 +538,11 @@ def test_numpy_baseline_of_the_benchmark_is_the_same_update():
     from dsorl.jobs.meanfield_benchmark import NumpyLangevin
 
     prob, ps, hp = problem(), particles(6), hparams(sigma=0.0)
-    state, trace = mf.run(prob, ps, hp, jax.random.key(0), config=mf.MeanFieldConfig(4))
+    state, trace = jax.jit(lambda k: mf.run(prob, ps, hp, k, config=mf.Config(4)))(jax.random.key(0))
     baseline = NumpyLangevin(prob, jax.tree_util.tree_map(np.asarray, ps), hp, np.random.default_rng(0))
-    rows = np.array(baseline.run(4))
-    np.testing.assert_allclose(rows, np.stack(trace, axis=1), rtol=1e-11)
-    for got, want in zip((baseline.c, baseline.w, baseline.b), leaves(state.particles)):
+    rows = np.array(baseline.run(4))   # row k: the ensemble step k starts from
+    np.testing.assert_allclose(rows[1:], np.stack(trace[:4], axis=1)[:-1], rtol=1e-11)
+    for got, want in zip((baseline.c, baseline.w, baseline.b), leaves(state.params)):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
 
 
@@ -485,9 +551,9 @@ def test_meanfield_jobs_run_end_to_end():
     from dsorl import config as config_lib
     from dsorl.jobs import meanfield as job, meanfield_control as control_job
 
-    # eta = 1000: sigma = 0 stays finite (bounded drift), sigma = 1 diverges (factor -499)
+    # step_size = 1000: sigma = 0 stays finite (bounded drift), sigma = 1 diverges (factor -499)
     cfg = config_lib.resolve({"job": "meanfield", "particles": [3], "sigmas": [0.0, 1.0], "seeds": 2,
-                              "eta": 1000.0, "burn_in": 60, "snapshots": 2, "snapshot_every": 10,
+                              "step_size": 1000.0, "burn_in": 60, "snapshots": 2, "snapshot_every": 10,
                               "on_divergence": "report"})
     out = job.run(cfg)
     rows = out["tables"]["gap"]
@@ -504,3 +570,24 @@ def test_meanfield_jobs_run_end_to_end():
     rows = control_job.run(cfg)["tables"]["policies"]
     assert rows[0]["policy_gap"] == 0 and rows[0]["value_gap"] == 0
     assert len(rows) == 4 and all(r["policy_gap"] > 0 for r in rows[1:3])
+
+
+def test_run_from_key_draws_the_particles_then_runs():
+    from dsorl.jobs.meanfield import particles_from_key, run_from_key
+
+    prob, hp, key = problem(), hparams(), jax.random.key(4)
+    config = mf.Config(3, n_particles=5)
+    state, trace = jax.jit(lambda k: run_from_key(prob, None, hp, k, config=config))(key)
+    k_init, k_run = jax.random.split(key)
+    ps = features.init_particles(FEATURE, k_init, 5, X)
+    want_state, want_trace = jax.jit(lambda: mf.run(prob, ps, hp, k_run, config=config))()
+    np.testing.assert_allclose(trace.objective, want_trace.objective, rtol=1e-13)
+    for a, b in zip(leaves(state.params), leaves(want_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    centre = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape[1:]), ps)
+    shifted, k = particles_from_key(prob, key, 5, centre)
+    for a, b in zip(leaves(shifted), leaves(ps)):
+        np.testing.assert_allclose(a, b + 1, rtol=1e-15)
+    assert np.array_equal(jax.random.key_data(k), jax.random.key_data(k_run))
+    with pytest.raises(ValueError, match="give config.n_particles"):
+        run_from_key(prob, None, hp, key, config=mf.Config(3))

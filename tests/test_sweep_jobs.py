@@ -60,7 +60,7 @@ MF_CONFIG = f"""job: sweep_meanfield
 env: {{n_states: 4, n_actions: 3, branching: 2, seed: 1}}
 feature: {{width: 3, bound: 2.0}}
 particles: 4
-grid: {{gamma: [0.8, 0.9], tau: [0.2], sigma: [0.1, 30.0], eta: [0.5, 1.0e+6], seed: [0, 3]}}
+grid: {{gamma: [0.8, 0.9], tau: [0.2], sigma: [0.1, 30.0], step_size: [0.5, 1.0e+6], seed: [0, 3]}}
 n_steps: {MF_STEPS}
 sweep: {{traces: [objective], trace_every: {MF_EVERY}}}
 """
@@ -74,21 +74,21 @@ def meanfield_sweep(tmp_path_factory):
 def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
     cfg, result, _ = meanfield_sweep
     t = result.table
-    assert set(t) == {"member", "gamma", "tau", "sigma", "eta", "seed", "value_tau", "value",
+    assert set(t) == {"member", "gamma", "tau", "sigma", "step_size", "seed", "value_tau", "value",
                       "soft_optimal", "gap", "dispersion", "first_bad_step"}
     expected = [(g, 0.2, s, e, k) for g in (0.8, 0.9) for s in (0.1, 30.0)
                 for e in (0.5, 1e6) for k in (0, 3)]
-    assert list(zip(*(t[c].tolist() for c in ("gamma", "tau", "sigma", "eta", "seed")))) == expected
+    assert list(zip(*(t[c].tolist() for c in ("gamma", "tau", "sigma", "step_size", "seed")))) == expected
     problem = build_problem(cfg)
     P, R = np.asarray(problem.mdp.P), np.asarray(problem.mdp.R)
     rho, mu = np.asarray(problem.mdp.rho), np.asarray(problem.mu)
     soft_values = {g: value_iteration(P, R, g, 0.2, mu) for g in (0.8, 0.9)}
     direct = jax.jit(lambda ps, hp, key: mf.run(problem, ps, hp, key,
-                                                config=mf.MeanFieldConfig(MF_STEPS)))
+                                                config=mf.Config(MF_STEPS)))
     for i, (g, tau, sigma, eta, seed) in enumerate(expected):
         k_init, k_run = jax.random.split(jax.random.key(seed))
         ps = features.init_particles(problem.feature, k_init, 4, problem.encodings)
-        hp = mf.LangevinHParams(*(jnp.float64(x) for x in (g, tau, sigma, eta)))
+        hp = mf.HParams(*(jnp.float64(x) for x in (g, tau, sigma, eta)))
         state, trace = direct(ps, hp, k_run)
         assert t["first_bad_step"][i] == int(state.first_bad_step)
         np.testing.assert_allclose(result.traces["objective"][i], trace.objective[::MF_EVERY],
@@ -98,7 +98,7 @@ def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
         if state.first_bad_step >= 0:  # listed with its divergence step, not dropped
             assert sigma == 30.0 and eta == 1e6 and not np.isfinite(t["dispersion"][i])
             continue
-        pi = np.asarray(mf.mean_field_policy(problem, state.particles))
+        pi = np.asarray(mf.mean_field_policy(problem, state.params))
         P_pi, r_pi = np.einsum("sa,sat->st", pi, P), np.sum(pi * R, axis=1)
         entropy_term = tau * np.sum(pi * np.log(pi / mu), axis=1)
         value_tau = dense_value(P_pi, r_pi - entropy_term, rho, g)
@@ -106,11 +106,11 @@ def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
         np.testing.assert_allclose(t["value"][i], dense_value(P_pi, r_pi, rho, g), rtol=1e-9)
         np.testing.assert_allclose(t["gap"][i], soft - value_tau, rtol=1e-7, atol=1e-12)
         flat = np.concatenate([np.asarray(x).reshape(4, -1)
-                               for x in jax.tree_util.tree_leaves(state.particles)], axis=1)
+                               for x in jax.tree_util.tree_leaves(state.params)], axis=1)
         np.testing.assert_allclose(t["dispersion"][i], flat.var(axis=0).mean(), rtol=1e-9)
-    # sigma = 30, eta = 1e6 diverges (weight decay factor 1 - eta sigma^2 / 2 per step);
-    # every other member stays finite
-    diverged = (t["sigma"] == 30.0) & (t["eta"] == 1e6)
+    # sigma = 30, step_size eta = 1e6 diverges (weight decay factor 1 - eta sigma^2 / 2 per
+    # step); every other member stays finite
+    diverged = (t["sigma"] == 30.0) & (t["step_size"] == 1e6)
     assert np.all(t["first_bad_step"][diverged] >= 0) and np.all(t["first_bad_step"][~diverged] == -1)
     assert np.all(np.isfinite(t["value_tau"][~diverged]))
     assert np.all(t["gap"][~diverged] > 0)  # nothing beats the soft optimum
@@ -127,12 +127,12 @@ def test_meanfield_sweep_plots(meanfield_sweep, tmp_path):
 # ----------------------------------------------------------------------------------------
 # DSO: Proximal Chain Optimisation
 
-PCO = dict(iterations=4, n_episodes=8, horizon=10, epochs=2)
+PCO = dict(n_steps=4, n_episodes=8, horizon=10, epochs=2)
 PCO_CONFIG = f"""job: sweep_dso
 algorithm: pco
 env: {{name: garnet, n_states: 5, n_actions: 3, branching: 2, seed: 2}}
-grid: {{gamma: [0.8, 0.9], learning_rate: [0.1], clip: [0.2, .inf], seed: [0, 5]}}
-iterations: {PCO['iterations']}
+grid: {{gamma: [0.8, 0.9], step_size: [0.1], clip: [0.2, .inf], seed: [0, 5]}}
+n_steps: {PCO['n_steps']}
 n_episodes: {PCO['n_episodes']}
 horizon: {PCO['horizon']}
 epochs: {PCO['epochs']}
@@ -143,10 +143,10 @@ sweep: {{traces: [objective, estimate]}}
 def test_pco_rows_equal_direct_runs_and_dense_references(tmp_path):
     cfg, result, _ = run_cli_sweep(tmp_path, PCO_CONFIG)
     t = result.table
-    assert list(t) == ["member", "gamma", "learning_rate", "clip", "seed", "gap", "objective",
+    assert list(t) == ["member", "gamma", "step_size", "clip", "seed", "gap", "objective",
                        "optimal"]
     expected = [(g, 0.1, c, k) for g in (0.8, 0.9) for c in (0.2, np.inf) for k in (0, 5)]
-    assert list(zip(*(t[c].tolist() for c in ("gamma", "learning_rate", "clip", "seed")))) == expected
+    assert list(zip(*(t[c].tolist() for c in ("gamma", "step_size", "clip", "seed")))) == expected
     mdp = make_env(cfg["env"])
     model = chain_models.marginal(mdp, policies.tabular_softmax(5, 3).probs)
     P, R, rho = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho))
@@ -177,9 +177,9 @@ def test_pco_rows_equal_direct_runs_and_dense_references(tmp_path):
 
 
 @pytest.mark.parametrize("name, job, algorithm, axes", [
-    ("sweep_meanfield.yaml", "sweep_meanfield", None, {"gamma": 2, "tau": 2, "sigma": 4, "eta": 2,
-                                                       "seed": 4}),
-    ("sweep_dso_pco.yaml", "sweep_dso", "pco", {"gamma": 4, "learning_rate": 2, "clip": 3,
+    ("sweep_meanfield.yaml", "sweep_meanfield", None, {"gamma": 2, "tau": 2, "sigma": 4,
+                                                       "step_size": 2, "seed": 4}),
+    ("sweep_dso_pco.yaml", "sweep_dso", "pco", {"gamma": 4, "step_size": 2, "clip": 3,
                                                 "seed": 4}),
 ])
 def test_shipped_configs_resolve(name, job, algorithm, axes):
@@ -203,19 +203,20 @@ def _spec(job, **changes):
     return config_lib.job_module(job).sweep_spec(cfg)
 
 
-MF_GRID = dict(gamma=[0.9], tau=[0.2], sigma=[0.1], eta=[0.5])
+MF_GRID = dict(gamma=[0.9], tau=[0.2], sigma=[0.1], step_size=[0.5])
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(grid={**MF_GRID, "sigma": [0.1, -0.1]}), "sigma = [ 0.1 -0.1] must be finite and >= 0"),
     (dict(grid={**MF_GRID, "tau": [0.0]}), "tau = [0.] must be finite and > 0"),
-    (dict(grid={**MF_GRID, "eta": [0.5, np.inf]}), "eta = [0.5 inf] must be finite and > 0"),
+    (dict(grid={**MF_GRID, "step_size": [0.5, np.inf]}), "step_size = [0.5 inf] must be finite and > 0"),
     (dict(grid={**MF_GRID, "gamma": [1.0]}), "gamma = [1.] must lie in [0, 1)"),
-    (dict(grid={**MF_GRID, "beta": [1.0]}), "config key 'grid' takes gamma, tau, sigma, eta (all"
-                                            " required) and seed; got gamma, tau, sigma, eta, beta"),
+    (dict(grid={**MF_GRID, "beta": [1.0]}), "config key 'grid' takes gamma, tau, sigma, step_size"
+                                            " (all required) and seed; got gamma, tau, sigma,"
+                                            " step_size, beta"),
     (dict(grid={"gamma": [0.9], "tau": [0.2], "sigma": [0.1]}), "(all required)"),
     (dict(grid={**MF_GRID, "seed": [0.5]}), "grid axis 'seed' must hold integers"),
-    (dict(grid={**MF_GRID, "eta": [[0.5]]}), "grid axis 'eta' must be a non-empty 1-D list"),
+    (dict(grid={**MF_GRID, "step_size": [[0.5]]}), "grid axis 'step_size' must be a non-empty 1-D list"),
     (dict(gradient="finite"), "config key 'gradient' must be one of autodiff, covariance"),
     (dict(particles=0), "config keys 'particles' and 'n_steps' must be >= 1"),
 ])
@@ -225,16 +226,16 @@ def test_bad_meanfield_sweeps_raise_clear_errors(changes, message):
     assert message in str(err.value)
 
 
-PCO_GRID = dict(gamma=[0.9], learning_rate=[0.1], clip=[0.2])
+PCO_GRID = dict(gamma=[0.9], step_size=[0.1], clip=[0.2])
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(grid={**PCO_GRID, "clip": [0.2, 0.0]}), "clip = [0.2 0. ] must be > 0 (inf: no clipping)"),
-    (dict(grid={**PCO_GRID, "learning_rate": [-0.1]}), "learning_rate = [-0.1] must be finite and > 0"),
+    (dict(grid={**PCO_GRID, "step_size": [-0.1]}), "step_size = [-0.1] must be finite and > 0"),
     (dict(grid={**PCO_GRID, "gamma": [1.5]}), "gamma = [1.5] must lie in [0, 1)"),
     (dict(grid={**PCO_GRID, "proximal": [0.1]}),
-     "config key 'grid' for pco takes clip, gamma, learning_rate, seed"),
-    (dict(grid={"gamma": [0.9]}), "(gamma and learning_rate required)"),
+     "config key 'grid' for pco takes clip, gamma, seed, step_size"),
+    (dict(grid={"gamma": [0.9]}), "(gamma and step_size required)"),
 ])
 def test_bad_pco_sweeps_raise_clear_errors(changes, message):
     with pytest.raises(ValueError) as err:
@@ -244,10 +245,10 @@ def test_bad_pco_sweeps_raise_clear_errors(changes, message):
 
 def test_other_dso_algorithms_check_their_axes_too():
     with pytest.raises(ValueError, match=r"proximal = \[-1.\] must be finite and >= 0"):
-        _spec("sweep_dso", grid={"gamma": [0.9], "learning_rate": [0.1], "proximal": [-1.0]})
+        _spec("sweep_dso", grid={"gamma": [0.9], "step_size": [0.1], "proximal": [-1.0]})
     with pytest.raises(ValueError, match=r"damping = \[-1.\] must be finite and >= 0"):
         _spec("sweep_dso", algorithm="natural",
-              grid={"gamma": [0.9], "learning_rate": [0.1], "damping": [-1.0]})
+              grid={"gamma": [0.9], "step_size": [0.1], "damping": [-1.0]})
 
 
 def test_a_bad_grid_on_the_command_line_exits_2(capsys):

@@ -12,27 +12,29 @@ maximises `J^{tau,sigma}(nu) = V_tau^{pi_nu}(rho) - (sigma^2 / 2) KL(nu || e^{-U
 `nu_N = (1/N) sum_i delta_{theta_i}` (the Euler-Maruyama scheme of their McKean-Vlasov SDE):
 
     theta_i <- theta_i + eta [grad_theta dV/dnu(nu_N, theta_i) - (sigma^2/2) theta_i]
-               + sigma sqrt(eta) xi_i,    xi_i ~ N(0, I) i.i.d.
+               + sigma sqrt(eta) xi_i,    xi_i ~ N(0, I) i.i.d.,  eta = step_size.
 
 The Lions derivative `grad_theta dV/dnu(nu_N, theta_i)` equals `N dV(nu_N)/dtheta_i` (one
 `jax.grad` of the exact value, all particles at once) and also their covariance formula
 `1/(1-gamma) E_{s ~ d_rho} Cov_{a ~ pi_nu}(Q_tau - tau log(pi_nu / mu), grad f(theta))`.
 
 Everything is exact (linear solves, no sampling of trajectories); the only randomness is the
-Langevin noise, from an explicit key. Rewards are maximised. dtype follows the MDP: float32
-works and reaches about 1e-6 relative in the Lions derivative (tested to 1e-5 at gamma = 0.9).
+Langevin noise, from an explicit key. The algorithm follows `dsorl.algorithms.base`
+(`HParams`, `Config`, `State`, `Trace`, `validate`, `expected_params`, `init`, `step`,
+`run`). Rewards are maximised. dtype follows the MDP: float32 works and reaches about 1e-6
+relative in the Lions derivative (tested to 1e-5 at gamma = 0.9).
 """
-from functools import partial
-from typing import NamedTuple, Optional
+import sys
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from dsorl import _checks
+from dsorl import _checks, optim
+from dsorl.algorithms import base
 from dsorl.features import (TanhFeature, check_particles, mean_field_feature, n_particles,
                             particle_features)
 from dsorl.markov import discounted_value, occupancy
@@ -176,46 +178,51 @@ def _value_and_lions_derivative(problem, particles, gamma, tau, method):
 
 
 # ----------------------------------------------------------------------------------------
-# Langevin particle dynamics: init / step / run
+# Langevin particle dynamics: the algorithm contract of dsorl.algorithms.base
 
 
-class LangevinHParams(NamedTuple):
+class HParams(NamedTuple):
     """Swept numbers (traced, so `vmap` over any of them works).
 
     `gamma`: discount in [0, 1); `tau` > 0: entropy regularisation of the policy;
     `sigma` >= 0: the Langevin noise, i.e. the weight sigma^2/2 of KL(nu || e^{-U});
-    `eta` > 0: the step size (learning rate).
+    `step_size` > 0: the Euler-Maruyama step eta.
     """
 
     gamma: Array
     tau: Array
     sigma: Array
-    eta: Array
+    step_size: Array
 
 
-class MeanFieldConfig(NamedTuple):
+class Config(NamedTuple):
     """Static choices: `n_steps` Langevin steps; `gradient` in {"autodiff", "covariance"}
-    (how the Lions derivative is computed, see `lions_derivative`)."""
+    (how the Lions derivative is computed, see `lions_derivative`); `n_particles`: N, or
+    None to take it from `params0` (given, `params0` must hold N particles; needed by
+    `dsorl.jobs.meanfield.run_from_key`)."""
 
     n_steps: int
     gradient: str = "autodiff"
+    n_particles: Optional[int] = None
 
 
-class MeanFieldState(NamedTuple):
-    """`particles` (pytree, leading axis N), optax state, PRNG `key`, `step` count, and
-    `first_bad_step`: the first step k whose values or dispersion (of `nu_k`, see
-    `MeanFieldTrace`) or updated particles were not finite (-1: none). Use `check_divergence` on the host to turn
-    it into an error."""
+class State(NamedTuple):
+    """`params`: the particles (pytree, leading axis N); optax state; `lions`: the Lions
+    derivative at `params` (computed once per ensemble: the step that produced `params`
+    evaluated it with the trace row, the next step moves along it); `step` count;
+    `first_bad_step`: the first step k after which the ensemble `nu_{k+1}` had non-finite
+    particles, values or dispersion (-1: none). `check_divergence` turns it into an error
+    on the host."""
 
-    particles: dict
+    params: dict
     opt_state: optax.OptState
-    key: Array
+    lions: dict
     step: Array
     first_bad_step: Array
 
 
-class MeanFieldTrace(NamedTuple):
-    """Per-step statistics of the ensemble `nu_k` (before step k's update).
+class Trace(NamedTuple):
+    """Per-step statistics of the ensemble `nu_{k+1}` after step k (row -1: the final one).
 
     `objective`: `value_tau - (sigma^2/2) KL_G` with `KL_G` the KL divergence from N(0, I)
     of the Gaussian with the particles' per-coordinate means and variances (a lower bound of
@@ -224,26 +231,30 @@ class MeanFieldTrace(NamedTuple):
     -inf when some coordinate has no spread, e.g. N = 1, unless sigma = 0);
     `value_tau`: the regularised value `V_tau^{pi_nu}(rho)`; `value`: the unregularised
     discounted return `V^{pi_nu}(rho)`; `dispersion`: `(1/(N D)) sum_i |theta_i - mean|^2`,
-    the mean per-coordinate variance of the particles (D = K (d + 2)).
+    the mean per-coordinate variance of the particles (D = K (d + 2)); `params`: the
+    particles, with `run(..., keep_params=True)`. (No `grad_norm`: its reduction over all
+    particles would add about 8% to a step.)
     """
 
     objective: Array
     value_tau: Array
     value: Array
     dispersion: Array
+    params: Any = None
 
 
-def langevin_ascent(eta, sigma) -> optax.GradientTransformationExtraArgs:
+def langevin_ascent(step_size, sigma) -> optax.GradientTransformationExtraArgs:
     """One Euler-Maruyama step of `d theta = (g - (sigma^2/2) grad U(theta)) dt + sigma dW`.
 
-    `updates = eta (g - (sigma^2/2) theta) + sigma sqrt(eta) xi`, `xi ~ N(0, I)` drawn from
-    the `key=` extra argument of `update`; `U(theta) = |theta|^2/2`, so `grad U` is a
-    (negative) weight decay. Ascent: `g` is the gradient of the objective to maximise
-    (Kerimkulov et al., ICML 2022, the particle approximation of the policy-gradient flow).
-    Stateless; `eta` and `sigma` may be traced.
+    `updates = eta (g - (sigma^2/2) theta) + sigma sqrt(eta) xi` (eta = `step_size`),
+    `xi ~ N(0, I)` drawn from the `key=` extra argument of `update`; `U(theta) = |theta|^2/2`:
+    SGD with weight decay sigma^2/2 on `-V`, plus noise, fed the ascent direction `g` by
+    `dsorl.optim.ascent` (Kerimkulov et al., ICML 2022, the particle approximation of the
+    policy-gradient flow). Stateless; `step_size` and `sigma` may be traced.
     """
-    return optax.chain(optax.add_decayed_weights(-sigma ** 2 / 2), optax.scale(eta),
-                       _gaussian_noise(sigma * jnp.sqrt(eta)))
+    return optim.ascent(optax.chain(optax.add_decayed_weights(sigma ** 2 / 2),
+                                    optax.sgd(step_size),
+                                    _gaussian_noise(sigma * jnp.sqrt(step_size))))
 
 
 def _gaussian_noise(std) -> optax.GradientTransformationExtraArgs:
@@ -261,77 +272,104 @@ def _gaussian_noise(std) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def init(problem: MeanFieldProblem, particles0, hparams: LangevinHParams, key: Array) -> MeanFieldState:
-    """The state before the first step: particles `particles0`, optimiser state, key."""
-    tx = langevin_ascent(hparams.eta, hparams.sigma)
-    return MeanFieldState(particles0, tx.init(particles0), key, jnp.int32(0), jnp.int32(-1))
+def validate(problem: MeanFieldProblem, hparams: HParams, config: Config) -> None:
+    """`ValueError` naming the argument unless `problem` is a `MeanFieldProblem`, gamma in
+    [0, 1), tau > 0, sigma >= 0, step_size > 0 (any batch shape; traced values pass), and
+    `config` a `Config` with a known `gradient` and `n_particles` None or >= 1."""
+    _check_problem(problem)
+    if not isinstance(config, Config):
+        raise ValueError(f"config must be a meanfield.Config, got {config!r}.")
+    _check_method(config.gradient)
+    n = config.n_particles
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"config.n_particles = {n!r} must be None or an integer >= 1.")
+    base.check_discount(hparams.gamma)
+    base.check_positive("tau", hparams.tau)
+    base.check_positive("sigma", hparams.sigma, allow_zero=True)
+    base.check_positive("step_size", hparams.step_size)
 
 
-def step(problem: MeanFieldProblem, state: MeanFieldState, hparams: LangevinHParams, *,
-         gradient: str = "autodiff"):
-    """One Langevin step for all particles: `(new_state, MeanFieldTrace of nu_k)`.
+def expected_params(problem: MeanFieldProblem, config: Config):
+    """The particle shapes `{"params": {"c": (N, K), "w": (N, K, d), "b": (N, K)}}` when
+    `config.n_particles` gives N, else None (any N: `init` checks K and d)."""
+    N = getattr(config, "n_particles", None)
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+        return None  # None, or invalid: `validate` names it
+    K, d = problem.feature.width, problem.encodings.shape[-1]
+    return {"params": {"b": (N, K), "c": (N, K), "w": (N, K, d)}}
+
+
+def init(problem: MeanFieldProblem, params0, hparams: HParams, key=None, *,
+         config: Config) -> State:
+    """The state before the first step: particles `params0`, optimiser state, and the Lions
+    derivative at `params0` (the first step's direction). Deterministic: `key` is unused."""
+    del key
+    try:
+        check_particles(problem.feature, params0, problem.encodings)
+    except ValueError as err:
+        raise ValueError(f"params0: {err}") from None
+    _, lions, _ = _value_and_lions_derivative(problem, params0, hparams.gamma, hparams.tau,
+                                              config.gradient)
+    tx = langevin_ascent(hparams.step_size, hparams.sigma)
+    return State(params0, tx.init(params0), lions, jnp.int32(0), jnp.int32(-1))
+
+
+def step(problem: MeanFieldProblem, state: State, hparams: HParams, key: Array, *,
+         config: Config):
+    """One Langevin step for all particles: `(new_state, Trace row of nu_{k+1})`.
 
     `theta_i += eta [grad dV/dnu(nu_N, theta_i) - (sigma^2/2) theta_i] + sigma sqrt(eta) xi_i`
-    (DESIGN 5.6; Kerimkulov et al., ICML 2022, "policy gradient flow approximation").
+    (DESIGN 5.6; Kerimkulov et al., ICML 2022, "policy gradient flow approximation"), `xi`
+    from `key`. One value-and-Lions-derivative evaluation per step: that of the new ensemble,
+    which gives the trace row and the next step's direction (carried in the state).
     """
-    key, noise_key = jax.random.split(state.key)
-    value_tau, lions, pi = _value_and_lions_derivative(problem, state.particles, hparams.gamma,
-                                                       hparams.tau, gradient)
-    tx = langevin_ascent(hparams.eta, hparams.sigma)
-    updates, opt_state = tx.update(lions, state.opt_state, state.particles, key=noise_key)
-    particles = optax.apply_updates(state.particles, updates)
-    row = _statistics(problem, state.particles, pi, value_tau, hparams)
+    tx = langevin_ascent(hparams.step_size, hparams.sigma)
+    updates, opt_state = tx.update(state.lions, state.opt_state, state.params, key=key)
+    particles = optax.apply_updates(state.params, updates)
+    value_tau, lions, pi = _value_and_lions_derivative(problem, particles, hparams.gamma,
+                                                       hparams.tau, config.gradient)
+    row = _statistics(problem, particles, pi, value_tau, hparams)
     # not the objective: it is legitimately -inf for an ensemble without spread (N = 1)
     finite = _all_finite((row.value_tau, row.value, row.dispersion, particles))
     first_bad = jnp.where((state.first_bad_step < 0) & ~finite, state.step, state.first_bad_step)
-    return MeanFieldState(particles, opt_state, key, state.step + 1, first_bad), row
+    return State(particles, opt_state, lions, state.step + 1, first_bad), row
 
 
-def run(problem: MeanFieldProblem, particles0, hparams: LangevinHParams, key: Array, *,
-        config: MeanFieldConfig):
-    """`config.n_steps` Langevin steps as one jitted `lax.scan`: `(final_state, trace)`.
+def run(problem: MeanFieldProblem, params0, hparams: HParams, key: Array = None, *,
+        config: Config, keep_params: bool = False):
+    """`config.n_steps` Langevin steps from the particles `params0`: `(final State, Trace)`.
 
-    `trace` is a `MeanFieldTrace` of arrays `[n_steps]` (row k describes `nu_k`, before step
-    k). Pure and jittable; `vmap` over `particles0`, `hparams` (gamma, tau, sigma, eta) and
-    `key` for sweeps. Concrete inputs are validated (tau > 0, sigma >= 0, eta > 0, gamma in
-    [0, 1), N >= 1, encodings of the particles' width). A divergent run is not an exception
+    `dsorl.algorithms.base.run` (one `lax.scan`; step k's noise from `fold_in(key, k)`):
+    `trace` holds arrays `[n_steps]`, row k the ensemble after step k. Pure; `jit` it, and
+    `vmap` over `params0`, `hparams` (gamma, tau, sigma, step_size), `key` or the problem.
+    Concrete inputs are validated (see `validate`; `params0` finite, N >= 1 particles of
+    the feature's width K and the encodings' width d). A divergent run is not an exception
     here: its `final_state.first_bad_step` is >= 0 (see `check_divergence`). Under `vmap`
-    the inputs are traced and unchecked: validate a sweep first with `check_hparams`.
+    the inputs are traced and unchecked: validate a sweep's concrete arrays first.
     """
-    hparams = _as_hparams(hparams, problem.encodings.dtype)
-    check_hparams(hparams)
-    check_particles(problem.feature, particles0, problem.encodings)
-    _check_config(config)
-    return _run(problem, particles0, hparams, key, config)
+    return base.run(sys.modules[__name__], problem, params0, hparams, key, config=config,
+                    keep_params=keep_params)
 
 
-@partial(jax.jit, static_argnames="config")
-def _run(problem, particles0, hparams, key, config):
-    def body(state, _):
-        return step(problem, state, hparams, gradient=config.gradient)
-
-    return lax.scan(body, init(problem, particles0, hparams, key), length=config.n_steps)
-
-
-def evaluate(problem: MeanFieldProblem, particles, hparams: LangevinHParams) -> MeanFieldTrace:
-    """The `MeanFieldTrace` statistics of one ensemble (scalars), e.g. of a final state."""
-    hparams = _as_hparams(hparams, problem.encodings.dtype)
+def evaluate(problem: MeanFieldProblem, particles, hparams: HParams) -> Trace:
+    """The `Trace` statistics of one ensemble (scalars), e.g. of an initial state."""
+    hparams = base.coerce_hparams(hparams, base.problem_dtype(problem, particles), HParams)
     _check_value_args(problem, particles, hparams.gamma, hparams.tau)
     value_tau, pi = _regularised_value(problem, particles, hparams.gamma, hparams.tau)
     return _statistics(problem, particles, pi, value_tau, hparams)
 
 
-def _statistics(problem, particles, pi, value_tau, hparams) -> MeanFieldTrace:
+def _statistics(problem, particles, pi, value_tau, hparams) -> Trace:
     flat = jnp.concatenate([x.reshape(x.shape[0], -1)
                             for x in jax.tree_util.tree_leaves(particles)], axis=1)
     mean, var = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
     kl_gaussian = 0.5 * jnp.sum(var + mean ** 2 - 1 - jnp.log(var))
     # sigma = 0 drops the term even where KL_G = inf (a coordinate without spread, N = 1)
     penalty = jnp.where(hparams.sigma > 0, hparams.sigma ** 2 / 2 * kl_gaussian, 0)
-    return MeanFieldTrace(objective=value_tau - penalty,
-                          value_tau=value_tau,
-                          value=discounted_return(problem.mdp, pi, hparams.gamma),
-                          dispersion=jnp.mean(var))
+    return Trace(objective=value_tau - penalty,
+                 value_tau=value_tau,
+                 value=discounted_return(problem.mdp, pi, hparams.gamma),
+                 dispersion=jnp.mean(var))
 
 
 def _all_finite(tree) -> Array:
@@ -351,7 +389,7 @@ class DivergenceError(ValueError):
         self.runs = runs
 
 
-def check_divergence(first_bad_step, hparams: LangevinHParams, *, max_listed: int = 5) -> None:
+def check_divergence(first_bad_step, hparams: HParams, *, max_listed: int = 5) -> None:
     """Raise `DivergenceError` if any run has `first_bad_step >= 0` (any batch shape).
 
     Host-side (reads concrete values): pass `final_state.first_bad_step` of one run or of a
@@ -375,7 +413,7 @@ def check_divergence(first_bad_step, hparams: LangevinHParams, *, max_listed: in
         ", ".join(f"{n}={r[n]}" for n in values) + ")" for r in runs[:max_listed])
     more = f"; and {len(runs) - max_listed} more" if len(runs) > max_listed else ""
     raise DivergenceError(f"{len(runs)} of {first_bad.size} mean-field runs diverged (non-finite"
-                          f" particles or statistics; try a smaller eta): {listed}{more}.", runs)
+                          f" particles or statistics; try a smaller step_size): {listed}{more}.", runs)
 
 
 def _entry(value: np.ndarray, index: tuple, shape: tuple):
@@ -389,27 +427,13 @@ def _entry(value: np.ndarray, index: tuple, shape: tuple):
 # Validation at the entry points (concrete values only)
 
 
-def _as_hparams(hparams, dtype) -> LangevinHParams:
-    if not isinstance(hparams, LangevinHParams):
-        raise ValueError(f"hparams must be a LangevinHParams(gamma, tau, sigma, eta), got {hparams!r}.")
-    return LangevinHParams(*(jnp.asarray(h, dtype) for h in hparams))
-
-
-def check_hparams(hparams: LangevinHParams) -> None:
-    """Raise `ValueError` unless gamma in [0, 1), tau > 0, sigma >= 0 and eta > 0.
-
-    Works on batched (array) hyperparameters; traced values pass unchecked, so call it on
-    the concrete arrays before `vmap`ping `run` over them.
-    """
-    _checks.check_discount(hparams.gamma)
-    _checks.check_positive("tau", hparams.tau)
-    _checks.check_positive("sigma", hparams.sigma, allow_zero=True)
-    _checks.check_positive("eta", hparams.eta)
+def _check_problem(problem) -> None:
+    if not isinstance(problem, MeanFieldProblem):
+        raise ValueError(f"problem must be a MeanFieldProblem, got {type(problem).__name__}.")
 
 
 def _check_value_args(problem, particles, gamma, tau) -> None:
-    if not isinstance(problem, MeanFieldProblem):
-        raise ValueError(f"problem must be a MeanFieldProblem, got {type(problem).__name__}.")
+    _check_problem(problem)
     _checks.check_discount(gamma)
     _checks.check_positive("tau", tau)
     check_particles(problem.feature, particles, problem.encodings)
@@ -420,15 +444,7 @@ def _check_method(method: str) -> None:
         raise ValueError(f"unknown Lions-derivative method {method!r}; use one of {GRADIENTS}.")
 
 
-def _check_config(config) -> None:
-    if not isinstance(config, MeanFieldConfig):
-        raise ValueError(f"config must be a MeanFieldConfig, got {config!r}.")
-    if not (isinstance(config.n_steps, (int, np.integer)) and config.n_steps >= 1):
-        raise ValueError(f"n_steps = {config.n_steps!r} must be an integer >= 1.")
-    _check_method(config.gradient)
-
-
 __all__ = ["MeanFieldProblem", "mean_field_policy", "regularised_value", "lions_derivative",
-           "LangevinHParams", "MeanFieldConfig", "MeanFieldState", "MeanFieldTrace",
-           "langevin_ascent", "init", "step", "run", "evaluate", "check_hparams",
-           "check_divergence", "DivergenceError"]
+           "HParams", "Config", "State", "Trace", "langevin_ascent", "validate",
+           "expected_params", "init", "step", "run", "evaluate", "check_divergence",
+           "DivergenceError", "GRADIENTS"]

@@ -30,7 +30,7 @@ DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
     "gamma": 0.9,
     "tau": 0.2,
-    "eta": 0.5,
+    "step_size": 0.5,
     "feature": {"width": 4, "bound": 2.0},
     "particles": [4, 16, 64, 256, 1024],
     "sigmas": [0.0, 0.025, 0.05, 0.1, 0.2],
@@ -54,25 +54,51 @@ def build_problem(config: dict) -> mf.MeanFieldProblem:
     return mf.MeanFieldProblem(mdp, feature, features.one_hot_encoding(e["n_states"], e["n_actions"]))
 
 
+def particles_from_key(problem: mf.MeanFieldProblem, key, n_particles: int, centre=None):
+    """`(particles0, k_run)` from one key: `key` splits into `(k_init, k_run)`, and
+    `particles0 = centre + xi`, `xi_i ~ N(0, I)` i.i.d. from `k_init`
+    (`dsorl.features.init_particles`; the prior e^{-U} of Kerimkulov et al. when `centre`
+    is None); `k_run` is the Langevin noise's key. `centre`: one particle's parameter tree
+    (no particle axis)."""
+    k_init, k_run = jax.random.split(key)
+    particles = features.init_particles(problem.feature, k_init, n_particles, problem.encodings)
+    if centre is not None:
+        particles = jax.tree_util.tree_map(lambda c, x: c + x, centre, particles)
+    return particles, k_run
+
+
+def run_from_key(problem: mf.MeanFieldProblem, centre, hparams: mf.HParams, key, *,
+                 config: mf.Config, keep_params: bool = False):
+    """`meanfield.run` from `config.n_particles` particles `theta_i = centre + xi_i` drawn
+    by `particles_from_key(problem, key, N, centre)` (the run's noise from its `k_run`):
+    `(meanfield.State, meanfield.Trace)`; the run signature of `dsorl.sweep`."""
+    if config.n_particles is None:
+        raise ValueError("run_from_key draws the particles: give config.n_particles.")
+    particles0, k_run = particles_from_key(problem, key, config.n_particles, centre)
+    return mf.run(problem, particles0, hparams, k_run, config=config, keep_params=keep_params)
+
+
 def snapshot_runs(problem, n_particles, hparams, keys, *, burn_in, snapshots, every, gradient):
     """Runs from i.i.d. N(0, I) particles, one per key, each a scan of `run` chunks.
 
     Returns `(policies[.., snapshots, S, A], trace [.., steps], first_bad_step[..])` with the
     leading axes of `hparams` and `keys` (vmapped); the policies are the ensembles' after
-    `burn_in + j * every` steps, j = 1..snapshots.
+    `burn_in + j * every` steps, j = 1..snapshots; trace row k describes the ensemble after
+    step k. The particles and the chunks' keys come from `particles_from_key`.
     """
     n_chunks = snapshots + burn_in // every
     if burn_in % every:
         raise ValueError(f"burn_in = {burn_in} must be a multiple of snapshot_every = {every}.")
 
+    config = mf.Config(every, gradient)
+
     def one(hp, key):
-        k_init, k_run = jax.random.split(key)
-        ps = features.init_particles(problem.feature, k_init, n_particles, problem.encodings)
+        ps, k_run = particles_from_key(problem, key, n_particles)
 
         def chunk(ps, k):
-            state, trace = mf.run(problem, ps, hp, k, config=mf.MeanFieldConfig(every, gradient))
-            return state.particles, (mf.mean_field_policy(problem, state.particles), trace,
-                                     state.first_bad_step)
+            state, trace = mf.run(problem, ps, hp, k, config=config)
+            return state.params, (mf.mean_field_policy(problem, state.params), trace,
+                                  state.first_bad_step)
 
         _, (pis, trace, bad) = jax.lax.scan(chunk, ps, jax.random.split(k_run, n_chunks))
         trace = jax.tree_util.tree_map(lambda x: x.reshape(-1), trace)
@@ -87,15 +113,15 @@ def run(config: dict) -> dict:
     if config["on_divergence"] not in ("raise", "report"):
         raise ValueError(f"on_divergence = {config['on_divergence']!r} must be 'raise' or 'report'.")
     problem = build_problem(config)
-    gamma, tau, eta = config["gamma"], config["tau"], config["eta"]
+    gamma, tau, step_size = config["gamma"], config["tau"], config["step_size"]
     soft = soft_value_iteration(problem.mdp, gamma, tau, problem.mu)
     v_star = float(problem.mdp.rho @ soft.value)
     sigmas = np.asarray(config["sigmas"], float)
     n_seeds = config["seeds"]
     grid_sigma = np.repeat(sigmas, n_seeds)
-    hparams = mf.LangevinHParams(*(np.full(grid_sigma.shape, v) for v in (gamma, tau)),
-                                 grid_sigma, np.full(grid_sigma.shape, eta))
-    mf.check_hparams(hparams)
+    hparams = mf.HParams(*(np.full(grid_sigma.shape, v) for v in (gamma, tau)),
+                         grid_sigma, np.full(grid_sigma.shape, step_size))
+    mf.validate(problem, hparams, mf.Config(config["snapshot_every"], config["gradient"]))
     rows, checks, arrays = [], [], {"sigmas": sigmas, "v_star": v_star}
     key = jax.random.key(config["seed"])
     for n in config["particles"]:

@@ -4,8 +4,8 @@ Throughput: for each number of particles N, one worker subprocess per implementa
 (so that its peak resident memory, `ru_maxrss`, is that implementation's alone) times
 `steps(N)` Langevin steps on a garnet MDP:
 
-- `jax`: `dsorl.algorithms.meanfield.run` (one jitted `lax.scan`; Lions derivative by
-  autodiff), compile time measured apart; the median of `repeats` runs after it;
+- `jax`: `dsorl.algorithms.meanfield.run` (jitted here: one `lax.scan`; Lions derivative
+  by autodiff), compile time measured apart; the median of `repeats` runs after it;
 - `numpy`: the same update written with vectorised NumPy (the covariance formula with the
   closed-form feature gradients, dense solves, `numpy.random.Generator` noise, the same
   per-step statistics), the median of `repeats` runs after one warm-up step; run twice,
@@ -17,7 +17,8 @@ the CPU time per step of each (process time, all threads: less sensitive than wa
 other processes on a shared machine) and its ratio, compile seconds, and the peak RSS of
 each worker (with the RSS right after imports, the
 interpreter and library baseline). Convergence: value gap `V*_tau(rho) - V_tau^{pi_nu}(rho)`
-per step, mean over seeds, for every (N, sigma) of `convergence` (one vmapped program per N).
+per step (entry k: after step k + 1), mean over seeds, for every (N, sigma) of
+`convergence` (one vmapped program per N); `gap_step_k` in its table: after k steps.
 """
 import json
 import os
@@ -32,7 +33,7 @@ import numpy as np
 
 from dsorl import features
 from dsorl.algorithms import meanfield as mf
-from dsorl.jobs.meanfield import build_problem
+from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_value_iteration
 
 DEFAULTS = {
@@ -41,7 +42,7 @@ DEFAULTS = {
     "gamma": 0.9,
     "tau": 0.2,
     "sigma": 0.1,
-    "eta": 0.5,
+    "step_size": 0.5,
     "sizes": [100, 1000, 10000, 100000],
     "particle_steps": 2000000,
     "min_steps": 5,
@@ -89,20 +90,20 @@ def convergence(config: dict):
     """Mean value-gap curves over seeds, `{"gap_n{N}_sigma{s}": [steps]}`, and a summary."""
     problem = build_problem(config)
     c = config["convergence"]
-    gamma, tau, eta = config["gamma"], config["tau"], config["eta"]
+    gamma, tau, step_size = config["gamma"], config["tau"], config["step_size"]
     v_star = float(problem.mdp.rho @ soft_value_iteration(problem.mdp, gamma, tau).value)
     sigmas = np.repeat(np.asarray(c["sigmas"], float), c["seeds"])
-    hp = mf.LangevinHParams(np.full(sigmas.shape, gamma), np.full(sigmas.shape, tau), sigmas,
-                            np.full(sigmas.shape, eta))
-    mf.check_hparams(hp)
+    hp = mf.HParams(np.full(sigmas.shape, gamma), np.full(sigmas.shape, tau), sigmas,
+                    np.full(sigmas.shape, step_size))
+    mf.validate(problem, hp, mf.Config(c["steps"]))
     curves, rows = {"v_star": np.asarray(v_star)}, []
     for n in c["particles"]:
+        run_config = mf.Config(c["steps"], n_particles=n)
+
         @jax.jit
         def runs(hp, keys):
             def one(hp, key):
-                k_init, k_run = jax.random.split(key)
-                ps = features.init_particles(problem.feature, k_init, n, problem.encodings)
-                state, trace = mf.run(problem, ps, hp, k_run, config=mf.MeanFieldConfig(c["steps"]))
+                state, trace = run_from_key(problem, None, hp, key, config=run_config)
                 return trace.value_tau, state.first_bad_step
             return jax.vmap(one)(hp, keys)
 
@@ -113,8 +114,8 @@ def convergence(config: dict):
             mean = gaps[sigmas == sigma].mean(0)
             curves[f"gap_n{n}_sigma{sigma:g}"] = mean
             tail = gaps[sigmas == sigma][:, -c["steps"] // 10:].mean(1)
-            rows.append({"particles": n, "sigma": sigma, "gap_step_0": float(mean[0]),
-                         "gap_step_100": float(mean[min(100, c["steps"] - 1)]),
+            rows.append({"particles": n, "sigma": sigma, "gap_step_1": float(mean[0]),
+                         "gap_step_100": float(mean[min(100, c["steps"]) - 1]),
                          "gap_last_10pct": float(tail.mean()),
                          "gap_last_10pct_se": float(tail.std(ddof=1) / np.sqrt(tail.size))})
     return curves, rows
@@ -147,9 +148,9 @@ def _worker(impl: str, n: int, config: dict) -> dict:
     steps = steps_for(n, config)
     particles = features.init_particles(problem.feature, jax.random.key(config["seed"]), n,
                                         problem.encodings)
-    hp = mf.LangevinHParams(*(jnp.float64(config[k]) for k in ("gamma", "tau", "sigma", "eta")))
+    hp = mf.HParams(*(jnp.float64(config[k]) for k in ("gamma", "tau", "sigma", "step_size")))
     if impl == "jax":
-        cfg = mf.MeanFieldConfig(steps)
+        cfg = mf.Config(steps)
         key = jax.random.key(config["seed"] + 1)
         start = time.perf_counter()
         compiled = jax.jit(lambda *a: mf.run(*a, config=cfg)).lower(problem, particles, hp, key).compile()
@@ -179,8 +180,8 @@ class NumpyLangevin:
 
     Lions derivative by the covariance formula with closed-form gradients of
     `f = sum_k psi(c_k) tanh(<w_k, x> + b_k)`; values and occupancy by dense solves;
-    noise from `numpy.random.Generator.standard_normal`; the same per-step statistics as
-    `MeanFieldTrace`.
+    noise from `numpy.random.Generator.standard_normal`; the per-step statistics of
+    `meanfield.Trace`, of the ensemble each step starts from (the trace's previous row).
     """
 
     def __init__(self, problem, particles, hparams, rng):
@@ -190,7 +191,7 @@ class NumpyLangevin:
         self.P, self.R, self.rho, self.mu = (np.asarray(a) for a in (mdp.P, mdp.R, mdp.rho, problem.mu))
         self.x = np.asarray(problem.encodings).reshape(-1, problem.encodings.shape[-1])  # [M, d]
         self.bound = problem.feature.bound
-        self.gamma, self.tau, self.sigma, self.eta = (float(h) for h in hparams)
+        self.gamma, self.tau, self.sigma, self.step_size = (float(h) for h in hparams)
         self.rng = rng
 
     def run(self, steps: int) -> list:
@@ -199,7 +200,7 @@ class NumpyLangevin:
     def step(self) -> tuple:
         N, K, d = self.w.shape
         S, A = self.R.shape
-        B, g, tau, sigma, eta = self.bound, self.gamma, self.tau, self.sigma, self.eta
+        B, g, tau, sigma, eta = self.bound, self.gamma, self.tau, self.sigma, self.step_size
         t = np.tanh((self.w.reshape(N * K, d) @ self.x.T).reshape(N, K, -1) + self.b[..., None])
         psi = B * np.tanh(self.c / B)
         f_nu = np.einsum("nk,nkm->m", psi, t).reshape(S, A) / N

@@ -22,6 +22,7 @@ import numpy as np
 from dsorl import features
 from dsorl.algorithms import meanfield as mf
 from dsorl.envs import control
+from dsorl.jobs.meanfield import run_from_key
 from dsorl.objectives import entropy_regularised_return
 from dsorl.planning import soft_value_iteration
 
@@ -33,7 +34,7 @@ DEFAULTS = {
     "feature": {"width": 8, "bound": 2.0},
     "particles": 1000,
     "sigma": 0.05,
-    "eta": 0.5,
+    "step_size": 0.5,
     "steps": 3000,
     "seeds": 4,
     "interior": 1.0,
@@ -60,18 +61,17 @@ def run(config: dict) -> dict:
                                                 ("a", "b", "state_cost", "action_cost")})
     v_star = float(env.mdp.rho @ soft.value)
     seeds = config["seeds"]
-    hparams = mf.LangevinHParams(*(np.full(seeds, config[k], float) for k in ("gamma", "tau", "sigma", "eta")))
-    mf.check_hparams(hparams)
+    hparams = mf.HParams(*(np.full(seeds, config[k], float)
+                           for k in ("gamma", "tau", "sigma", "step_size")))
     n = config["particles"]
+    run_config = mf.Config(config["steps"], config["gradient"], n)
+    mf.validate(problem, hparams, run_config)
 
     @jax.jit
     def runs(hp, keys):
         def one(hp, key):
-            k_init, k_run = jax.random.split(key)
-            ps = features.init_particles(problem.feature, k_init, n, problem.encodings)
-            state, trace = mf.run(problem, ps, hp, k_run,
-                                  config=mf.MeanFieldConfig(config["steps"], config["gradient"]))
-            return mf.mean_field_policy(problem, state.particles), trace, state.first_bad_step
+            state, trace = run_from_key(problem, None, hp, key, config=run_config)
+            return mf.mean_field_policy(problem, state.params), trace, state.first_bad_step
         return jax.vmap(one)(hp, keys)
 
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def run(config: dict) -> dict:
                  "value_gap": float("nan"), "mean_action_slope": float(reference.gain),
                  "action_std": float(reference.action_std)})
     particle_rows = rows[1:-1]
-    summary = [{"particles": n, "sigma": config["sigma"], "eta": config["eta"],
+    summary = [{"particles": n, "sigma": config["sigma"], "step_size": config["step_size"],
                 "steps": config["steps"], "seeds": seeds, "seconds": seconds, "v_star": v_star,
                 "mean_policy_gap": float(np.mean([r["policy_gap"] for r in particle_rows])),
                 "mean_value_gap": float(np.mean([r["value_gap"] for r in particle_rows]))}]

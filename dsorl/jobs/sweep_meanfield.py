@@ -2,25 +2,24 @@
 
 Kerimkulov, Leahy, Šiška, Szpruch (ICML 2022, arXiv 2201.07296); DESIGN 5.6. Each member
 draws its N initial particles i.i.d. from N(0, I) = e^{-U} and its Langevin noise from its
-seed's key, then runs `dsorl.algorithms.meanfield.run` (one `lax.scan`). One row per
-member, of the final ensemble `nu_T`: the regularised value `value_tau = V_tau^{pi_nu}(rho)`,
+seed's key, then runs `dsorl.algorithms.meanfield.run` (one `lax.scan`), both by
+`dsorl.jobs.meanfield.run_from_key`. One row per member, of the final ensemble `nu_T` (the
+trace's last row): the regularised value `value_tau = V_tau^{pi_nu}(rho)`,
 the unregularised return `value = V^{pi_nu}(rho)`, the soft optimum `soft_optimal =
 rho . V*_tau` of the member's (γ, τ) (`dsorl.soft_value_iteration`), the `gap` between
-them, the particles' `dispersion`, and `first_bad_step` (-1, or the first step whose
-ensemble or update was not finite: a diverging member is listed, not dropped, and its
+them, the particles' `dispersion`, and `first_bad_step` (-1, or the first step after which
+the ensemble was not finite: a diverging member is listed, not dropped, and its
 other columns describe non-finite particles: NaN or meaningless, since the bounded tanh
 feature can keep the values finite). N, the feature width and the number of steps are
 static.
 """
-from typing import NamedTuple
-
 import jax
 import numpy as np
 
 from dsorl import features
 from dsorl.algorithms import meanfield as mf
 from dsorl.config import Free
-from dsorl.jobs.meanfield import build_problem
+from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_value_iteration
 from dsorl.sweep import Grid
 
@@ -28,49 +27,23 @@ DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
     "feature": {"width": 4, "bound": 2.0},
     "particles": 64,         # N (static)
-    # gamma, tau, sigma, eta required; seed optional (default: every member uses key 0)
-    "grid": Free(gamma=[0.9], tau=[0.2], sigma=[0.0, 0.05, 0.1], eta=[0.5], seed=[0, 1, 2, 3]),
+    # gamma, tau, sigma, step_size required; seed optional (default: every member uses key 0)
+    "grid": Free(gamma=[0.9], tau=[0.2], sigma=[0.0, 0.05, 0.1], step_size=[0.5], seed=[0, 1, 2, 3]),
     "n_steps": 500,
     "gradient": "autodiff",  # Lions derivative: autodiff or covariance
     "output_dir": "results/sweep_meanfield",
 }
 
-HPARAMS = mf.LangevinHParams._fields  # gamma, tau, sigma, eta
+HPARAMS = mf.HParams._fields  # gamma, tau, sigma, step_size
 
 
-class SweepConfig(NamedTuple):
-    """Static: `n_particles` N, `n_steps` Langevin steps, `gradient` (see `MeanFieldConfig`)."""
-
-    n_particles: int
-    n_steps: int
-    gradient: str = "autodiff"
-
-
-def run_from_key(problem: mf.MeanFieldProblem, centre, hparams: mf.LangevinHParams, key, *,
-                 config: SweepConfig):
-    """Mean-field Langevin PG from `N` particles `theta_i = centre + xi_i`, `xi_i ~ N(0, I)`.
-
-    `key` is split into `(k_init, k_run)`: `xi = dsorl.features.init_particles(feature,
-    k_init, N, encodings)` (the prior e^{-U} of Kerimkulov et al. when `centre = 0`), and
-    `k_run` drives the Langevin noise of `meanfield.run`. `centre`: one particle's
-    parameter tree (no particle axis), added to every particle. Returns `meanfield.run`'s
-    `(MeanFieldState, MeanFieldTrace)`; the run signature of `dsorl.sweep`.
-    """
-    k_init, k_run = jax.random.split(key)
-    noise = features.init_particles(problem.feature, k_init, config.n_particles, problem.encodings)
-    particles0 = jax.tree_util.tree_map(lambda c, x: c + x, centre, noise)
-    return mf.run(problem, particles0, hparams, k_run,
-                  config=mf.MeanFieldConfig(config.n_steps, config.gradient))
-
-
-def _hparams(point) -> mf.LangevinHParams:
-    return mf.LangevinHParams(*(point[name] for name in HPARAMS))
+def _hparams(point) -> mf.HParams:
+    return mf.HParams(*(point[name] for name in HPARAMS))
 
 
 def _metrics(final_state, trace, member) -> dict:
-    del trace  # its last row is nu_{T-1}; the table describes the final ensemble nu_T
     problem, hp = member.mdp, member.hparams
-    final = mf.evaluate(problem, final_state.particles, hp)
+    final = jax.tree_util.tree_map(lambda x: x[-1], trace)  # the final ensemble nu_T
     optimum = problem.mdp.rho @ soft_value_iteration(problem.mdp, hp.gamma, hp.tau, problem.mu).value
     return {"value_tau": final.value_tau, "value": final.value, "soft_optimal": optimum,
             "gap": optimum - final.value_tau, "dispersion": final.dispersion,
@@ -91,11 +64,11 @@ def sweep_spec(config: dict) -> dict:
         raise ValueError(f"config keys 'particles' and 'n_steps' must be >= 1, got"
                          f" {config['particles']} and {config['n_steps']}.")
     grid = Grid(**grid)
-    # under vmap the hparams are traced and unchecked: check every axis value here
-    mf.check_hparams(mf.LangevinHParams(*(grid.axes[name].values for name in HPARAMS)))
     problem = build_problem(config)
+    static = mf.Config(config["n_steps"], config["gradient"], config["particles"])
+    # under vmap the hparams are traced and unchecked: check every axis value here
+    mf.validate(problem, _hparams({name: grid.axes[name].values for name in HPARAMS}), static)
     single = features.init_particles(problem.feature, jax.random.key(0), 1, problem.encodings)
     centre = jax.tree_util.tree_map(lambda x: np.zeros(x.shape[1:], x.dtype), single)
-    static = SweepConfig(config["particles"], config["n_steps"], config["gradient"])
     return {"run": run_from_key, "mdp": problem, "grid": grid, "config": static,
             "params0": centre, "hparams": _hparams, "metrics": _metrics}
