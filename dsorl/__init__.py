@@ -17,7 +17,7 @@ from dsorl.objectives import (discounted_policy_gradient, discounted_return,
                               policy_gain)
 from dsorl.planning import (NearlyBlackwellSolution, Solution, SoftSolution,
                             deterministic_policies, nearly_blackwell_optimal, optimal_value,
-                            policy_iteration, soft_optimal_value, soft_value_iteration,
+                            policy_iteration, soft_optimal_value, soft_policy_iteration,
                             value_iteration)
 
 __version__ = "0.1.0"
@@ -28,7 +28,7 @@ __all__ = [
     "discounted_value", "occupancy", "stationary_distribution", "gain", "bias",
     "deviation_matrix", "mixing_time", "is_unichain", "closed_classes",
     "implicit_fixed_point", "optimal_value", "soft_optimal_value",
-    "value_iteration", "policy_iteration", "soft_value_iteration", "Solution", "SoftSolution",
+    "value_iteration", "policy_iteration", "soft_policy_iteration", "Solution", "SoftSolution",
     "nearly_blackwell_optimal", "NearlyBlackwellSolution", "deterministic_policies",
     "discounted_return", "entropy_regularised_return", "policy_gain", "policy_bias",
     "discounted_policy_gradient", "gain_policy_gradient", "policies", "envs",

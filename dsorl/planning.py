@@ -68,8 +68,8 @@ def policy_iteration(mdp: MDP, gamma, *, max_iter: int = 1_000) -> Solution:
     return _greedy_solution(mdp, gamma, v, iterations)
 
 
-def soft_value_iteration(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
-                         tol: Optional[float] = None, max_iter: int = 1_000) -> SoftSolution:
+def soft_policy_iteration(mdp: MDP, gamma, tau, mu: Optional[Array] = None, *,
+                          tol: Optional[float] = None, max_iter: int = 1_000) -> SoftSolution:
     """Entropy-regularised optimum: `V*_tau`, `Q*_tau` and `pi*_tau ∝ mu exp(Q*_tau / tau)`.
 
     Maximises `E sum_t gamma^t [r - tau log(pi / mu)]` with reference `mu[S, A]` (uniform on

@@ -69,7 +69,7 @@ def test_soft_lqr_solves_the_riccati_equation():
     assert float(sol0.p) == pytest.approx(1.5, rel=1e-15) and float(sol0.gain) == 0
 
 
-def test_soft_value_iteration_on_the_grid_recovers_the_gaussian_soft_policy():
+def test_soft_policy_iteration_on_the_grid_recovers_the_gaussian_soft_policy():
     """Interior states (|x| <= 1.5) of grids with spacing 0.2: the policy's mean is
     gain * x and its standard deviation action_std, up to aliasing ~ e^{-100} and the
     truncation at the grid's ends, whose effect must vanish fast as the grid widens."""
@@ -79,7 +79,7 @@ def test_soft_value_iteration_on_the_grid_recovers_the_gaussian_soft_policy():
     for bound in (3.0, 4.4):
         n = int(round(2 * bound / 0.2)) + 1
         env = control.linear_quadratic_regulator(n, n, state_bound=bound, action_bound=bound, noise_std=0.4)
-        pi = np.asarray(dsorl.soft_value_iteration(env.mdp, gamma, tau).policy)
+        pi = np.asarray(dsorl.soft_policy_iteration(env.mdp, gamma, tau).policy)
         x, u = np.asarray(env.states), np.asarray(env.actions)
         mean = pi @ u
         std = np.sqrt(pi @ u ** 2 - mean ** 2)

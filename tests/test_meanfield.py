@@ -103,7 +103,7 @@ def numpy_soft_value_iteration(mdp, gamma, tau, mu, sweeps=3000):
 def test_soft_optimum_with_a_reference_measure():
     mdp = random_mdp(1, S, A)
     gamma, tau = 0.9, 0.3
-    sol = dsorl.soft_value_iteration(mdp, gamma, tau, MU)
+    sol = dsorl.soft_policy_iteration(mdp, gamma, tau, MU)
     v, q, pi = numpy_soft_value_iteration(mdp, gamma, tau, MU)
     np.testing.assert_allclose(sol.value, v, rtol=1e-10)
     np.testing.assert_allclose(sol.q, q, rtol=1e-10)
@@ -397,7 +397,7 @@ def test_gap_to_the_soft_optimum_shrinks_as_n_grows_and_sigma_falls():
     apart after 100 steps of burn-in; the spread over seeds gives its standard error."""
     prob = problem(0, mu=None)
     gamma, tau, eta = 0.8, 1.0, 0.4
-    pi_star = dsorl.soft_value_iteration(prob.mdp, gamma, tau).policy
+    pi_star = dsorl.soft_policy_iteration(prob.mdp, gamma, tau).policy
     seeds, sigmas = 16, jnp.array([0.5, 0.125])
 
     def gaps(n):

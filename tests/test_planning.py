@@ -61,10 +61,10 @@ def test_planners_vmap_over_gamma_and_batches_of_mdps():
     np.testing.assert_allclose(vi, pi, rtol=1e-9, atol=1e-9)
 
 
-def test_soft_value_iteration_policy_and_q_are_consistent():
+def test_soft_policy_iteration_policy_and_q_are_consistent():
     mdp = random_mdp(2, S, A)
     gamma, tau = 0.9, 0.4
-    sol = dsorl.soft_value_iteration(mdp, gamma, tau)
+    sol = dsorl.soft_policy_iteration(mdp, gamma, tau)
     pi = np.asarray(sol.policy)
     mu = np.full((S, A), 1 / A)
     np.testing.assert_allclose(pi, mu * np.exp((np.asarray(sol.q) - np.asarray(sol.value)[:, None]) / tau),
@@ -82,9 +82,9 @@ def test_soft_value_iteration_policy_and_q_are_consistent():
     assert int(sol.iterations) < 20  # Newton: a handful of iterations
 
 
-def test_soft_value_iteration_converges_near_gamma_one():
+def test_soft_policy_iteration_converges_near_gamma_one():
     mdp = random_mdp(3, S, A)
-    sol = dsorl.soft_value_iteration(mdp, 0.9999, 0.1)
+    sol = dsorl.soft_policy_iteration(mdp, 0.9999, 0.1)
     q = np.asarray(mdp.R) + 0.9999 * np.asarray(mdp.P) @ np.asarray(sol.value)
     m = q.max(1, keepdims=True)
     backup = (m + 0.1 * np.log(np.exp((q - m) / 0.1).mean(1, keepdims=True)))[:, 0]
@@ -135,7 +135,7 @@ def test_enumeration_refuses_multichain_mdps_and_large_mdps():
 @pytest.mark.parametrize("call", [
     lambda m: dsorl.value_iteration(m, 1.0),
     lambda m: dsorl.policy_iteration(m, -0.5),
-    lambda m: dsorl.soft_value_iteration(m, 0.9, 0.0),
+    lambda m: dsorl.soft_policy_iteration(m, 0.9, 0.0),
 ])
 def test_bad_planner_inputs_raise(call):
     with pytest.raises(ValueError):

@@ -24,7 +24,7 @@ import numpy as np
 
 from dsorl import envs, features
 from dsorl.algorithms import meanfield as mf
-from dsorl.planning import soft_value_iteration
+from dsorl.planning import soft_policy_iteration
 
 DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
@@ -114,7 +114,7 @@ def run(config: dict) -> dict:
         raise ValueError(f"on_divergence = {config['on_divergence']!r} must be 'raise' or 'report'.")
     problem = build_problem(config)
     gamma, tau, step_size = config["gamma"], config["tau"], config["step_size"]
-    soft = soft_value_iteration(problem.mdp, gamma, tau, problem.mu)
+    soft = soft_policy_iteration(problem.mdp, gamma, tau, problem.mu)
     v_star = float(problem.mdp.rho @ soft.value)
     sigmas = np.asarray(config["sigmas"], float)
     n_seeds = config["seeds"]

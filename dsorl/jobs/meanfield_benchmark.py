@@ -34,7 +34,7 @@ import numpy as np
 from dsorl import features
 from dsorl.algorithms import meanfield as mf
 from dsorl.jobs.meanfield import build_problem, run_from_key
-from dsorl.planning import soft_value_iteration
+from dsorl.planning import soft_policy_iteration
 
 DEFAULTS = {
     "env": {"n_states": 10, "n_actions": 4, "branching": 4, "seed": 0},
@@ -91,7 +91,7 @@ def convergence(config: dict):
     problem = build_problem(config)
     c = config["convergence"]
     gamma, tau, step_size = config["gamma"], config["tau"], config["step_size"]
-    v_star = float(problem.mdp.rho @ soft_value_iteration(problem.mdp, gamma, tau).value)
+    v_star = float(problem.mdp.rho @ soft_policy_iteration(problem.mdp, gamma, tau).value)
     sigmas = np.repeat(np.asarray(c["sigmas"], float), c["seeds"])
     hp = mf.HParams(np.full(sigmas.shape, gamma), np.full(sigmas.shape, tau), sigmas,
                     np.full(sigmas.shape, step_size))

@@ -24,7 +24,7 @@ from dsorl.algorithms import meanfield as mf
 from dsorl.envs import control
 from dsorl.jobs.meanfield import run_from_key
 from dsorl.objectives import entropy_regularised_return
-from dsorl.planning import soft_value_iteration
+from dsorl.planning import soft_policy_iteration
 
 DEFAULTS = {
     "grid": {"n_states": 31, "n_actions": 21, "state_bound": 3.0, "action_bound": 3.0},
@@ -56,7 +56,7 @@ def build_problem(config: dict):
 def run(config: dict) -> dict:
     env, problem = build_problem(config)
     gamma, tau = config["gamma"], config["tau"]
-    soft = soft_value_iteration(env.mdp, gamma, tau)
+    soft = soft_policy_iteration(env.mdp, gamma, tau)
     reference = control.soft_lqr(gamma, tau, **{k: config["dynamics"][k] for k in
                                                 ("a", "b", "state_cost", "action_cost")})
     v_star = float(env.mdp.rho @ soft.value)

@@ -6,7 +6,7 @@ seed's key, then runs `dsorl.algorithms.meanfield.run` (one `lax.scan`), both by
 `dsorl.jobs.meanfield.run_from_key`. One row per member, of the final ensemble `nu_T` (the
 trace's last row): the regularised value `value_tau = V_tau^{pi_nu}(rho)`,
 the unregularised return `value = V^{pi_nu}(rho)`, the soft optimum `soft_optimal =
-rho . V*_tau` of the member's (γ, τ) (`dsorl.soft_value_iteration`), the `gap` between
+rho . V*_tau` of the member's (γ, τ) (`dsorl.soft_policy_iteration`), the `gap` between
 them, the particles' `dispersion`, and `first_bad_step` (-1, or the first step after which
 the ensemble was not finite: a diverging member is listed, not dropped, and its
 other columns describe non-finite particles: NaN or meaningless, since the bounded tanh
@@ -20,7 +20,7 @@ from dsorl import features
 from dsorl.algorithms import meanfield as mf
 from dsorl.config import Free
 from dsorl.jobs.meanfield import build_problem, run_from_key
-from dsorl.planning import soft_value_iteration
+from dsorl.planning import soft_policy_iteration
 from dsorl.sweep import Grid
 
 DEFAULTS = {
@@ -44,7 +44,7 @@ def _hparams(point) -> mf.HParams:
 def _metrics(final_state, trace, member) -> dict:
     problem, hp = member.mdp, member.hparams
     final = jax.tree_util.tree_map(lambda x: x[-1], trace)  # the final ensemble nu_T
-    optimum = problem.mdp.rho @ soft_value_iteration(problem.mdp, hp.gamma, hp.tau, problem.mu).value
+    optimum = problem.mdp.rho @ soft_policy_iteration(problem.mdp, hp.gamma, hp.tau, problem.mu).value
     return {"value_tau": final.value_tau, "value": final.value, "soft_optimal": optimum,
             "gap": optimum - final.value_tau, "dispersion": final.dispersion,
             "first_bad_step": final_state.first_bad_step}
