@@ -103,9 +103,8 @@ def check_unichain(P, subject: str, consequence: str, *, aperiodic: bool = False
     if aperiodic:
         d = period(P, classes[0])
         if d != 1:
-            raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} of {subject} is"
-                             f" periodic (period {d}): P^t never converges, so episodes"
-                             " never mix.")
+            raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} is periodic"
+                             f" (period {d}): P^t never converges, so episodes never mix.")
 
 
 def check_actions_available(action_mask) -> None:
@@ -121,10 +120,13 @@ def check_actions_available(action_mask) -> None:
                          " state without any action is not allowed).")
 
 
-def check_covers(name: str, target, cover, skip_rows=None) -> None:
-    """Importance weights `target / cover` exist: `cover[x, y] > 0` wherever
-    `target[x, y] > 0` (rows in `skip_rows` excepted); else `ValueError` naming the entry."""
-    if not is_concrete(target, cover):
+def check_covers(target, cover, *, what: str, symbols=("p", "b"), consequence: str,
+                 skip_rows=None) -> None:
+    """Every transition of `target[X, X]` is one of `cover[X, X]` (`cover > 0` wherever
+    `target > 0`, rows in `skip_rows` excepted), as importance weights `target / cover` and
+    `KL(target || cover)` need; else `ValueError` "{what}: b(y|x) = 0 but p(y|x) = ... > 0,
+    {consequence}" with `symbols = (target, cover)`. Traced input passes unchecked."""
+    if not is_concrete(target, cover, skip_rows):
         return
     target, cover = np.asarray(target), np.asarray(cover)
     bad = (target > 0) & (cover <= 0)
@@ -132,7 +134,6 @@ def check_covers(name: str, target, cover, skip_rows=None) -> None:
         bad &= ~np.asarray(skip_rows, bool)[:, None]
     idx = np.argwhere(bad)
     if idx.size:
-        x, y = idx[0]
-        raise ValueError(f"{name} does not cover the target law: {name}[{x}, {y}] = 0 but the"
-                         f" target's entry is {target[x, y]:.3g} > 0, so the importance"
-                         " weights miss that transition.")
+        (x, y), (t, b) = idx[0], symbols
+        raise ValueError(f"{what}: {b}({y}|{x}) = 0 but {t}({y}|{x}) = {target[x, y]:.3g} > 0,"
+                         f" {consequence} ({len(idx)} such transitions).")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from dsorl import _checks, markov
+from dsorl import _checks, graph, markov
 from dsorl._struct import unchecked
 from dsorl.markov import Chain
 from dsorl.mdp import MDP, entropy_regularised_chain, induced_chain
@@ -201,13 +201,9 @@ def lmdp_chain(lmdp, controls="desirability") -> ChainModel:
         transition, log_transition = controls, None
 
         def check(theta):
-            u, passive = np.asarray(controls(theta)), np.asarray(p)
-            bad = np.argwhere((u > 0) & (passive <= 0))
-            if bad.size:
-                x, y = bad[0]
-                raise ValueError(f"the passive dynamics do not cover the controlled chain:"
-                                 f" u({y}|{x}) = {u[x, y]:.3g} > 0 but p({y}|{x}) = 0, so"
-                                 f" KL(u || p) is infinite ({len(bad)} such transitions).")
+            _checks.check_covers(controls(theta), p, symbols=("u", "p"),
+                                 what="the passive dynamics do not cover the controlled chain",
+                                 consequence="so KL(u || p) is infinite")
     elif controls in ("desirability", "tabular"):
         shape = (None, slice(None)) if controls == "desirability" else (Ellipsis,)
         params_shape = p.shape[-1:] if controls == "desirability" else p.shape[-2:]
@@ -307,31 +303,12 @@ def check_model(model: ChainModel, theta, gamma=None, *, average: bool = False) 
             and float(gamma) == 1.0:
         _require_exit(P, np.asarray(model.terminal))
     if average:
-        classes = markov.closed_classes(P)
-        if len(classes) != 1:
-            shown = "; ".join(str(c[:8].tolist()) for c in classes[:4])
-            raise ValueError(f"the average-reward criterion needs a unichain chain, but"
-                             f" P(theta) has {len(classes)} closed classes ({shown}): its"
-                             " gain depends on the initial state.")
-
-
-def reaches_terminal(P, terminal) -> np.ndarray:
-    """Host-side: which states reach the terminal set along `P > 0` edges (bool `[X]`).
-
-    A backward search from the terminal set; terminal states' own rows are ignored.
-    """
-    P, terminal = np.asarray(P), np.asarray(terminal, bool)
-    edges = (P > 0) & ~terminal[:, None]
-    reach = terminal.copy()
-    while True:
-        new = reach | (edges & reach[None, :]).any(axis=1)
-        if (new == reach).all():
-            return reach
-        reach = new
+        _checks.check_unichain(P, "the average-reward criterion needs a unichain chain, but"
+                               " P(theta)", "its gain depends on the initial state")
 
 
 def _require_exit(P, terminal) -> None:
-    reach = reaches_terminal(P, terminal)
+    reach = graph.reaches(P, terminal)
     if not reach.all():
         stuck = np.flatnonzero(~reach)
         raise ValueError(f"the terminal set is never reached from state {stuck[0]}"

@@ -17,7 +17,7 @@ import numpy as np
 
 from dsorl import _checks
 from dsorl._struct import pytree_dataclass
-from dsorl.chain_models import reaches_terminal
+from dsorl.graph import reaches
 from dsorl.markov import validate_chain
 
 __all__ = ["LMDP", "validate_lmdp"]
@@ -71,7 +71,7 @@ def validate_lmdp(passive, cost, initial, terminal=None) -> None:
     if not terminal.any():
         raise ValueError("the terminal set is empty: pass terminal=None for an average-cost"
                          " LMDP.")
-    reach = reaches_terminal(p, terminal)
+    reach = reaches(p, terminal)
     if not reach.all():
         stuck = np.flatnonzero(~reach)
         raise ValueError(f"the terminal set is never reached from state {stuck[0]} under the"

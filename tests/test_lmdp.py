@@ -247,7 +247,7 @@ def test_bad_input_raises():
     average = LMDP(p, q, init)
     with pytest.raises(ValueError, match="no terminal set"):
         lm.first_exit_desirability(average)
-    with pytest.raises(ValueError, match="2 closed classes"):
+    with pytest.raises(ValueError, match="2 closed recurrent classes"):
         lm.average_cost_desirability(LMDP(np.eye(2), np.zeros(2), np.array([1.0, 0.0])))
     config = lm.ZLearningConfig(n_steps=5)
     uncovering = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])

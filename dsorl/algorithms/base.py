@@ -31,7 +31,7 @@ It is jittable and `vmap`pable over `params0`, `hparams`, `key` and the problem.
 """
 import dataclasses
 import types
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

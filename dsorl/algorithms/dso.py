@@ -384,15 +384,11 @@ def _clip_fraction(model, theta, batch: est.Batch, clip) -> Array:
 
 def _check_behaviour(model, params0, behaviour) -> None:
     P = model.transition(params0) if _checks.is_concrete(params0) else None
-    if P is None or not _checks.is_concrete(P, behaviour):
-        return
-    B, P = np.asarray(behaviour), np.asarray(P)
-    bad = np.argwhere((P > 0) & (B <= 0))
-    if bad.size:
-        x, y = bad[0]
-        raise ValueError(f"the behaviour chain does not cover the model's chain: B({y}|{x}) = 0"
-                         f" but P({y}|{x}, theta) = {P[x, y]:.3g} > 0, so that transition is"
-                         " never sampled and the importance weights are biased.")
+    if P is not None:
+        _checks.check_covers(P, behaviour, symbols=("P", "B"),
+                             what="the behaviour chain does not cover the model's chain",
+                             consequence="so that transition is never sampled and the"
+                                         " importance weights are biased")
 
 
 PCO = base.Algorithm(

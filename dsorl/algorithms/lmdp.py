@@ -38,7 +38,7 @@ from dsorl import _checks
 from dsorl._struct import unchecked
 from dsorl.algorithms import base
 from dsorl.lmdp import LMDP
-from dsorl.markov import Chain, closed_classes, stationary_distribution, validate_chain
+from dsorl.markov import Chain, stationary_distribution, validate_chain
 from dsorl.sampling import draw
 
 Array = jax.Array
@@ -87,11 +87,8 @@ def average_cost_desirability(lmdp: LMDP, *, tol: Optional[float] = None,
     if lmdp.terminal is not None:
         raise ValueError("this LMDP has a terminal set: it is first exit (use"
                          " first_exit_desirability).")
-    if _checks.is_concrete(lmdp.passive):
-        classes = closed_classes(lmdp.passive)
-        if len(classes) != 1:
-            raise ValueError(f"the passive dynamics have {len(classes)} closed classes: the"
-                             " average-cost desirability is not unique (needs a unichain p).")
+    _checks.check_unichain(lmdp.passive, "the passive dynamics",
+                           "the average-cost desirability is not unique (needs a unichain p)")
     dtype = lmdp.passive.dtype
     tol = 1e3 * float(jnp.finfo(dtype).eps) if tol is None else tol
     weight = jnp.exp(-lmdp.cost)
@@ -169,8 +166,11 @@ def z_learning_validate(lmdp: LMDP, hparams: ZLearningHParams, config: ZLearning
     terminal = _terminal(lmdp)
     _checks.check_positive("step_size", hparams.step_size)
     b = hparams.behaviour
-    if b is not None and _checks.is_concrete(b, lmdp.passive, terminal):
-        _check_coverage(np.asarray(lmdp.passive), np.asarray(b), np.asarray(terminal))
+    if b is not None and _checks.is_concrete(b):
+        validate_chain(b)
+        _checks.check_covers(lmdp.passive, b, skip_rows=terminal,
+                             what="the behaviour chain does not cover the passive dynamics",
+                             consequence="so the importance weights p/b miss that transition")
 
 
 def z_learning_init(lmdp: LMDP, z0: Array, hparams, key, *, config) -> ZLearningState:
@@ -221,13 +221,3 @@ def z_learning(lmdp: LMDP, z0: Array, hparams: ZLearningHParams, key=None, *,
     `fold_in(key, k)`. Jittable; vmap over `z0`, `hparams`, `key` and the LMDP.
     """
     return Z_LEARNING.run(lmdp, z0, hparams, key, config=config, keep_params=keep_params)
-
-
-def _check_coverage(p, b, terminal) -> None:
-    validate_chain(b)
-    bad = np.argwhere((p > 0) & (b <= 0) & ~terminal[:, None])
-    if bad.size:
-        x, y = bad[0]
-        raise ValueError(f"the behaviour chain does not cover the passive dynamics: b({y}|{x})"
-                         f" = 0 but p({y}|{x}) = {p[x, y]:.3g} > 0, so the importance weights"
-                         " p/b miss that transition.")

@@ -35,14 +35,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from dsorl import _checks
 from dsorl.bias_gradient import bias_offset_values
 from dsorl.fisher import score_table
-from dsorl.markov import bias, closed_classes, gain
+from dsorl.graph import action_support
+from dsorl.markov import bias, gain
 from dsorl.mdp import MDP, induced_chain
 from dsorl.sampling import Trajectory, draw, rollouts
 
@@ -251,19 +251,9 @@ def check_mixing(mdp: MDP, *, aperiodic: bool = True) -> None:
     """
     if not _checks.is_concrete(mdp.P, mdp.action_mask):
         return
-    allowed = (np.ones(mdp.R.shape, bool) if mdp.action_mask is None
-               else np.asarray(mdp.action_mask))
-    support = (np.asarray(mdp.P) * allowed[..., None]).sum(axis=1) > 0
-    classes = closed_classes(support)
-    if len(classes) != 1:
-        shown = "; ".join(str(c.tolist()[:8]) for c in classes[:4])
-        raise ValueError(f"the MDP is multichain: a policy using every action has"
-                         f" {len(classes)} closed recurrent classes ({shown}), so gain and"
-                         " bias depend on the initial state.")
-    period = _period(support, classes[0]) if aperiodic else 1
-    if period != 1:
-        raise ValueError(f"the recurrent class {classes[0].tolist()[:8]} is periodic (period"
-                         f" {period}): P^t never converges, so episodes never mix.")
+    _checks.check_unichain(action_support(mdp.P, mdp.action_mask),
+                           "the MDP is multichain: a policy using every action",
+                           "gain and bias depend on the initial state", aperiodic=aperiodic)
 
 
 def _check_options(T: int, absorption_time: int, post_mixing: str) -> None:
@@ -272,23 +262,6 @@ def _check_options(T: int, absorption_time: int, post_mixing: str) -> None:
                          " (T: the episode length).")
     if post_mixing not in POST_MIXING_FORMS:
         raise ValueError(f"post_mixing = {post_mixing!r}; choose one of {POST_MIXING_FORMS}.")
-
-
-def _period(support: np.ndarray, states: np.ndarray) -> int:
-    """Period of a closed class: gcd of `level(u) + 1 - level(v)` over its edges (BFS levels)."""
-    sub = support[np.ix_(states, states)]
-    level = np.full(len(states), -1)
-    level[0], frontier = 0, [0]
-    while frontier:
-        nxt = []
-        for u in frontier:
-            for v in np.flatnonzero(sub[u]):
-                if level[v] < 0:
-                    level[v] = level[u] + 1
-                    nxt.append(v)
-        frontier = nxt
-    src, dst = np.nonzero(sub)
-    return int(np.gcd.reduce(np.abs(level[src] + 1 - level[dst])))
 
 
 __all__ = ["Critic", "EpisodeEstimates", "oracle_critic", "episode_estimates",
