@@ -49,6 +49,13 @@ from dsorl.markov import Chain
 from dsorl.mdp import MDP, entropy_regularised_chain, induced_chain
 from dsorl.policies import Policy
 
+__all__ = ["ChainModel", "marginal", "augmented", "kl_regularised", "maximum_entropy",
+           "lmdp_chain", "chain_at", "check_chain", "check_model", "evaluate", "not_terminal",
+           "safe_log", "log_transition", "log_initial", "ChainSolution", "solve", "value",
+           "occupancy", "objective", "gradient", "value_and_gradient", "hessian", "fisher",
+           "SurrogateTerms", "surrogate_terms", "surrogate_at", "surrogate", "divergence_at",
+           "solve_average", "gain", "gain_gradient", "gain_hessian", "gain_fisher"]
+
 Array = jax.Array
 
 

@@ -21,6 +21,10 @@ import numpy as np
 
 from dsorl import _checks
 
+__all__ = ["truncation", "TanhFeature", "init_particles", "particle_features",
+           "mean_field_feature", "n_particles", "particle_dimension", "check_particles",
+           "one_hot_encoding", "coordinate_encoding"]
+
 Array = jax.Array
 
 

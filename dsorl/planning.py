@@ -19,6 +19,10 @@ from dsorl.markov import bias, discounted_value, gain, is_unichain
 from dsorl.mdp import MDP, induced_chain, reference_measure
 from dsorl.policies import deterministic
 
+__all__ = ["Solution", "SoftSolution", "value_iteration", "policy_iteration",
+           "soft_policy_iteration", "optimal_value", "soft_optimal_value",
+           "NearlyBlackwellSolution", "deterministic_policies", "nearly_blackwell_optimal"]
+
 Array = jax.Array
 
 

@@ -15,6 +15,9 @@ from jax import lax
 from dsorl.markov import Chain
 from dsorl.mdp import MDP
 
+__all__ = ["Trajectory", "rollout", "rollouts", "chain_rollout", "sample_episode", "Cumulative",
+           "cumulative", "draw"]
+
 Array = jax.Array
 
 

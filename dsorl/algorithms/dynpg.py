@@ -67,6 +67,10 @@ from dsorl.optim import ascent
 from dsorl.policies import tabular_softmax
 from dsorl.sampling import draw, sample_episode
 
+__all__ = ["HParams", "Config", "State", "InnerTrace", "Trace", "epoch_schedule",
+           "softmax_bandit_gradient", "uses_key", "expected_params", "validate", "init", "step",
+           "run", "sampled_bandit_gradient", "BudgetState", "BudgetTrace", "run_interactions"]
+
 Array = jax.Array
 
 

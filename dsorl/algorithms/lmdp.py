@@ -41,6 +41,11 @@ from dsorl.lmdp import LMDP
 from dsorl.markov import Chain, stationary_distribution, validate_chain
 from dsorl.sampling import draw
 
+__all__ = ["first_exit_desirability", "AverageCostSolution", "average_cost_desirability",
+           "optimal_chain", "ZLearningHParams", "ZLearningConfig", "ZLearningState",
+           "ZLearningTrace", "z_learning_validate", "z_learning_init", "z_learning_step",
+           "Z_LEARNING", "z_learning"]
+
 Array = jax.Array
 
 

@@ -48,6 +48,10 @@ from dsorl.optim import ascent
 from dsorl.policies import Policy, tabular_softmax
 from dsorl.sampling import draw, sample_episode
 
+__all__ = ["HParams", "Config", "State", "Trace", "episode_cap", "dynpg_horizon_step_size",
+           "validate", "expected_params", "uses_key", "init", "step", "run", "BudgetState",
+           "BudgetTrace", "run_interactions"]
+
 Array = jax.Array
 
 

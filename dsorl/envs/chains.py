@@ -23,6 +23,8 @@ import numpy as np
 from dsorl.episodic import EpisodicMDP
 from dsorl.mdp import MDP
 
+__all__ = ["committal_chain", "committal_chain_optimum"]
+
 EXIT, ADVANCE = 0, 1
 
 

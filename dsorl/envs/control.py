@@ -27,6 +27,8 @@ from jax.scipy.special import ndtr
 from dsorl import _checks
 from dsorl.mdp import MDP
 
+__all__ = ["GridControl", "linear_quadratic_regulator", "SoftLQR", "soft_lqr"]
+
 Array = jax.Array
 
 

@@ -26,6 +26,9 @@ import numpy as np
 from dsorl.episodic import EpisodicMDP  # the container (re-exported here)
 from dsorl.mdp import MDP
 
+__all__ = ["episodic_mdp", "longest_episode", "SUTTON_EXTENDED", "sutton_extended",
+           "sutton_extended_reference"]
+
 
 def episodic_mdp(actions_per_state: Sequence[int], terminal_states: Sequence[int],
                  successors: Mapping[int, Sequence[Mapping[int, float]]],

@@ -12,6 +12,8 @@ import numpy as np
 from dsorl import _checks
 from dsorl.lmdp import LMDP
 
+__all__ = ["random_walk_lmdp", "random_lmdp"]
+
 Array = jax.Array
 
 

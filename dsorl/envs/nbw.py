@@ -15,6 +15,8 @@ import numpy as np
 
 from dsorl.mdp import MDP
 
+__all__ = ["NAMES", "PAPER_SETTINGS", "nbw_env", "nbw_reference", "paper_hyperparams"]
+
 NAMES = ("A1", "A2", "A3", "B1", "B2", "B3")
 
 # Settings of the paper's experiments (its §7 and the authors' configuration).

@@ -35,6 +35,9 @@ from dsorl._struct import unchecked
 from dsorl.markov import Chain, validate_chain
 from dsorl.sampling import chain_rollout
 
+__all__ = ["sample_chain", "sample_episodes", "Batch", "prepare_batch", "backward_accumulation",
+           "surrogate_estimate", "fit_value"]
+
 Array = jax.Array
 
 

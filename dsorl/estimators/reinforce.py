@@ -20,6 +20,9 @@ from jax import lax
 from dsorl.mdp import MDP
 from dsorl.sampling import Trajectory
 
+__all__ = ["returns_to_go", "step_mask", "reinforce_gradient", "bandit_gradient",
+           "absorbing_states", "interactions"]
+
 Array = jax.Array
 
 

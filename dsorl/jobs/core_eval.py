@@ -43,6 +43,10 @@ import dsorl
 from dsorl import gamma_sweep, timing
 from dsorl.jobs import _baselines as base
 
+__all__ = ["DEFAULTS", "PARTS", "GOAL_SMALL", "GOAL_LARGE", "run", "random_mdp", "batch_inputs",
+           "jax_case", "systems", "main_cases", "run_main", "run_value_iteration",
+           "sweep_values", "run_gamma_sweep"]
+
 DEFAULTS = {
     "seed": 0,
     "parts": ["main", "value_iteration", "gamma_sweep"],

@@ -24,6 +24,8 @@ import numpy as np
 from dsorl import chain_models as cm
 from dsorl.estimators import dso as est
 
+__all__ = ["DEFAULTS", "exit_chain", "closed_form", "baseline_study", "summarise", "run"]
+
 DEFAULTS = {
     "theta": [0.0, 0.0],
     "episodes": [100, 1000, 4000],

@@ -26,6 +26,9 @@ from dsorl import envs, features
 from dsorl.algorithms import meanfield as mf
 from dsorl.planning import soft_policy_iteration
 
+__all__ = ["DEFAULTS", "build_problem", "particles_from_key", "run_from_key", "snapshot_runs",
+           "run"]
+
 DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
     "gamma": 0.9,

@@ -26,6 +26,8 @@ from dsorl.jobs.meanfield import run_from_key
 from dsorl.objectives import entropy_regularised_return
 from dsorl.planning import soft_policy_iteration
 
+__all__ = ["DEFAULTS", "build_problem", "run"]
+
 DEFAULTS = {
     "grid": {"n_states": 31, "n_actions": 21, "state_bound": 3.0, "action_bound": 3.0},
     "dynamics": {"a": 1.0, "b": 1.0, "noise_std": 0.3, "state_cost": 1.0, "action_cost": 1.0},

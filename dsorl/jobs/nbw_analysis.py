@@ -17,6 +17,8 @@ from dsorl.markov import bias, gain
 from dsorl.mdp import induced_chain
 from dsorl.planning import nearly_blackwell_optimal
 
+__all__ = ["DEFAULTS", "run"]
+
 DEFAULTS = {
     "envs": list(envs.NBW_NAMES),
     "grid": {"low": -10.0, "high": 10.0, "step": 0.5},

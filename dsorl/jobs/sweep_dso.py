@@ -16,6 +16,8 @@ from dsorl.config import Free
 from dsorl.jobs.sweep_pg import make_env
 from dsorl.sweep import Grid
 
+__all__ = ["DEFAULTS", "sweep_spec"]
+
 DEFAULTS = {
     "algorithm": "chain_iteration",  # ascent, natural, chain_iteration or pco
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},

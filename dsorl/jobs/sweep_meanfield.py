@@ -23,6 +23,8 @@ from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_policy_iteration
 from dsorl.sweep import Grid
 
+__all__ = ["DEFAULTS", "HPARAMS", "sweep_spec"]
+
 DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
     "feature": {"width": 4, "bound": 2.0},

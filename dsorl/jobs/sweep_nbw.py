@@ -13,6 +13,8 @@ import numpy as np
 from dsorl import envs, policies
 from dsorl.sweep import Grid, axis
 
+__all__ = ["DEFAULTS", "sweep_spec"]
+
 DEFAULTS = {
     "envs": list(envs.NBW_NAMES),
     "grid": {"low": -10.0, "high": 10.0, "step": 0.5},

@@ -12,6 +12,8 @@ import dsorl
 from dsorl.config import Free
 from dsorl.sweep import Grid, check_grid
 
+__all__ = ["DEFAULTS", "make_env", "sweep_spec"]
+
 DEFAULTS = {
     "algorithm": "pg",  # pg (vanilla softmax PG) or dynpg
     "env": {"name": "garnet", "n_states": 10, "n_actions": 3, "branching": 3, "seed": 0},

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+__all__ = ["DEFAULTS", "PRINTED", "run", "worker"]
+
 DEFAULTS = {
     "sizes": [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536],
     "devices": [1, 4],
