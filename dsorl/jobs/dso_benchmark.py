@@ -24,18 +24,18 @@ against a vectorised NumPy implementation of Algorithm 1 (checked equal first).
 Z-learning on a quadratic-cost random-walk LMDP).
 """
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dsorl import chain_models as cm
+from dsorl import timing
 from dsorl.algorithms import dso as alg
 from dsorl.envs import garnet
 from dsorl.estimators import dso as est
 from dsorl.jobs import dso_gradient_check, dso_lmdp
-from dsorl.jobs.dso_lmdp import first_hit, timed
+from dsorl.jobs.dso_lmdp import first_hit
 from dsorl.planning import policy_iteration
 from dsorl.policies import tabular_softmax
 
@@ -88,7 +88,8 @@ def garnet_part(config, log):
     reps = config["repeats"]
 
     optimum_fn = lambda mdps: jax.vmap(lambda m: m.rho @ policy_iteration(m, gamma).value)(mdps)
-    J_star, pi_compile, pi_run = timed(optimum_fn, mdps, repeats=reps)
+    tm = timing.timed(optimum_fn, mdps, repeats=reps)
+    J_star, pi_compile, pi_run = tm.result, tm.compile_seconds, tm.median_seconds
     J_star = np.asarray(J_star)
     log(f"garnet: policy iteration on {g['seeds']} MDPs: {pi_run:.3f} s (compile {pi_compile:.1f} s)")
 
@@ -139,8 +140,8 @@ def garnet_part(config, log):
                "natural_gradient": (natural_gradient, n), "pco": (pco, p)}
     rows, curves = [], {"optimum": J_star}
     for name, (one, settings) in methods.items():
-        J, compile_s, run_s = timed(batched(one, settings["batch_size"]), mdps, keys,
-                                    repeats=reps)
+        tm = timing.timed(batched(one, settings["batch_size"]), mdps, keys, repeats=reps)
+        J, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
         gaps = (J_star[:, None] - np.asarray(J)) / np.abs(J_star)[:, None]
         curves[name] = gaps
         K = settings["n_steps"]
@@ -255,7 +256,8 @@ def estimator_speed(mdp, policy, model, theta, gamma, horizon, n_episodes, confi
         states = est.sample_episodes(key, model, theta, horizon, n_episodes)
         return states, est.backward_accumulation(model, theta, gamma, states, jnp.zeros(X))
 
-    (states, grad), compile_s, run_s = timed(dsorl_estimate, key, repeats=config["repeats"] + 1)
+    tm = timing.timed(dsorl_estimate, key, repeats=config["repeats"] + 1)
+    (states, grad), compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
     P, R, rho, pi = (np.asarray(x) for x in (mdp.P, mdp.R, mdp.rho, policy(theta)))
     states = np.asarray(states)
     reference = numpy_algorithm_1(P, R, rho, pi, states, gamma)
@@ -273,13 +275,8 @@ def estimator_speed(mdp, policy, model, theta, gamma, horizon, n_episodes, confi
         return numpy_algorithm_1(P, R, rho, pi, out, gamma)
 
     rng = np.random.default_rng(config["seed"])
-    numpy_estimate(rng)  # warm-up
-    times = []
-    for _ in range(config["repeats"] + 1):
-        start = time.perf_counter()
-        numpy_estimate(rng)
-        times.append(time.perf_counter() - start)
-    numpy_s = float(np.median(times))
+    numpy_s = timing.timed(numpy_estimate, rng, jit=False,
+                           repeats=config["repeats"] + 1).median_seconds
     return [{"estimator": "dsorl (jit: sample + Algorithm 1)", "episodes": n_episodes,
              "horizon": horizon, "states": X, "seconds": run_s, "compile_s": compile_s,
              "episodes_per_s": n_episodes / run_s, "speedup_vs_numpy": numpy_s / run_s},

@@ -18,14 +18,13 @@ the relative gap `(J* - J) / |J*|` of the chain it holds after each iteration:
 Each method is one jitted program; the table reports its compile time apart from the
 median wall time of `repeats` runs.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from dsorl import chain_models as cm
+from dsorl import timing
 from dsorl.algorithms import dso as alg
 from dsorl.algorithms import lmdp as lm
 from dsorl.envs.lmdp import random_walk_lmdp
@@ -44,20 +43,6 @@ DEFAULTS = {
     "z_learning": {"n_steps": 20000, "step_size": 10.0, "behaviour_mix": 0.5},
     "output_dir": "results/dso_lmdp",
 }
-
-
-def timed(fn, *args, repeats: int = 3):
-    """`(result, compile seconds, median run seconds)` of the jitted `fn(*args)`."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    result = jax.block_until_ready(compiled(*args))  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - start)
-    return result, compile_s, float(np.median(runs))
 
 
 def first_hit(gaps: np.ndarray, target: float):
@@ -128,7 +113,8 @@ def run(config: dict) -> dict:
     }
     rows, arrays = [], {"optimum": np.asarray(J_star)}
     for name, (fn, args, iterations, samples_per_iteration) in cases.items():
-        J, compile_s, run_s = timed(fn, *args, repeats=reps)
+        tm = timing.timed(fn, *args, repeats=reps)
+        J, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
         if name.startswith("z_learning"):
             J = chain_values(J)
         gaps = (J_star - np.asarray(J)) / abs(J_star)

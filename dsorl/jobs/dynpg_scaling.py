@@ -19,12 +19,11 @@ Each program is jitted once per setting; compile time is reported apart from run
 (median of `repeats` runs). Exponents are least-squares slopes of log(count) against
 log(horizon) or log(n) over the uncensored points.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsorl import timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.chains import committal_chain, committal_chain_optimum
 
@@ -43,18 +42,6 @@ DEFAULTS = {
     "repeats": 3,
     "output_dir": "benchmarks/results/dynpg_scaling",
 }
-
-
-def _timed(fn, repeats):
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower().compile()
-    compile_s = time.perf_counter() - start
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        out = jax.block_until_ready(compiled())
-        times.append(time.perf_counter() - start)
-    return out, compile_s, float(np.median(times))
 
 
 def measure(n: int, gamma: float, config: dict) -> list:
@@ -79,8 +66,9 @@ def measure(n: int, gamma: float, config: dict) -> list:
         if planned > config["dynpg_budget"]:
             rows.append(dict(row, steps_to_eps=f"skipped ({planned} planned)", censored=True))
             continue
-        (_, trace), c_s, r_s = _timed(
-            lambda: dynpg.run(mdp, zeros, hp, config=cfg), config["repeats"])
+        tm = timing.timed(lambda: dynpg.run(mdp, zeros, hp, config=cfg),
+                          repeats=config["repeats"], warmup=0)
+        (_, trace), c_s, r_s = tm.result, tm.compile_seconds, tm.median_seconds
         gaps = j_star - np.asarray(trace.objective)
         hit = np.flatnonzero(gaps <= eps)
         steps = int(trace.steps[hit[0]]) if hit.size else None
@@ -100,7 +88,8 @@ def measure(n: int, gamma: float, config: dict) -> list:
         return jax.vmap(lambda eta: pg.run(mdp, zeros, pg.HParams(gamma, eta),
                                            config=pcfg)[1].objective)(etas)
 
-    objectives, c_s, r_s = _timed(pg_runs, config["repeats"])
+    tm = timing.timed(pg_runs, repeats=config["repeats"], warmup=0)
+    objectives, c_s, r_s = tm.result, tm.compile_seconds, tm.median_seconds
     for eta, obj in zip(step_sizes, np.asarray(objectives)):
         hit = np.flatnonzero(j_star - obj <= eps)  # obj[i]: after step i + 1
         steps = int(hit[0]) + 1 if hit.size else None

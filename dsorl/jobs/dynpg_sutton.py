@@ -20,13 +20,12 @@ without JAX), run for the same interaction budget on `baseline_runs` runs in the
 process; the table reports the time per run of both and their ratio, with jit compile time
 apart.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dsorl import timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.objectives import policy_objective
 from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
@@ -116,24 +115,18 @@ def run(config: dict) -> dict:
         programs, info = _programs(env, gamma, config)
         keys = jax.random.split(jax.random.key(config["seed"] + gi), config["runs"])
         for name, program in programs.items():
-            start = time.perf_counter()
-            compiled = jax.jit(program).lower(keys).compile()
-            compile_s = time.perf_counter() - start
-            times = []
-            for _ in range(max(1, config["repeats"])):
-                start = time.perf_counter()
-                out = jax.block_until_ready(compiled(keys))
-                times.append(time.perf_counter() - start)
-            run_s = float(np.median(times))
+            tm = timing.timed(program, keys, repeats=config["repeats"], warmup=0)
+            out, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
             first = first_success(info["initial_objective"], np.asarray(out),
                                   ref["mean_v_star"], config["epsilon"])
             curve = success_curve(first, budget)
             base = BASELINES[name]
             rng = np.random.default_rng(config["seed"] + 1000 + gi)
-            start = time.perf_counter()
-            base_first = [base(env, gamma, budget, config["epsilon"], ref["mean_v_star"], rng,
-                               info) for _ in range(config["baseline_runs"])]
-            base_s = (time.perf_counter() - start) / max(1, config["baseline_runs"])
+            tm = timing.timed(lambda: [base(env, gamma, budget, config["epsilon"],
+                                            ref["mean_v_star"], rng, info)
+                                       for _ in range(config["baseline_runs"])],
+                              jit=False, warmup=0, repeats=1)
+            base_first, base_s = tm.result, tm.median_seconds / max(1, config["baseline_runs"])
             jax_per_run = run_s / config["runs"]
             summary.append({
                 "gamma": gamma, "algorithm": name, "runs": config["runs"],

@@ -25,13 +25,12 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import features
+from dsorl import features, timing
 from dsorl.algorithms import meanfield as mf
 from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_policy_iteration
@@ -152,26 +151,22 @@ def _worker(impl: str, n: int, config: dict) -> dict:
     if impl == "jax":
         cfg = mf.Config(steps)
         key = jax.random.key(config["seed"] + 1)
-        start = time.perf_counter()
-        compiled = jax.jit(lambda *a: mf.run(*a, config=cfg)).lower(problem, particles, hp, key).compile()
-        compile_seconds = time.perf_counter() - start
-        fn = lambda: jax.block_until_ready(compiled(problem, particles, hp, key))
+        compiled, compile_seconds = timing.compile(lambda *a: mf.run(*a, config=cfg),
+                                                   problem, particles, hp, key)
+
+        def call():  # returns None: each run's output (the final particles) is freed before
+            jax.block_until_ready(compiled(problem, particles, hp, key))  # the next, for RSS
+
+        tm = timing.timed(call, jit=False, repeats=config["repeats"])
     else:
         baseline = NumpyLangevin(problem, jax.tree_util.tree_map(np.asarray, particles), hp,
                                  np.random.default_rng(config["seed"] + 1))
         baseline.step()  # warm-up (first-touch allocations)
         compile_seconds = 0.0
-        fn = lambda: baseline.run(steps)
-    fn()
-    times, cpu_times = [], []
-    for _ in range(config["repeats"]):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    seconds = float(np.median(times))
+        tm = timing.timed(baseline.run, steps, jit=False, repeats=config["repeats"])
+    seconds = tm.median_seconds
     return {"impl": impl, "n": n, "steps": steps, "seconds": seconds, "rate": n * steps / seconds,
-            "cpu_seconds": float(np.median(cpu_times)), "compile_seconds": compile_seconds,
+            "cpu_seconds": tm.cpu_median_seconds, "compile_seconds": compile_seconds,
             "peak_rss_mb": _rss_mb(), "import_rss_mb": import_rss, "device": str(jax.devices()[0])}
 
 

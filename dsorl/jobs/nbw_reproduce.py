@@ -17,13 +17,11 @@ gain gap `g* - g_final` (sampled: averaged over seeds per start first, as the au
 plots do), next to the authors' reported mean bias errors; the final gains/biases and the
 gain and bias landscapes as arrays for the figures (`benchmarks/nbw_reproduce.py`).
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, policies
+from dsorl import envs, policies, timing
 from dsorl.algorithms import nbw
 from dsorl.envs.nbw import PAPER_SETTINGS, paper_hyperparams
 from dsorl.markov import bias, gain
@@ -136,17 +134,13 @@ def _timed_runs(fn, grid, n_seeds, seed, repeats):
     machine is shared, so single timings are noisy).
     """
     keys = jax.random.split(jax.random.key(seed), n_seeds)
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(grid, keys[0]).compile()
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(max(1, repeats) if n_seeds == 1 else 1):
-        start = time.perf_counter()
-        results = [jax.block_until_ready(compiled(grid, k)) for k in keys]
-        times.append(time.perf_counter() - start)
+    compiled, compile_s = timing.compile(fn, grid, keys[0])
+    tm = timing.timed(lambda: [jax.block_until_ready(compiled(grid, k)) for k in keys],
+                      jit=False, warmup=0, repeats=max(1, repeats) if n_seeds == 1 else 1)
+    results = tm.result
     g = np.stack([np.asarray(r[0]) for r in results])
     h = np.stack([np.asarray(r[1]) for r in results])
-    return (g, h), compile_s, float(np.median(times))
+    return (g, h), compile_s, tm.median_seconds
 
 
 def _landscapes(mdp, policy, grid):
