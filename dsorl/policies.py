@@ -76,6 +76,9 @@ def sigmoid_grid(low: float = -10.0, high: float = 10.0, step: float = 0.5,
     Defaults give 41 x 41 = 1681 points, `w_x` varying slowest; `dtype` None: JAX's default
     float (float64 under x64).
     """
+    _checks.check_positive("step", step)
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ValueError(f"sigmoid_grid needs finite low <= high, got low = {low}, high = {high}.")
     ticks = np.linspace(low, high, int(round((high - low) / step)) + 1)
     wx, wy = np.meshgrid(ticks, ticks, indexing="ij")
     return jnp.asarray(np.stack([wx.ravel(), wy.ravel()], axis=-1), _float(dtype))

@@ -73,3 +73,17 @@ def test_bad_masks_raise():
         policies.tabular_softmax(2, 2, np.array([[True, True], [False, False]]))
     with pytest.raises(ValueError, match="mask must have shape"):
         policies.tabular_softmax(2, 2, np.ones((3, 2), bool))
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(step=0.0), "step"), (dict(step=-0.5), "step"),
+                                             (dict(low=1.0, high=-1.0), "low <= high")])
+def test_sigmoid_grid_refuses_a_bad_grid(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        policies.sigmoid_grid(**kwargs)
+
+
+def test_initial_parameters_follow_the_default_float():
+    """Under x64 the library's own starts are float64, like the MDPs they meet."""
+    assert policies.sigmoid_grid().dtype == jnp.float64
+    assert policies.tabular_softmax(3, 2).init().dtype == jnp.float64
+    assert policies.sigmoid(3).init(jnp.float32).dtype == jnp.float32
