@@ -150,7 +150,8 @@ def _list() -> int:
     print("jobs (dsorl run / dsorl sweep CONFIG):")
     for name, kinds, summary in config_lib.job_summaries():
         print(f"  {name:24s} [{kinds}] {summary}")
-    print("algorithms (run(mdp, params0, hparams, key, *, config), for dsorl.sweep):")
+    print("algorithms (the contract of dsorl.algorithms.base; dsorl.sweep and the sweep_algorithm"
+          " job take them):")
     algorithms = _algorithms()
     for name, summary in algorithms:
         print(f"  {name:24s} {summary}")
@@ -170,7 +171,7 @@ def _algorithms() -> list:
 
     out = []
     for m in sorted(pkgutil.iter_modules(dsorl.algorithms.__path__), key=lambda m: m.name):
-        if m.name.startswith("_"):
+        if m.name.startswith("_") or m.name == "base":  # base: the contract, no algorithm
             continue
         try:
             module = importlib.import_module(f"dsorl.algorithms.{m.name}")
