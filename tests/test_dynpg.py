@@ -439,8 +439,9 @@ def test_trace_records_the_objective_after_each_epoch(kw):
     np.testing.assert_array_equal(state.params0, 0)  # every epoch restarts there
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(estimator="reinforce", max_steps_per_epoch=40,
-                                             schedule="constant")])
+@pytest.mark.parametrize("kw", [dict(), pytest.param(
+    dict(estimator="reinforce", max_steps_per_epoch=40, schedule="constant"),
+    marks=pytest.mark.slow)])  # 15 s; the sampled path's captured case: run_interactions below
 def test_jit_vmap_with_the_problem_captured_or_passed(kw):
     """`validate` reads only concrete host arrays: an MDP captured in a closure under
     jit(vmap) runs (without an action mask, `mdp.allowed` would be a traced array there:

@@ -115,7 +115,8 @@ def test_run_variants_eager_jit_and_vmap_over_equal_size_mdps():
                                        rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("algorithm", ["exact", "sampled", "discounted"])
+@pytest.mark.parametrize("algorithm", ["exact", pytest.param("sampled", marks=pytest.mark.slow),
+                                       "discounted"])
 def test_jit_vmap_with_the_problem_captured_or_passed(algorithm):
     mdp = envs.nbw_env("B1")
     config = CONFIG._replace(n_steps=4, steps_per_outer=2, line_search_episodes=4,
@@ -132,7 +133,8 @@ def test_jit_vmap_with_the_problem_captured_or_passed(algorithm):
     assert captured.shape == (3, 4) and np.all(np.isfinite(np.asarray(captured)))
 
 
-@pytest.mark.parametrize("algorithm", ["exact", "sampled", "discounted"])
+@pytest.mark.parametrize("algorithm", ["exact", "sampled",
+                                       pytest.param("discounted", marks=pytest.mark.slow)])
 def test_float32_problem_stays_float32(algorithm):
     mdp = envs.nbw_env("B1", dtype=jnp.float32)
     config = CONFIG._replace(n_steps=3, line_search_episodes=4, n_episodes=4)
@@ -320,6 +322,7 @@ def test_clipped_score_reproduces_the_authors_b3_error():
     assert abs(err - REFERENCE_BIAS_ERROR["nbw_exact"]["B3"]) <= 0.02, err
 
 
+@pytest.mark.slow  # 15 s: the job end to end; its parts are tested in the default run
 def test_reproduction_job_runs_both_sampled_line_searches():
     from dsorl.jobs import nbw_reproduce
 
