@@ -69,13 +69,6 @@ def chain_rollout(key: Array, chain: Chain, horizon: int, initial_law: Array) ->
     return jnp.append(xs, x_last)
 
 
-def _cumulative(p: Array) -> Array:
-    """Cumulative sums along the last axis, normalised to end at exactly 1 (used by
-    `dsorl.estimators.average_reward.coupled_episodes`)."""
-    c = jnp.cumsum(p, axis=-1)
-    return (c / c[..., -1:]).at[..., -1].set(1)
-
-
 def sample_episode(key: Array, mdp: MDP, policy_at: Callable, length: int, *,
                    initial_state=None, reward_std=None) -> Trajectory:
     """One episode of `length` steps with a possibly time-varying policy.

@@ -370,7 +370,6 @@ def check_grid(algorithm, problem, grid: Grid, *, config, hparams=None, params0=
     algorithm = _as_algorithm(algorithm)
     if not isinstance(hparams, _HParamsOf):
         hparams = _HParamsOf(algorithm, hparams)
-    env = problem
     names = [n for n in grid.names if n not in RESERVED]
     sizes = [grid.sizes[grid.names.index(n)] for n in names]
     if int(np.prod(sizes, dtype=np.int64)) <= _MAX_CHECKED_POINTS:
@@ -378,23 +377,21 @@ def check_grid(algorithm, problem, grid: Grid, *, config, hparams=None, params0=
     else:  # every value of every axis, the others at their first point
         combos = [tuple(j if a == i else 0 for a in range(len(names)))
                   for i, n in enumerate(sizes) for j in range(n)]
-    problems = [env]
+    problems = [problem]
     if "mdp" in grid.axes:  # a stacked MDP axis: validate with every point (or the first 64)
         values = grid.axes["mdp"].values
         problems = [jax.tree_util.tree_map(lambda v: v[i], values)
                     for i in range(min(_axis_size(grid.axes["mdp"]), 64))]
-    p0_points = [params0]
-    if "params0" in grid.axes:
-        values = grid.axes["params0"].values
-        p0_points = [jax.tree_util.tree_map(lambda v: v[i], values)
-                     for i in range(_axis_size(grid.axes["params0"]))]
+    stacked = "params0" in grid.axes
+    starts = grid.axes["params0"].values if stacked else params0
     for problem in problems:
         expected = (None if algorithm.expected_params is None
                     else algorithm.expected_params(problem, config))
-        dtype = base.problem_dtype(problem, p0_points[0])
-        for i, p0 in enumerate(p0_points):
-            label = "params0" if len(p0_points) == 1 else f"params0 axis point {i}"
-            base.check_params0(p0, expected, name=label)
+        # a params0 axis at once (leading axis = points), not a Python loop over its points
+        base.check_params0(starts, expected, stacked=stacked,
+                           name="params0 axis" if stacked else "params0")
+        first = jax.tree_util.tree_map(lambda v: v[0], starts) if stacked else starts
+        dtype = base.problem_dtype(problem, first)
         for combo in combos:
             point = {n: jax.tree_util.tree_map(lambda v: np.asarray(v)[j], grid.axes[n].values)
                      for n, j in zip(names, combo)}

@@ -141,7 +141,7 @@ def test_params0_of_the_wrong_shape_is_refused_naming_it(case):
 def test_params0_of_a_non_numeric_dtype_is_refused(case):
     problem, params0, hparams = _setup(case)
     text = jax.tree_util.tree_map(lambda x: np.full(np.shape(x), "a"), params0)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(TypeError, match="params0.* must be numeric"):
         _run(case, problem, text, hparams)
 
 
@@ -236,3 +236,27 @@ def test_step_size_is_one_name_and_traces_say_grad_norm():
         else:
             names = set(alg.Config._fields)
         assert "n_steps" in names and {"iterations", "max_epochs"}.isdisjoint(names), alg
+
+
+def test_integer_hyperparameters_and_starts_run_in_the_problem_dtype():
+    """`step_size=1` (e.g. from a YAML grid `[1, 2]`) is a number, not an integer step."""
+    case = CASES[0]
+    problem, params0, _ = _setup(case)
+    state, trace = _run(case, problem, np.zeros((S, A), int), {"gamma": 0.9, "step_size": 1})
+    _, reference = _run(case, problem, params0, case.algorithm.HParams(0.9, 1.0))
+    assert state.params.dtype == jnp.float64
+    np.testing.assert_array_equal(trace.objective, reference.objective)
+
+
+def test_a_params0_axis_is_checked_at_once_naming_the_point():
+    case = CASES[0]
+    problem, params0, _ = _setup(case)
+    starts = np.zeros((5, S, A))
+    starts[3, 1, 0] = np.nan
+    grid = sweep.Grid(gamma=[0.9], params0=sweep.axis(starts))
+    with pytest.raises(ValueError, match=r"params0 axis\[3, 1, 0\]"):
+        sweep.check_grid(case.algorithm, problem, grid, config=case.config,
+                         hparams={"step_size": 1.0})
+    with pytest.raises(ValueError, match=r"shape \(4, 2\) per point"):
+        sweep.check_grid(case.algorithm, problem, sweep.Grid(gamma=[0.9], params0=sweep.axis(
+            np.zeros((5, S, A + 1)))), config=case.config, hparams={"step_size": 1.0})

@@ -109,14 +109,13 @@ def problem_dtype(problem, params0=None):
             dtype = getattr(leaf, "dtype", None)
             if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
                 return jnp.dtype(dtype)
-    return jnp.dtype(jnp.asarray(0.0).dtype)
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
 def _cast(x, dtype):
-    if isinstance(x, (bool, np.bool_)) or (hasattr(x, "dtype") and x.dtype == bool):
-        return jnp.asarray(x)
-    if isinstance(x, (int, np.integer)) or (hasattr(x, "dtype")
-                                            and jnp.issubdtype(x.dtype, jnp.integer)):
+    """A float `dtype` array of a number or array (an integer step size is a number too);
+    bools (flags) keep their kind."""
+    if isinstance(x, (bool, np.bool_)) or getattr(x, "dtype", None) == bool:
         return jnp.asarray(x)
     return jnp.asarray(x, dtype)
 
@@ -142,38 +141,41 @@ def make_hparams(hparams_type: type, values) -> NamedTuple:
 
 
 def coerce_hparams(hparams, dtype, hparams_type: Optional[type] = None):
-    """Every float (or Python number) leaf of `hparams` as a `dtype` array; ints and bools
-    keep their kind. `hparams` may be a mapping when `hparams_type` is given."""
+    """Every numeric leaf of `hparams` as a `dtype` array (bools keep their kind). `hparams`
+    may be a mapping when `hparams_type` is given."""
     if hparams_type is not None:
         hparams = make_hparams(hparams_type, hparams)
     return jax.tree_util.tree_map(lambda x: _cast(x, dtype), hparams)
 
 
-def check_params0(params0, expected=None, *, name: str = "params0") -> None:
+def check_params0(params0, expected=None, *, name: str = "params0",
+                  stacked: bool = False) -> None:
     """Concrete `params0`: numeric, finite, and (if `expected`, a pytree of shapes) of the
-    expected structure and shapes. `ValueError`/`TypeError` naming the entry."""
+    expected structure and shapes. `stacked`: every leaf holds a leading axis of starts (a
+    sweep's `params0` axis), checked at once; a bad entry is named with its point index
+    first. `ValueError`/`TypeError` naming the entry."""
     if not _checks.is_concrete(params0):
         return
     leaves, treedef = jax.tree_util.tree_flatten(params0)
     if not leaves:
         raise ValueError(f"{name} is empty: an algorithm needs initial parameters.")
+    where = [name if len(leaves) == 1 else f"{name} leaf {i}" for i in range(len(leaves))]
     if expected is not None:
         shapes, expected_def = jax.tree_util.tree_flatten(
             expected, is_leaf=lambda x: isinstance(x, tuple) and all(
                 isinstance(i, (int, np.integer)) for i in x))
         if treedef != expected_def:
             raise ValueError(f"{name} must have the structure {expected_def}, got {treedef}.")
-        for i, (leaf, shape) in enumerate(zip(leaves, shapes)):
-            if tuple(np.shape(leaf)) != tuple(shape):
-                where = name if len(leaves) == 1 else f"{name} leaf {i}"
-                raise ValueError(f"{where} must have shape {tuple(shape)}, got"
-                                 f" {tuple(np.shape(leaf))}.")
-    for i, leaf in enumerate(leaves):
-        where = name if len(leaves) == 1 else f"{name} leaf {i}"
+        for label, leaf, shape in zip(where, leaves, shapes):
+            got = tuple(np.shape(leaf))[1 if stacked else 0:]
+            if got != tuple(shape):
+                raise ValueError(f"{label} must have shape {tuple(shape)}"
+                                 f"{' per point' if stacked else ''}, got {got}.")
+    for label, leaf in zip(where, leaves):
         x = np.asarray(leaf)
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-            raise TypeError(f"{where} must be numeric, got dtype {x.dtype}.")
-        _checks.check_finite(where, x)
+            raise TypeError(f"{label} must be numeric, got dtype {x.dtype}.")
+        _checks.check_finite(label, x)
 
 
 def nan_like(dtype) -> Array:
@@ -184,6 +186,14 @@ def nan_like(dtype) -> Array:
 def tree_norm(tree) -> Array:
     """Euclidean norm of all leaves of a pytree together (`grad_norm` of every trace)."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _is_key(key) -> bool:
+    """A typed key, or a legacy raw key (`uint32[2]`, `jax.random.PRNGKey`)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and np.shape(key) == (2,)
 
 
 def _steps(config) -> tuple:
@@ -213,19 +223,18 @@ def run(algorithm, problem, params0, hparams, key=None, *, config,
     alg = as_algorithm(algorithm)
     dtype = problem_dtype(problem, params0)
     hparams = coerce_hparams(hparams, dtype, alg.HParams)
-    params0 = jax.tree_util.tree_map(lambda x: _cast(x, dtype), params0)
     n_outer, per = _steps(config)
     expected = None if alg.expected_params is None else alg.expected_params(problem, config)
-    check_params0(params0, expected)
+    check_params0(params0, expected)  # before the cast, which would hide a non-numeric dtype
+    params0 = jax.tree_util.tree_map(lambda x: _cast(x, dtype), params0)
     alg.validate(problem, hparams, config)
     if key is None:
         if alg.uses_key is None or alg.uses_key(config):
             raise ValueError(f"{alg.name} draws random numbers: pass an explicit key"
                              " (jax.random.key(seed)).")
         key = jax.random.key(0)
-    elif not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        if np.shape(key) != (2,) or not jnp.issubdtype(jnp.asarray(key).dtype, jnp.unsignedinteger):
-            raise TypeError(f"key must be a jax.random key (jax.random.key(seed)), got {key!r}.")
+    elif not _is_key(key):
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)), got {key!r}.")
     if keep_params and "params" not in alg.Trace._fields:
         raise TypeError(f"{alg.name}.Trace has no 'params' field: keep_params is unsupported.")
 

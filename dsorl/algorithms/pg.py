@@ -38,7 +38,7 @@ from jax import lax
 
 from dsorl import _checks
 from dsorl.algorithms import base
-from dsorl.episodic import EpisodicMDP, mdp_and_noise, problem_mdp
+from dsorl.episodic import EpisodicMDP, check_reward_std, mdp_and_noise, problem_mdp
 from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
                                         returns_to_go)
 from dsorl.mdp import MDP
@@ -122,9 +122,7 @@ def validate(problem, hparams: HParams, config: Config) -> None:
     mdp = problem_mdp(problem)
     base.check_discount(hparams.gamma)
     base.check_positive("step_size", hparams.step_size)
-    if isinstance(problem, EpisodicMDP):
-        _checks.check_shape("reward_std", problem.reward_std, mdp.R.shape, "[S, A]")
-        base.check_positive("reward_std", problem.reward_std, allow_zero=True)
+    check_reward_std(problem)
     if config.estimator not in ("exact", "reinforce"):
         raise ValueError(f"estimator must be 'exact' or 'reinforce', got {config.estimator!r}.")
     if config.estimator == "reinforce" and config.episode_length < 1:
