@@ -3,8 +3,9 @@
 The one home of the graph questions that validation asks (DESIGN §2): the closed
 (recurrent) classes of a chain, the period of a class, and which states reach a target
 set. Values never matter here, only the support, so every function takes any array whose
-positive entries are the edges. These run in NumPy/SciPy on concrete input only; the
-jittable structural test is `dsorl.markov.is_unichain`.
+positive entries are the edges (or a `dsorl.sparse.SparseTransitions`, whose `support()`
+gives them). These run in NumPy/SciPy on concrete input only; the jittable structural
+test is `dsorl.markov.is_unichain`.
 """
 import numpy as np
 import scipy.sparse
@@ -19,8 +20,8 @@ def closed_classes(P) -> list:
     Strongly connected components of the support graph with no edge leaving them
     (Puterman 1994, §A.2). One class: unichain; several: multichain.
     """
-    src, dst = np.nonzero(np.asarray(P) > 0)
-    graph = scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
+    graph = _support(P)
+    src, dst = graph.nonzero()
     n, labels = scipy.sparse.csgraph.connected_components(graph, directed=True,
                                                           connection="strong")
     leaks = np.zeros(n, bool)
@@ -32,19 +33,24 @@ def period(P, states) -> int:
     """Period of the closed class `states` of `P`: the gcd of `level(u) + 1 - level(v)`
     over its edges `u -> v`, with BFS levels from its first state (1: aperiodic)."""
     states = np.asarray(states)
-    sub = np.asarray(P)[np.ix_(states, states)] > 0
+    sub = _support(P)[states][:, states].tocsr()
+    level = scipy.sparse.csgraph.breadth_first_order(sub, 0, directed=True,
+                                                     return_predecessors=True)
+    order, parent = level
     level = np.full(len(states), -1)
-    level[0], frontier = 0, [0]
-    while frontier:
-        nxt = []
-        for u in frontier:
-            for v in np.flatnonzero(sub[u]):
-                if level[v] < 0:
-                    level[v] = level[u] + 1
-                    nxt.append(v)
-        frontier = nxt
-    src, dst = np.nonzero(sub)
+    level[0] = 0
+    for v in order[1:]:  # BFS order: a parent's level is set before its children's
+        level[v] = level[parent[v]] + 1
+    src, dst = sub.nonzero()
     return int(np.gcd.reduce(np.abs(level[src] + 1 - level[dst])))
+
+
+def _support(P):
+    """The edges `P[s, s'] > 0` as a `[S, S]` CSR matrix (dense array or sparse kernel)."""
+    if hasattr(P, "support"):
+        return P.support()
+    src, dst = np.nonzero(np.asarray(P) > 0)
+    return scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
 
 
 def reaches(P, target) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 from dsorl import _checks
 from dsorl._struct import pytree_dataclass, unchecked
 from dsorl.markov import Chain, bias, discounted_value, gain
+from dsorl.sparse import is_sparse, validate_sparse
 
 __all__ = ["MDP", "validate_mdp", "validate_policy", "induced_chain", "entropy_regularised_chain",
            "reference_measure", "policy_kl", "action_values", "bias_action_values",
@@ -24,6 +25,9 @@ Array = jax.Array
 @pytree_dataclass
 class MDP:
     """A finite MDP: `P[s, a, s']`, expected reward `R[s, a]`, initial law `rho[s]`.
+
+    `P` is a dense `[S, A, S]` array or, for large MDPs, a `dsorl.sparse.SparseTransitions`
+    `[S, A, K]` (K successors a pair); every function of dsorl takes either.
 
     `action_mask[s, a]` (optional, bool) marks the actions available in each state; every
     policy of `dsorl.policies` gives masked actions probability 0, and their rows of `P`
@@ -37,8 +41,13 @@ class MDP:
     action_mask: Optional[Array] = None
 
     def __post_init__(self):
-        dtype = _checks.float_dtype(self.P, self.R, self.rho)
-        P, R, rho = (jnp.asarray(x, dtype) for x in (self.P, self.R, self.rho))
+        if is_sparse(self.P):
+            dtype = _checks.float_dtype(self.P.probs, self.R, self.rho)
+            P = self.P.astype(dtype)
+            R, rho = (jnp.asarray(x, dtype) for x in (self.R, self.rho))
+        else:
+            dtype = _checks.float_dtype(self.P, self.R, self.rho)
+            P, R, rho = (jnp.asarray(x, dtype) for x in (self.P, self.R, self.rho))
         mask = None if self.action_mask is None else jnp.asarray(self.action_mask, bool)
         if _checks.is_concrete(P, R, rho, mask):
             validate_mdp(P, R, rho, mask)
@@ -63,7 +72,12 @@ class MDP:
 
 def validate_mdp(P, R, rho, action_mask=None) -> None:
     """Raise `ValueError` naming the offending state/action unless the arrays form an MDP."""
-    P, R, rho = np.asarray(P), np.asarray(R), np.asarray(rho)
+    sparse = is_sparse(P)
+    if sparse and P.successors.ndim != 3:
+        raise ValueError(f"a sparse MDP kernel must be [S, A, K], got {P.successors.shape}.")
+    if not sparse:
+        P = np.asarray(P)
+    R, rho = np.asarray(R), np.asarray(rho)
     if P.ndim != 3 or P.shape[0] != P.shape[2]:
         raise ValueError(f"P must have shape [S, A, S], got {P.shape}.")
     S, A = P.shape[:2]
@@ -75,10 +89,13 @@ def validate_mdp(P, R, rho, action_mask=None) -> None:
         _checks.check_actions_available(mask)
     else:
         mask = np.ones((S, A), bool)
-    for name, x in (("P", P), ("R", R), ("rho", rho)):
+    for name, x in (("R", R), ("rho", rho)) + ((() if sparse else (("P", P),))):
         _checks.check_finite(name, x)
-    _checks.check_nonnegative("P", np.where(mask[..., None], P, 0))
-    _checks.check_rows_sum_to_one("P", P, mask, what="transition row")
+    if sparse:
+        validate_sparse(P.successors, P.probs, mask, name="P.probs")
+    else:
+        _checks.check_nonnegative("P", np.where(mask[..., None], P, 0))
+        _checks.check_rows_sum_to_one("P", P, mask, what="transition row")
     _checks.check_nonnegative("rho", rho)
     _checks.check_rows_sum_to_one("rho", rho[None], what="initial distribution")
 
@@ -106,6 +123,9 @@ def induced_chain(mdp: MDP, pi: Array) -> Chain:
     Shapes: `pi[S, A]` -> `Chain(P[S, S], r[S])`.
     """
     validate_policy(mdp, pi)
+    if is_sparse(mdp.P):
+        return _unchecked_chain(_masked(mdp, mdp.P).induced(pi),
+                                jnp.sum(pi * _masked(mdp, mdp.R), axis=-1))
     # A broadcast product and a sum over actions, not an einsum: XLA:CPU runs this small-
     # contraction batched matvec as a dot about 2x slower (S = 1000, with or without vmap).
     P = jnp.sum(pi[:, :, None] * _masked(mdp, mdp.P), axis=1)
@@ -170,6 +190,8 @@ def _masked(mdp: MDP, x: Array) -> Array:
     """Zero the entries of masked actions (their rows are ignored, possibly garbage)."""
     if mdp.action_mask is None:
         return x
+    if is_sparse(x):
+        return x.masked(mdp.action_mask)
     mask = mdp.action_mask.reshape(mdp.action_mask.shape + (1,) * (x.ndim - 2))
     return jnp.where(mask, x, 0)
 

@@ -63,6 +63,7 @@ def test_no_import_circle_below_the_package_root():
 
 def test_core_floors_do_not_import_upper_floors():
     core = ("dsorl._checks", "dsorl._struct", "dsorl.graph", "dsorl.mdp", "dsorl.markov",
+            "dsorl.sparse", "dsorl.krylov",
             "dsorl.gamma_sweep", "dsorl.fixed_point", "dsorl.episodic", "dsorl.lmdp")
     upper = ("dsorl.algorithms", "dsorl.estimators", "dsorl.envs", "dsorl.jobs", "dsorl.sweep",
              "dsorl.chain_models", "dsorl.planning", "dsorl.objectives", "dsorl.cli")
