@@ -23,9 +23,15 @@ its grid coordinates and final metrics (per seed, never only aggregates).
 - Resumable: with `out_dir`, each finished chunk is written atomically to
   `out_dir/chunks/`; a rerun skips the members already on disk, and a sweep whose
   description differs from the one on disk is refused (`ValueError` naming what differs).
+  The description is the sweep's content (`_Canonical`): arrays by their bytes, and the
+  swept function by its code and every value it reads (closure cells, defaults, globals,
+  `functools.partial` arguments, algorithm records, the package code it calls), so a
+  function closing over another constant is another sweep. A sweep that reads a value
+  with no fingerprint is never resumed (`overwrite=True` recomputes it).
 """
 import collections
 import dataclasses
+import enum
 import functools
 import hashlib
 import json
@@ -34,6 +40,7 @@ import re
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -48,7 +55,7 @@ __all__ = ["Axis", "axis", "Grid", "Member", "SweepResult", "last_values", "swee
 RESERVED = ("mdp", "params0", "seed")
 MAX_CHUNK_PER_DEVICE = 8192
 MESH_AXIS = "members"
-_FORMAT = 1  # version of the on-disk chunk layout
+_FORMAT = 2  # version of the on-disk layout and of the sweep's description
 
 
 class Axis(NamedTuple):
@@ -210,7 +217,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         default: fit `memory_budget` bytes (see the module docstring).
       out_dir: write chunks as they finish and the final table there; rerunning resumes
         (with several processes: a directory every process sees; process 0 writes).
-      overwrite: discard results of a different sweep found in `out_dir` instead of failing.
+      overwrite: discard results of a different sweep found in `out_dir` (or of a sweep
+        that cannot be fingerprinted, see the module docstring) instead of failing.
       devices: the mesh (default `jax.devices()`, every process's devices).
       progress: a progress bar on stderr per chunk (default: when stderr is a terminal).
       record: a JSON-able description of the sweep (e.g. the CLI's config), stored with the
@@ -247,6 +255,9 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     lead = jax.process_index() == 0
 
     spec = _describe(run, envs, grid, config, hparams, params0, metrics, traces, trace_every, record)
+    # compiled programs are reused only for the same code and closed-over values
+    content = object() if spec["unfingerprinted"] else _digest(
+        [spec[k] for k in ("run", "config", "hparams", "metrics")])
     store = _Store(out_dir, spec, overwrite) if out_dir is not None else None
     done = store.done_members(len(envs) * grid.size) if store else np.zeros(len(envs) * grid.size, bool)
     if multi:  # one truth about what is left, whatever each process sees on disk
@@ -269,7 +280,7 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
             check_grid(algorithm, env, grid, config=config, hparams=hparams, params0=p0,
                        env_name=env_name)
         program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh,
-                           env_name)
+                           env_name, content)
         size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
         program.compiled(size)
         label = "all" if env_name is None else str(env_name)
@@ -459,7 +470,7 @@ class _Program:
     """`program(start, size)`: the outputs of members `start .. start+size-1` (clamped)."""
 
     def __init__(self, run, mdp, params0, grid, config, hparams, metrics, traces, trace_every, mesh,
-                 env_name=None):
+                 env_name=None, content=None):
         self.mesh = mesh
         self.sharded = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -499,8 +510,10 @@ class _Program:
             return out
 
         # programs are cached across sweeps (a rerun or a resumed sweep reuses the
-        # compiled executable): the key holds everything `member` closes over
-        key = (_token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
+        # compiled executable): the key holds everything `member` closes over, `content`
+        # the digest of the code and values `run`, `hparams` and `metrics` read (a global
+        # array changed between two sweeps of one function must not reuse the program)
+        key = (content, _token(run), _token(config), _token(hparams), _token(metrics), _token(traces),
                trace_every, grid.names, sizes, tuple(mesh.devices.flat),
                env_name if callable(hparams) else None, _token(closed))
         if key not in _PROGRAMS:
@@ -566,7 +579,7 @@ def _token(x):
     if isinstance(x, (list, tuple)):
         return (type(x).__qualname__,) + tuple(_token(v) for v in x)
     if isinstance(x, (np.ndarray, jax.Array)):
-        return json.dumps(_canonical(x))
+        return json.dumps(_array_digest(x))
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return (type(x).__qualname__,) + tuple(_token(getattr(x, f.name)) for f in dataclasses.fields(x))
     return object()
@@ -659,54 +672,277 @@ def _assemble(pieces, total) -> dict:
 
 
 def _describe(run, envs, grid, config, hparams, params0, metrics, traces, trace_every, record):
-    """A JSON description of everything that determines the results, and its hash."""
+    """A JSON description of everything that determines the results, and its hash.
+
+    `unfingerprinted` lists the values that have no content fingerprint (see
+    `_Canonical`): such a sweep is never resumed from disk (`_Store` refuses it).
+    """
+    canon = _Canonical()
     spec = {
         "format": _FORMAT,
-        "run": _canonical(run),
-        "config": _canonical(config),
-        "hparams": _canonical(hparams),
-        "params0": _canonical(params0),
-        "metrics": _canonical(metrics),
+        "run": canon(run, "run"),
+        "config": canon(config, "config"),
+        "hparams": canon(hparams, "hparams"),
+        "params0": canon(params0, "params0"),
+        "metrics": canon(metrics, "metrics"),
         "traces": traces if isinstance(traces, bool) else sorted(traces),
         "trace_every": trace_every,
-        "envs": {str(k): _canonical(v) for k, v in envs.items()},
-        "grid": {n: {"values": _canonical(a.values), "labels": _canonical(dict(a.labels))}
+        "envs": {str(k): canon(v, f"mdp {k}" if k is not None else "mdp") for k, v in envs.items()},
+        "grid": {n: {"values": canon(a.values, f"grid axis {n!r}"),
+                     "labels": canon(dict(a.labels), f"grid axis {n!r} labels")}
                  for n, a in grid.axes.items()},
-        "record": _canonical(record),
+        "record": canon(record, "record"),
     }
-    spec["fingerprint"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    spec["unfingerprinted"] = sorted(set(canon.problems))
+    spec["fingerprint"] = _digest(spec)
     return spec
 
 
-def _canonical(x):
-    """A JSON-able stand-in for `x`: arrays by shape, dtype and hash; functions by name."""
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, Mapping):
-        return {str(k): _canonical(v) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return {"type": type(x).__qualname__, **{f: _canonical(getattr(x, f)) for f in x._fields}}
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {"type": type(x).__qualname__,
-                **{f.name: _canonical(getattr(x, f.name)) for f in dataclasses.fields(x)}}
-    if isinstance(x, (list, tuple)):
-        return [_canonical(v) for v in x]
-    if isinstance(x, (np.ndarray, jax.Array)) or hasattr(x, "__array__"):
-        a = np.asarray(x)
-        return {"shape": list(a.shape), "dtype": str(a.dtype),
-                "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]}
-    if isinstance(x, functools.partial):
-        return {"partial": _canonical(x.func), "args": _canonical(list(x.args)),
-                "keywords": _canonical(x.keywords)}
-    if callable(x):
-        name = f"{getattr(x, '__module__', '?')}.{getattr(x, '__qualname__', type(x).__qualname__)}"
-        return {"callable": name}
-    leaves, treedef = jax.tree_util.tree_flatten(x)
-    if leaves and treedef.num_nodes > 1:  # a registered pytree (e.g. an MDP)
-        return {"pytree": type(x).__qualname__, "leaves": [_canonical(v) for v in leaves]}
-    return re.sub(r" at 0x[0-9a-f]+", "", repr(x))
+def _digest(x) -> str:
+    return hashlib.sha256(json.dumps(x, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def _array_digest(x) -> dict:
+    """Shape, dtype and SHA-256 of an array's bytes (a typed PRNG key by its key data)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return {"key": str(x.dtype), **_array_digest(jax.random.key_data(x))}
+    a = np.asarray(x)
+    return {"shape": list(a.shape), "dtype": str(a.dtype),
+            "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]}
+
+
+_IMPORTED_LIBRARY_DIRS = None
+
+
+def _is_library(module_name: Optional[str]) -> bool:
+    """Whether `module_name` belongs to an installed library (the standard library or a
+    package under site-packages) other than dsorl: its code is identified by name and
+    version, not read."""
+    global _IMPORTED_LIBRARY_DIRS
+    top = (module_name or "builtins").split(".")[0]
+    if top == "dsorl":
+        return False
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return True
+    module = sys.modules.get(top)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return module is not None  # a namespace or extension package without a file
+    if _IMPORTED_LIBRARY_DIRS is None:
+        import site
+        import sysconfig
+
+        dirs = set(site.getsitepackages()) | {site.getusersitepackages()}
+        dirs |= {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+        _IMPORTED_LIBRARY_DIRS = tuple(Path(d).resolve() for d in dirs)
+    path = Path(file).resolve()
+    return any(path.is_relative_to(d) for d in _IMPORTED_LIBRARY_DIRS)
+
+
+def _library_name(x) -> dict:
+    module = getattr(x, "__module__", None) or type(x).__module__
+    top = sys.modules.get((module or "builtins").split(".")[0])
+    name = getattr(x, "__qualname__", None) or getattr(x, "__name__", None) or type(x).__qualname__
+    return {"library": f"{module}.{name}", "version": str(getattr(top, "__version__", ""))}
+
+
+class _Canonical:
+    """JSON-able stand-ins, by content, for the values that determine a sweep's results.
+
+    Data: numbers and strings as themselves; arrays by shape, dtype and SHA-256 of their
+    bytes; mappings, sequences, NamedTuples, dataclasses, registered pytrees and other
+    objects by their parts or attributes. Code: a function by its bytecode and constants
+    (nested functions included), its defaults, the values its closure cells hold, and the
+    globals it reads (`module.attribute` chains followed, function-level imports
+    included), each in turn by content; `functools.partial` by its function and
+    arguments; a class by its attributes. A function, class or module of an installed
+    library other than dsorl (`_is_library`) by its name and the library's version.
+
+    A value with no such stand-in (no attributes, not a pytree) is named in `problems`
+    (`where` says how it was reached) and described by its type only.
+    """
+
+    def __init__(self):
+        self.problems = []
+        self._memo = {}  # id -> stand-in of functions, classes and modules (shared, cyclic)
+        self._keep = []  # the memo's objects stay alive: their ids stay theirs
+        self._active = set()  # ids being described (a cycle is described by its type)
+
+    def __call__(self, x, where):
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if isinstance(x, (complex, bytes)):
+            return repr(x)
+        if isinstance(x, np.dtype):
+            return {"dtype": str(x)}
+        if isinstance(x, np.generic):
+            return {"dtype": str(x.dtype), "value": x.item()} if x.dtype != object else repr(x)
+        if isinstance(x, (np.ndarray, jax.Array)):
+            return _array_digest(x)
+        if isinstance(x, (types.FunctionType, type, types.ModuleType)):
+            return self._shared(x, where)
+        if id(x) in self._active:
+            return {"cycle": type(x).__qualname__}
+        self._active.add(id(x))
+        try:
+            return self._compound(x, where)
+        finally:
+            self._active.discard(id(x))
+
+    def _compound(self, x, where):
+        if isinstance(x, Mapping):
+            return {"mapping": type(x).__qualname__,
+                    "items": {str(k): self(v, f"{where}[{k!r}]") for k, v in x.items()}}
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return {"type": self(type(x), where),
+                    **{f: self(getattr(x, f), f"{where}.{f}") for f in x._fields}}
+        if dataclasses.is_dataclass(x):
+            return {"type": self(type(x), where),
+                    **{f.name: self(getattr(x, f.name), f"{where}.{f.name}")
+                       for f in dataclasses.fields(x)}}
+        if isinstance(x, (list, tuple, set, frozenset)):
+            items = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
+            return [type(x).__qualname__] + [self(v, f"{where}[{i}]") for i, v in enumerate(items)]
+        if isinstance(x, functools.partial):
+            return {"partial": self(x.func, f"{where}.func"), "args": self(x.args, f"{where}.args"),
+                    "keywords": self(x.keywords, f"{where}.keywords")}
+        if isinstance(x, types.MethodType):
+            return {"method": self(x.__func__, where), "self": self(x.__self__, f"{where}.__self__")}
+        if isinstance(x, enum.Enum):
+            return {"enum": self(type(x), where), "name": x.name}
+        if hasattr(x, "__array__") and not callable(x):
+            return _array_digest(x)
+        if callable(x) and hasattr(x, "__name__") and _is_library(
+                getattr(x, "__module__", None) or type(x).__module__):
+            return _library_name(x)  # a library's builtin, ufunc, dispatcher or jitted function
+        if hasattr(x, "__wrapped__"):  # jax.jit, functools.wraps: the function it wraps
+            return {"wrapper": _library_name(type(x)) if _is_library(type(x).__module__)
+                    else self(type(x), where), "wraps": self(x.__wrapped__, f"{where}.__wrapped__")}
+        leaves, treedef = jax.tree_util.tree_flatten(x)
+        if treedef.num_nodes > 1 or (leaves and leaves[0] is not x):  # a registered pytree
+            return {"pytree": re.sub(r" at 0x[0-9a-f]+", "", str(treedef)),
+                    "leaves": [self(v, f"{where} leaf {i}") for i, v in enumerate(leaves)]}
+        attributes = _attributes(x)
+        if attributes is None:
+            self.problems.append(f"{where} (a {type(x).__module__}.{type(x).__qualname__})")
+            return {"unfingerprinted": f"{type(x).__module__}.{type(x).__qualname__}"}
+        return {"object": self(type(x), where),
+                "attributes": {k: self(v, f"{where}.{k}") for k, v in attributes.items()}}
+
+    def _shared(self, x, where):
+        """Functions, classes and modules: described once per sweep, by a digest."""
+        if id(x) in self._memo:
+            return self._memo[id(x)]
+        module = x.__name__ if isinstance(x, types.ModuleType) else x.__module__
+        if _is_library(module):
+            out = _library_name(x) if not isinstance(x, types.ModuleType) else {
+                "library": x.__name__, "version": _library_name(x)["version"]}
+            if isinstance(x, types.FunctionType) and (x.__closure__ or x.__defaults__
+                                                      or x.__kwdefaults__):
+                # a library's closure (e.g. an optax optimiser's update) holds the user's
+                # values (its learning rate): those are content, its code is the version
+                content = self._function(x, f"{where} ({module}.{x.__qualname__})", code=False)
+                return {**out, "sha256": _digest(content)}
+            self._memo[id(x)], _ = out, self._keep.append(x)
+            return out
+        name = getattr(x, "__qualname__", x.__name__)
+        kind = ("function" if isinstance(x, types.FunctionType) else
+                "class" if isinstance(x, type) else "module")
+        # a placeholder first: a recursive function or a class naming itself ends here
+        self._memo[id(x)] = {kind: f"{module}.{name}" if kind != "module" else name}
+        self._keep.append(x)
+        if kind == "function":
+            content = self._function(x, f"{where} ({module}.{name})")
+        elif kind == "class":
+            content = self._class(x, f"{where} ({module}.{name})")
+        else:  # a module used as a value: its source
+            file = getattr(x, "__file__", None)
+            content = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
+        out = {kind: self._memo[id(x)][kind], "sha256": _digest(content)}
+        self._memo[id(x)] = out
+        return out
+
+    def _function(self, fn, where, code=True):
+        cells = []
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                cells.append(self(cell.cell_contents, f"{where} closure {name!r}"))
+            except ValueError:  # an empty cell: a name assigned after the function was made
+                cells.append({"empty cell": name})
+        values = {"defaults": self(fn.__defaults__, f"{where} defaults"),
+                  "kwdefaults": self(fn.__kwdefaults__, f"{where} defaults"), "closure": cells}
+        if not code:
+            return values
+        return {"code": self._code(fn.__code__), **values,
+                "globals": {path: self(value, f"{where} global {path!r}")
+                            for path, value in sorted(_globals_read(fn).items())}}
+
+    def _code(self, code):
+        consts = [self._code(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+        return {"bytecode": hashlib.sha256(code.co_code).hexdigest(), "consts": consts,
+                "names": list(code.co_names)}
+
+    def _class(self, cls, where):
+        own = {}
+        for k, v in vars(cls).items():
+            if k in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
+                continue
+            if isinstance(v, (staticmethod, classmethod)):
+                v = v.__func__
+            elif isinstance(v, property):
+                v = (v.fget, v.fset, v.fdel)
+            elif not isinstance(v, (types.FunctionType, type, int, float, str, bytes, tuple,
+                                    frozenset, Mapping, type(None))):
+                continue  # slot and field descriptors: machinery the class statement made
+            own[k] = self(v, f"{where}.{k}")
+        return {"bases": [self(b, where) for b in cls.__bases__ if b is not object], "own": own}
+
+
+def _attributes(x) -> Optional[dict]:
+    """An object's attributes (`__dict__` and `__slots__`), or None when it has neither."""
+    out = dict(vars(x)) if hasattr(x, "__dict__") else {}
+    for cls in type(x).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if isinstance(slot, str) and slot not in ("__dict__", "__weakref__") and hasattr(x, slot):
+                out[slot] = getattr(x, slot)
+    return out if out or hasattr(x, "__dict__") else None
+
+
+def _globals_read(fn) -> dict:
+    """`{dotted path: value}` of the globals `fn` (and the functions nested in it) reads:
+    `LOAD_GLOBAL m` followed by `LOAD_ATTR a` while `m` is a module gives `m.a`; a
+    function-level `from m import a` gives `m.a`, `import m` the module `m`."""
+    import builtins
+    import dis
+
+    out = {}
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        path, value, imported = None, None, None
+        for ins in dis.get_instructions(code):
+            if path is not None and ins.opname in ("LOAD_ATTR", "LOAD_METHOD") \
+                    and isinstance(value, types.ModuleType) and hasattr(value, ins.argval):
+                path, value = f"{path}.{ins.argval}", getattr(value, ins.argval)
+                continue
+            if path is not None:
+                out[path] = value
+                path = None
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in fn.__globals__:
+                path, value = ins.argval, fn.__globals__[ins.argval]
+            elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and not hasattr(builtins, ins.argval):
+                out[ins.argval] = {"undefined global": ins.argval}
+            elif ins.opname == "IMPORT_NAME" and ins.argval in sys.modules:
+                imported = ins.argval
+                out[imported] = sys.modules[imported]
+            elif ins.opname == "IMPORT_FROM" and imported in sys.modules:
+                module = sys.modules[imported]
+                if hasattr(module, ins.argval):
+                    out[f"{imported}.{ins.argval}"] = getattr(module, ins.argval)
+        if path is not None:
+            out[path] = value
+    return out
 
 
 def _differences(a, b, prefix="") -> list:
@@ -730,14 +966,27 @@ class _Store:
         path = self.dir / "sweep.json"
         if path.exists():
             old = json.loads(path.read_text())
-            if old.get("fingerprint") != spec["fingerprint"]:
+            if spec["unfingerprinted"] and not overwrite:
+                raise ValueError(
+                    f"{self.dir} holds results of a sweep, and this sweep cannot be told apart"
+                    " from another: it depends on values with no content fingerprint ("
+                    + "; ".join(spec["unfingerprinted"]) + "), so those results may not be"
+                    " its own. Use another output directory, or overwrite (--overwrite,"
+                    " overwrite=True) to discard them and recompute; arrays, numbers,"
+                    " dataclasses, NamedTuples, pytrees and objects with attributes are"
+                    " fingerprinted.")
+            if old.get("fingerprint") != spec["fingerprint"] or spec["unfingerprinted"]:
                 if not overwrite:
-                    what = sorted({".".join(d.split(".")[:2]) for d in _differences(old, spec)
-                                   if d != "fingerprint"})
+                    what = sorted({".".join(p for p in d.split(".")[:2] if p != "sha256")
+                                   for d in _differences(old, spec) if d != "fingerprint"})
+                    code = [w for w in what if w.split(".")[0] in ("run", "hparams", "metrics")]
                     raise ValueError(
                         f"{self.dir} holds results of a different sweep (differs in: "
-                        f"{', '.join(what) or 'its description'}); use another output"
-                        " directory, or overwrite (--overwrite, overwrite=True) to discard them.")
+                        f"{', '.join(what) or 'its description'}"
+                        + (f"; {', '.join(code)}: the code or a value it reads (closure,"
+                           " defaults, globals)" if code else "")
+                        + "); use another output directory, or overwrite (--overwrite,"
+                        " overwrite=True) to discard them.")
                 self._clear()
 
     def _clear(self):
