@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dsorl import progress as progress_lib
+
 __all__ = ["Axis", "axis", "Grid", "Member", "SweepResult", "last_values", "sweep", "check_grid",
            "grid_columns", "load", "RESERVED"]
 
@@ -92,6 +94,18 @@ def axis(values, **labels) -> Axis:
     return Axis(values, cols)
 
 
+def _refuse_nan(values, what) -> None:
+    """NaN is no value of a scalar axis (inf may be one, e.g. PCO's clip): `ValueError`
+    naming it. Pytree axes (`params0`, `mdp`) are checked by the algorithm (`check_grid`)."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.inexact):
+        bad = np.argwhere(np.isnan(values))
+        if len(bad):
+            where = ", ".join(map(str, bad[0]))
+            raise ValueError(f"{what} holds NaN (point {where}: {values.tolist()});"
+                             " a grid value must be a number.")
+
+
 class Grid:
     """The product of named axes, flattened in C order (the first axis varies slowest).
 
@@ -113,6 +127,7 @@ class Grid:
                     raise ValueError(f"grid axis {name!r} must hold numbers, got {vals.dtype}.")
                 if name == "seed" and not np.issubdtype(vals.dtype, np.integer):
                     raise ValueError(f"grid axis 'seed' must hold integers, got {vals.tolist()}.")
+                _refuse_nan(vals, f"grid axis {name!r}")
                 ax = Axis(vals, {name: vals})
             elif not ax.labels:
                 n = _axis_size(ax)
@@ -220,7 +235,8 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
       overwrite: discard results of a different sweep found in `out_dir` (or of a sweep
         that cannot be fingerprinted, see the module docstring) instead of failing.
       devices: the mesh (default `jax.devices()`, every process's devices).
-      progress: a progress bar on stderr per chunk (default: when stderr is a terminal).
+      progress: show compile lines and a progress bar per chunk on stderr (default: see
+        `dsorl.progress`: when asked by `DSORL_PROGRESS` or stderr is a terminal).
       record: a JSON-able description of the sweep (e.g. the CLI's config), stored with the
         results and part of the resume check.
     Returns:
@@ -232,6 +248,15 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     if algorithm is not None:
         hparams = _HParamsOf(algorithm, hparams)
         run = _AlgorithmRun(algorithm)
+    elif not callable(run):
+        from dsorl.algorithms import base
+
+        records = [n for n, v in vars(run).items() if isinstance(v, base.Algorithm)] \
+            if isinstance(run, types.ModuleType) else []
+        raise ValueError(f"run must be an algorithm or a function run(mdp, params0, hparams, key,"
+                         f" *, config); got {getattr(run, '__name__', type(run).__name__)}"
+                         + (f", a module of several algorithms: pass one of its records"
+                            f" ({', '.join(records)})" if records else "") + ".")
     if "params0" not in grid.axes and params0 is None:
         raise ValueError("give initial parameters: a 'params0' grid axis or params0=...")
     if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 1:
@@ -254,6 +279,10 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
     multi = jax.process_count() > 1
     lead = jax.process_index() == 0
 
+    if algorithm is not None:  # every grid value checked before anything is written
+        for env_name, env in envs.items():
+            check_grid(algorithm, env, grid, config=config, hparams=hparams,
+                       params0=params0(env) if callable(params0) else params0, env_name=env_name)
     spec = _describe(run, envs, grid, config, hparams, params0, metrics, traces, trace_every, record)
     # compiled programs are reused only for the same code and closed-over values
     content = object() if spec["unfingerprinted"] else _digest(
@@ -276,11 +305,9 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         if not todo.any():
             continue  # everything on disk: nothing to compile
         p0 = params0(env) if callable(params0) else params0
-        if algorithm is not None:
-            check_grid(algorithm, env, grid, config=config, hparams=hparams, params0=p0,
-                       env_name=env_name)
         program = _Program(run, env, p0, grid, config, hparams, metrics, traces, trace_every, mesh,
                            env_name, content)
+        program.shown = progress if lead else False  # compile lines, like the bar below
         size = _chunk_size(program, chunk_size, memory_budget, grid.size, len(devices))
         program.compiled(size)
         label = "all" if env_name is None else str(env_name)
@@ -289,12 +316,11 @@ def sweep(run: Callable, mdp, grid: Grid, *, config=None, hparams=None, params0=
         pending = [s for s in range(0, grid.size, size) if todo[s:s + size].any()]
         stats["chunks"] += len(pending)
         plans.append((offset, todo, program, size, pending))
-    bar = _Progress(int((~done).sum()), enabled=lead and (sys.stderr.isatty() if progress is None
-                                                          else progress))
-    start_time = time.perf_counter()
-    pieces = _execute(plans, grid.size, store if lead else None, store is None, multi, bar)
-    run_seconds = time.perf_counter() - start_time
-    bar.close()
+    with progress_lib.task("sweep", int((~done).sum()), unit="members",
+                           progress=progress if lead else False) as bar:
+        start_time = time.perf_counter()
+        pieces = _execute(plans, grid.size, store if lead else None, store is None, multi, bar)
+        run_seconds = time.perf_counter() - start_time
     if multi:
         from jax.experimental import multihost_utils
 
@@ -436,7 +462,7 @@ def _execute(plans, grid_size, store, keep, multi, bar) -> list:
                     store.write_chunk(offset + a, offset + b, piece)
                 if keep:
                     pieces.append((offset + a, offset + b, piece))
-                bar.update(int(todo[a:b].sum()))
+                bar.advance(int(todo[a:b].sum()))
             in_flight = launched
     return pieces
 
@@ -535,6 +561,8 @@ class _Program:
             return jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])
         return jax.tree_util.tree_map(put, tree)
 
+    shown: Optional[bool] = None  # the sweep's `progress` (compile lines)
+
     def compiled(self, size):
         key = (size, self._signature)
         if key not in self._compiled:
@@ -545,7 +573,8 @@ class _Program:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"the algorithm cannot be batched over this grid: {err}") from err
             _check_names(lowered.out_info, self.columns)
-            self._compiled[key] = lowered.compile()
+            with progress_lib.compiling(f"sweep program ({size} members per call)", self.shown):
+                self._compiled[key] = lowered.compile()
             self.compile_seconds += time.perf_counter() - t0
         return self._compiled[key]
 
@@ -1039,38 +1068,3 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)
-
-
-# ---------------------------------------------------------------------------------------
-# Progress
-
-
-class _Progress:
-    """A one-line progress bar on stderr, redrawn after each chunk."""
-
-    def __init__(self, total: int, enabled: bool, stream=None, width: int = 24):
-        self.total, self.enabled, self.width = total, enabled and total > 0, width
-        self.stream = stream or sys.stderr
-        self.done, self.t0 = 0, time.perf_counter()
-        if self.enabled:
-            self._draw()
-
-    def update(self, n: int):
-        self.done += n
-        if self.enabled:
-            self._draw()
-
-    def _draw(self):
-        frac = self.done / self.total
-        fill = int(round(frac * self.width))
-        elapsed = time.perf_counter() - self.t0
-        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
-        eta = f"{(self.total - self.done) / rate:6.0f}s" if rate else "     ?s"
-        self.stream.write(f"\rsweep [{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}%"
-                          f" {self.done}/{self.total} members {rate:9.3g}/s eta {eta}")
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -4,7 +4,6 @@ runs, pytree axes, several MDPs, chunking and padding, resuming, and every docum
 The swept algorithm is the exact softmax PG of `test_sweep_toy` (checked there against a
 NumPy return and central differences). Shapes are fixed so most sweeps share one compile.
 """
-import io
 import json
 
 import jax
@@ -176,19 +175,20 @@ def test_chunk_size_from_the_memory_budget(capsys):
     tight = sw.sweep(run, MDP, GRID, config=CONFIG, params0=THETA0, memory_budget=100)
     assert tight.meta["chunk_size"] == {"all": 1} and tight.meta["chunks"] == 12
     np.testing.assert_allclose(tight.table["objective"], roomy.table["objective"], rtol=1e-13)
-    err = capsys.readouterr().err
-    assert "sweep [" in err and "100.0% 12/12 members" in err
+    assert "dsorl: sweep: 12/12 members" in capsys.readouterr().err  # the roomy one asked
 
 
-def test_progress_bar_redraws_per_chunk():
-    stream = io.StringIO()
-    bar = sw._Progress(10, enabled=True, stream=stream)
-    bar.update(4)
-    bar.update(6)
-    bar.close()
-    frames = stream.getvalue().split("\r")[1:]
-    assert [f.split("%")[0].split()[-1] for f in frames] == ["0.0", "40.0", "100.0"]
-    assert "10/10 members" in frames[-1] and stream.getvalue().endswith("\n")
+def test_progress_is_reported_per_chunk(monkeypatch, capsys):
+    from dsorl import progress
+
+    monkeypatch.setattr(progress, "STEP_LOG_SECONDS", 0.0)  # every step, not every 10 s
+    sw.sweep(run, MDP, GRID, config=CONFIG, params0=THETA0, chunk_size=5, progress=True)
+    steps = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()
+             if line.startswith("dsorl: sweep: ") and "elapsed" in line]
+    assert steps == ["dsorl: sweep: 5/12 members", "dsorl: sweep: 10/12 members",
+                     "dsorl: sweep: 12/12 members"]
+    sw.sweep(run, MDP, GRID, config=CONFIG, params0=THETA0, chunk_size=5, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_results_to_pandas_and_rows(chunked):
@@ -264,3 +264,56 @@ def test_bad_grids_raise_clear_errors(axes, message):
 def test_bad_axes_raise_clear_errors(values, labels, message):
     with pytest.raises(ValueError, match=message):
         sw.axis(values, **labels)
+
+
+# ---------------------------------------------------------------------------------------
+# Every grid value checked on the host before compiling (issue 17, "unchecked grid values")
+
+
+def _pg_sweep(grid, out_dir=None, **kwargs):
+    from dsorl.algorithms import pg
+
+    return sw.sweep(pg, MDP, grid, config=pg.Config(n_steps=3), out_dir=out_dir, **kwargs)
+
+
+@pytest.mark.parametrize("grid, message", [
+    (dict(gamma=[0.5, 1.5], step_size=[1.0]), r"grid point gamma=1\.5, step_size=1\.0: .*"
+                                              r"gamma = 1\.5 must lie in \[0, 1\)"),
+    (dict(gamma=[0.5], step_size=[1.0, 0.0]), r"grid point gamma=0\.5, step_size=0\.0"),
+    (dict(gamma=[-0.5], step_size=[1.0]), r"grid point gamma=-0\.5"),
+])
+def test_an_algorithm_sweep_from_python_checks_every_grid_point(tmp_path, grid, message):
+    with pytest.raises(ValueError, match=message):
+        _pg_sweep(sw.Grid(**grid), out_dir=tmp_path / "out", params0=THETA0)
+    assert not (tmp_path / "out").exists()  # nothing written, nothing compiled
+
+
+def test_nan_in_a_params0_axis_is_named():
+    starts = np.zeros((3, 5, 3))
+    starts[1, 4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"params0 axis\[1, 4, 2\] = nan is not finite"):
+        _pg_sweep(sw.Grid(gamma=[0.5], step_size=[1.0], params0=sw.axis(starts)))
+
+
+def test_nan_in_a_scalar_axis_is_named():
+    with pytest.raises(ValueError, match=r"grid axis 'gamma' holds NaN \(point 1: \[0\.5, nan\]\)"):
+        sw.Grid(gamma=[0.5, np.nan])
+    assert sw.Grid(clip=[np.inf]).size == 1  # inf may be a value (PCO's clip: none)
+
+
+def test_an_nbw_sweep_of_a_multichain_mdp_is_refused():
+    from dsorl.algorithms import nbw
+    from dsorl.policies import sigmoid
+
+    # two absorbing states reached by different actions: two closed recurrent classes
+    P = np.zeros((3, 2, 3))
+    P[0, 0, 1] = P[0, 1, 2] = 1.0
+    P[1, :, 1] = P[2, :, 2] = 1.0
+    mdp = dsorl.MDP(P, np.ones((3, 2)), np.array([1.0, 0, 0]))
+    grid = sw.Grid(params0=sw.axis(np.zeros((2, 2))))
+    config = nbw.Config(n_steps=2, policy=sigmoid(3))
+    with pytest.raises(ValueError, match=r"multichain: a policy using every action has 2 closed"):
+        sw.sweep(nbw.EXACT, mdp, grid, config=config)
+    with pytest.raises(ValueError, match=r"a module of several algorithms: pass one of its"
+                                         r" records \(EXACT, SAMPLED, DISCOUNTED\)"):
+        sw.sweep(nbw, mdp, grid, config=config)
