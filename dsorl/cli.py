@@ -25,11 +25,12 @@ def main(argv=None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value (dotted keys for nesting)")
         p.add_argument("--output-dir", help="where to write results (default: the config's)")
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile lines and progress bars on stderr (default: when stderr"
+                            " is a terminal, or DSORL_PROGRESS=1)")
     sweep_p = sub.choices["sweep"]
     sweep_p.add_argument("--overwrite", action="store_true",
                          help="discard results of a different sweep in the output directory")
-    sweep_p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                         help="progress bar on stderr (default: when stderr is a terminal)")
     sweep_p.add_argument("--coordinator", metavar="HOST:PORT",
                          help="jax.distributed coordinator address (several processes)")
     sweep_p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
                         help="metric to plot (repeatable; default: all)")
     sub.add_parser("list", help="list jobs, algorithms and environments")
     args = parser.parse_args(argv)
+    from dsorl import progress
+
+    progress.configure(getattr(args, "progress", None))  # for this command only
     try:
         if args.command == "run":
             return _run(args)
@@ -52,6 +56,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"dsorl: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        progress.configure(None)
 
 
 def _run(args) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 
+from dsorl import progress
+
 __all__ = ["Timing", "compile", "timed", "compare", "blas_info"]
 
 
@@ -44,23 +46,32 @@ class Timing(NamedTuple):
         return len(self.samples)
 
 
-def compile(fn: Callable, *args, clock: Callable[[], float] = time.perf_counter):
-    """`(compiled, seconds)`: `jax.jit(fn).lower(*args).compile()` and the time it took."""
-    start = clock()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, clock() - start
+def compile(fn: Callable, *args, clock: Callable[[], float] = time.perf_counter,
+            what: Optional[str] = None):
+    """`(compiled, seconds)`: `jax.jit(fn).lower(*args).compile()` and the time it took,
+    announced by `dsorl.progress.compiling` (as `what`, default the function's name)."""
+    with progress.compiling(what or _name(fn)):
+        start = clock()
+        compiled = jax.jit(fn).lower(*args).compile()
+        seconds = clock() - start
+    return compiled, seconds
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def timed(fn: Callable, *args, repeats: int = 3, warmup: int = 1, jit: bool = True,
           min_sample_seconds: float = 0.0, max_seconds: float = math.inf,
           own_seconds: Optional[Callable[[Any], float]] = None,
           clock: Callable[[], float] = time.perf_counter,
-          cpu_clock: Callable[[], float] = time.process_time) -> Timing:
+          cpu_clock: Callable[[], float] = time.process_time, what: Optional[str] = None) -> Timing:
     """Time `fn(*args)`: compile apart (`jit=True`: `jax.jit(fn)` lowered and compiled
-    for `args`; `jit=False`: `fn` is called as it is, e.g. NumPy, and `compile_seconds` is
-    0), `warmup` untimed calls, then `repeats` samples (at least one); see `compare`."""
+    for `args`, announced as `what`; `jit=False`: `fn` is called as it is, e.g. NumPy, and
+    `compile_seconds` is 0), `warmup` untimed calls, then `repeats` samples (at least one);
+    see `compare`."""
     if jit:
-        call_fn, compile_seconds = compile(fn, *args, clock=clock)
+        call_fn, compile_seconds = compile(fn, *args, clock=clock, what=what)
     else:
         call_fn, compile_seconds = fn, 0.0
     out = compare({"fn": lambda: call_fn(*args)}, repeats=max(1, repeats), warmup=warmup,

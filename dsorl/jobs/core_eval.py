@@ -34,13 +34,23 @@ reported apart), warmed up, then timed as the median of `repeats` samples taken
 round-robin over the competitors, a sample being as many calls as fill `min_sample_s`
 (at most `max_case_s` per case after 3 rounds). The machine is shared: run under `nice`,
 compare ratios within one run.
+
+Table `core_eval`, one row per case: quantity, mode, batch (single/policy/gamma), S, B;
+jax_ms, numpy_loop_ms (loop_coding: the faster coding, solve or lu), numpy_stacked_ms;
+speedup_vs_loop, speedup_vs_stacked; compile_s; sweep_path (the γ-sweep path was taken);
+jax_lu_gflops, numpy_lu_gflops (LU rate; NaN where a case is not one LU per chain);
+goal (text), goal_met (bool); samples. Table `value_iteration`: S, A, gamma, sweeps,
+dsorl_ms, pymdptoolbox_ms, speedup, compile_s, rel_error_at_sweeps,
+toolbox_own_rule_sweeps, toolbox_own_rule_rel_error. Table `gamma_sweep`: table (factor,
+value, value_grad, threshold), S, B, sweep_ms, lu_per_gamma_ms, speedup, sweep_compile_s,
+lu_compile_s. Figure (`figures`): speed-ups against S for each quantity and mode.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import dsorl
-from dsorl import gamma_sweep, timing
+from dsorl import gamma_sweep, progress, timing
 from dsorl.jobs import _baselines as base
 
 __all__ = ["DEFAULTS", "PARTS", "GOAL_SMALL", "GOAL_LARGE", "run", "random_mdp", "batch_inputs",
@@ -73,7 +83,7 @@ GOAL_SMALL = "S<=100: >=5x NumPy loop and >=1x NumPy stacked"
 GOAL_LARGE = "S>100: time <= 1.5x NumPy's best (LAPACK rate)"
 
 
-def run(config: dict, log=print) -> dict:
+def run(config: dict, log=progress.note) -> dict:
     """Tables `core_eval`, `value_iteration`, `gamma_sweep` (those in `parts`); `extra`:
     the BLAS libraries (after the `blas_threads` cap), the goals and the skipped cases."""
     unknown = set(config["parts"]) - set(PARTS)
@@ -174,7 +184,8 @@ def run_main(cfg, rng, log):
     rows, skipped = [], []
     A = cfg["actions"]
     mdps = {}
-    for S, B, quantity, mode, kind in main_cases(cfg):
+    for S, B, quantity, mode, kind in progress.track(list(main_cases(cfg)), "core_eval main",
+                                                     unit="cases"):
         case = dict(quantity=quantity, mode=mode, batch=kind, S=S, B=B)
         if B * S * S * 8 > cfg["max_batch_bytes"]:
             skipped.append({**case, "reason": f"B*S*S*8 bytes = {B * S * S * 8:.2e} >"
@@ -187,7 +198,7 @@ def run_main(cfg, rng, log):
         theta, gamma = batch_inputs(rng, kind, S, A, B, cfg)
         fn = jax_case(quantity, mode, kind, S, A)
         args = (mdp, jnp.asarray(theta), jnp.asarray(gamma))
-        compiled, compile_s = timing.compile(fn, *args)
+        compiled, compile_s = timing.compile(fn, *args, what=f"{quantity} {mode} {kind} S={S} B={B}")
         sweep_path = kind == "gamma" and "hessenberg" in str(jax.make_jaxpr(fn)(*args))
         expected = np.asarray(compiled(*args))
         solvers = [base.NumpySolve] + ([base.ScipyLU] if systems(quantity, mode) > 1 else [])
@@ -218,8 +229,8 @@ def run_main(cfg, rng, log):
                "loop_coding": codings["loop"], "numpy_stacked_ms": 1e3 * stacked_s,
                "speedup_vs_loop": loop_s / jax_s, "speedup_vs_stacked": stacked_s / jax_s,
                "compile_s": compile_s, "sweep_path": sweep_path,
-               "jax_lu_gflops": lu_flops / jax_s / 1e9 if lu_flops and not sweep_path else None,
-               "numpy_lu_gflops": lu_flops / min(loop_s, stacked_s) / 1e9 if lu_flops else None,
+               "jax_lu_gflops": lu_flops / jax_s / 1e9 if lu_flops and not sweep_path else np.nan,
+               "numpy_lu_gflops": lu_flops / min(loop_s, stacked_s) / 1e9 if lu_flops else np.nan,
                "goal": goal, "goal_met": bool(met), "samples": results["jax"].repeats}
         rows.append(row)
         log(f"{quantity:5s} {mode:8s} {kind:6s} S={S:5d} B={B:5d}  jax {row['jax_ms']:9.3f} ms"
@@ -235,7 +246,7 @@ def run_main(cfg, rng, log):
 
 def run_value_iteration(cfg, rng, log):
     vi_cfg, rows = cfg["value_iteration"], []
-    for S in vi_cfg["sizes"]:
+    for S in progress.track(vi_cfg["sizes"], "core_eval value iteration", unit="sizes"):
         P, R, rho = random_mdp(rng, S, cfg["actions"])
         mdp = dsorl.MDP(P, R, rho)
         for gamma in vi_cfg["gammas"]:
@@ -309,7 +320,7 @@ def run_gamma_sweep(cfg, rng, log):
         log(f"gamma sweep {table:10s} S={S:5d} B={B:3d}: sweep {row['sweep_ms']:9.2f} ms,"
             f" LU per gamma {row['lu_per_gamma_ms']:9.2f} ms, x{row['speedup']:.2f}")
 
-    for S in gs_cfg["sizes"]:
+    for S in progress.track(gs_cfg["sizes"], "core_eval gamma sweep", unit="sizes"):
         B = gs_cfg["batch"]
         P, R, rho = random_mdp(rng, S, A)
         mdp = dsorl.MDP(P, R, rho)

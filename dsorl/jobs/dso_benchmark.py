@@ -22,6 +22,17 @@ against a vectorised NumPy implementation of Algorithm 1 (checked equal first).
 
 `lmdp`: the `dso_lmdp` job (gradient ascent, natural gradient, Chain Iteration and
 Z-learning on a quadratic-cost random-walk LMDP).
+
+Table `garnet`, one row per method (NaN: not reached or does not apply):
+  method; iterations (its budget; NaN for policy iteration); seeds, seeds_reached (how
+  many reached the target), all_reached; median_iterations_to_target (over the seeds that
+  reached it), max_iterations_to_target (NaN unless all_reached); median_final_gap,
+  max_final_gap; run_s (whole batch, median), ms_per_iteration, s_to_target_all_seeds,
+  compile_s; speedup_vs_gradient_ascent (speedup_is_lower_bound when gradient ascent
+  missed the target), slowdown_vs_policy_iteration.
+Table `variance` (see `dso_gradient_check.summarise`: case, gamma, parameters, baseline,
+variance and relative-error columns) and `estimator_speed` (episodes per second of dsorl
+and NumPy); table `lmdp` as in `dso_lmdp`.
 """
 import math
 
@@ -30,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsorl import chain_models as cm
-from dsorl import timing
+from dsorl import progress, timing
 from dsorl.algorithms import dso as alg
 from dsorl.envs import garnet
 from dsorl.estimators import dso as est
@@ -59,7 +70,7 @@ DEFAULTS = {
 }
 
 
-def run(config: dict, log=print) -> dict:
+def run(config: dict, log=progress.note) -> dict:
     tables, arrays = {}, {}
     if "garnet" in config["parts"]:
         tables["garnet"], arrays["garnet"] = garnet_part(config, log)
@@ -139,8 +150,9 @@ def garnet_part(config, log):
     methods = {"gradient_ascent": (gradient_ascent, a), "chain_iteration": (chain_iteration, c),
                "natural_gradient": (natural_gradient, n), "pco": (pco, p)}
     rows, curves = [], {"optimum": J_star}
-    for name, (one, settings) in methods.items():
-        tm = timing.timed(batched(one, settings["batch_size"]), mdps, keys, repeats=reps)
+    for name, (one, settings) in progress.track(methods.items(), "dso garnet", unit="methods"):
+        tm = timing.timed(batched(one, settings["batch_size"]), mdps, keys, repeats=reps,
+                          what=f"dso garnet {name} ({g['seeds']} MDPs)")
         J, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
         gaps = (J_star[:, None] - np.asarray(J)) / np.abs(J_star)[:, None]
         curves[name] = gaps
@@ -151,9 +163,11 @@ def garnet_part(config, log):
         rows.append({
             "method": name,
             "iterations": K,
-            "reached": f"{len(reached)}/{len(hits)}",
+            "seeds": len(hits), "seeds_reached": len(reached),
+            "all_reached": len(reached) == len(hits),
             "median_iterations_to_target": float(np.median(reached)) if reached.size else math.nan,
-            "max_iterations_to_target": int(reached.max()) if len(reached) == len(hits) else -1,
+            "max_iterations_to_target": (float(reached.max()) if len(reached) == len(hits)
+                                         else math.nan),
             "median_final_gap": float(np.median(gaps[:, -1])),
             "max_final_gap": float(np.max(gaps[:, -1])),
             "run_s": run_s,
@@ -162,11 +176,12 @@ def garnet_part(config, log):
                                       if len(reached) == len(hits) else math.nan),
             "compile_s": compile_s,
         })
-        log(f"garnet: {name}: {rows[-1]['reached']} reached, median final gap"
+        log(f"garnet: {name}: {len(reached)}/{len(hits)} seeds reached, median final gap"
             f" {rows[-1]['median_final_gap']:.2e}, {run_s:.2f} s")
-    rows.append({"method": "policy_iteration (ground truth)", "iterations": -1,
-                 "reached": f"{g['seeds']}/{g['seeds']}", "median_iterations_to_target": math.nan,
-                 "max_iterations_to_target": -1, "median_final_gap": 0.0, "max_final_gap": 0.0,
+    rows.append({"method": "policy_iteration (ground truth)", "iterations": math.nan,
+                 "seeds": g["seeds"], "seeds_reached": g["seeds"], "all_reached": True,
+                 "median_iterations_to_target": math.nan,
+                 "max_iterations_to_target": math.nan, "median_final_gap": 0.0, "max_final_gap": 0.0,
                  "run_s": pi_run, "ms_per_iteration": math.nan, "s_to_target_all_seeds": pi_run,
                  "compile_s": pi_compile})
     # speed-up over vanilla gradient ascent in time to target (all seeds); when gradient
@@ -206,7 +221,7 @@ def variance_part(config, log):
     small = v["augmented_states"]
     cases.append((f"garnet S={small} augmented", small, v["gammas"][0], "augmented"))
     speed = []
-    for label, n_states, gamma, kind in cases:
+    for label, n_states, gamma, kind in progress.track(cases, "dso variance", unit="cases"):
         mdp = garnet(jax.random.key(config["seed"] + 1), n_states, A, g["branching"])
         policy = tabular_softmax(n_states, A)
         model = (cm.marginal if kind == "marginal" else cm.augmented)(mdp, policy)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import chain_models as cm
+from dsorl import chain_models as cm, progress
 from dsorl.estimators import dso as est
 
 __all__ = ["DEFAULTS", "exit_chain", "closed_form", "baseline_study", "summarise", "run"]
@@ -99,7 +99,8 @@ def run(config: dict) -> dict:
     value = cm.value(model, theta, 1.0)
     np.testing.assert_allclose(cm.gradient(model, theta, 1.0), exact, rtol=1e-12)
     rows = []
-    for i, n in enumerate(config["episodes"]):
+    for i, n in progress.track(list(enumerate(config["episodes"])), "dso_gradient_check",
+                               unit="episode counts"):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(config["seed"]), i),
                                 config["repeats"])
         study = jax.jit(lambda k: baseline_study(model, theta, 1.0, config["horizon"], n, k,

@@ -17,6 +17,12 @@ the relative gap `(J* - J) / |J*|` of the chain it holds after each iteration:
 
 Each method is one jitted program; the table reports its compile time apart from the
 median wall time of `repeats` runs.
+
+Table `lmdp`, one row per method (NaN: the target was not reached, or no samples):
+  method; iterations (its budget); final_gap; reached (gap <= target within the budget);
+  iterations_to_target; samples_to_target (Z-learning: transitions drawn); run_s
+  (median), seconds_to_target, compile_s; first_step_gap (the gap after one iteration).
+Arrays: the gap curve of each method (`[iterations + 1]`) and `optimum` (J*).
 """
 import jax
 import jax.numpy as jnp
@@ -24,7 +30,7 @@ import numpy as np
 import optax
 
 from dsorl import chain_models as cm
-from dsorl import timing
+from dsorl import progress, timing
 from dsorl.algorithms import dso as alg
 from dsorl.algorithms import lmdp as lm
 from dsorl.envs.lmdp import random_walk_lmdp
@@ -112,8 +118,9 @@ def run(config: dict) -> dict:
                               X - 1),
     }
     rows, arrays = [], {"optimum": np.asarray(J_star)}
-    for name, (fn, args, iterations, samples_per_iteration) in cases.items():
-        tm = timing.timed(fn, *args, repeats=reps)
+    for name, (fn, args, iterations, samples_per_iteration) in progress.track(
+            cases.items(), "dso_lmdp", unit="methods"):
+        tm = timing.timed(fn, *args, repeats=reps, what=f"dso_lmdp {name}")
         J, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
         if name.startswith("z_learning"):
             J = chain_values(J)
@@ -124,9 +131,10 @@ def run(config: dict) -> dict:
             "method": name,
             "iterations": iterations,
             "final_gap": float(gaps[-1]),
-            "iterations_to_target": hit if hit is not None else -1,
-            "samples_to_target": (hit * samples_per_iteration if hit is not None
-                                  and samples_per_iteration else -1),
+            "reached": hit is not None,
+            "iterations_to_target": float(hit) if hit is not None else float("nan"),
+            "samples_to_target": (float(hit * samples_per_iteration) if hit is not None
+                                  and samples_per_iteration else float("nan")),
             "run_s": run_s,
             "seconds_to_target": run_s * hit / iterations if hit is not None else float("nan"),
             "compile_s": compile_s,

@@ -13,17 +13,32 @@ experiment).
   epsilon-optimal. Runs planning more than `dynpg_budget` steps are skipped.
 - Vanilla PG: exact gradients, plain gradient ascent, one run per step size in
   `pg_step_sizes` (one vmapped program), at most `pg_budget` steps; its count is the
-  first step whose policy is epsilon-optimal, or "> budget" (censored).
+  first step whose policy is epsilon-optimal.
 
 Each program is jitted once per setting; compile time is reported apart from run time
 (median of `repeats` runs). Exponents are least-squares slopes of log(count) against
-log(horizon) or log(n) over the uncensored points.
+log(horizon) or log(n) over the points that reached epsilon.
+
+Tables `horizon` and `chain`, one row per setting (a count not reached is NaN, with
+`reached` False; a skipped DynPG run has NaN timings too):
+  horizon, gamma, n, epsilon      the chain and the target
+  method                          "dynpg" or "pg"
+  setting                         the step rule as a label: "k=45", "eta=10", "1/L"
+  k                               DynPG's steps coefficient (NaN for pg)
+  step_size                       PG's step size, 1/L included (NaN for dynpg)
+  budget_steps                    steps the run had: DynPG's planned total, `pg_budget`
+  skipped                         DynPG planned more than `dynpg_budget` steps: not run
+  reached                         epsilon-optimal within the budget
+  steps_to_eps, epochs_to_eps     gradient steps (DynPG: also epochs) to epsilon
+  run_s, compile_s, seconds_to_eps  seconds (median run, compile, run up to steps_to_eps)
+Table `exponents`: study ("horizon" or "n"), method, setting, exponent (NaN with fewer
+than two points), points (settings that reached epsilon), unreached (settings that did not).
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import timing
+from dsorl import progress, timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.chains import committal_chain, committal_chain_optimum
 
@@ -55,28 +70,28 @@ def measure(n: int, gamma: float, config: dict) -> list:
     horizon = 1 / (1 - gamma)
     base = {"horizon": round(horizon, 6), "gamma": gamma, "n": n, "epsilon": eps}
 
+    nan = float("nan")
     rows = []
     cfg = dynpg.Config(n_steps=n + config["extra_epochs"])
     for k in config["dynpg_steps_coefficients"]:
         hp = dynpg.HParams(gamma, 1.0, float(k))
         planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.n_steps), hp, xp=np)[1]))
-        row = dict(base, method="dynpg", step_size=f"adaptive k={k:g}", steps_to_eps=None,
-                   censored=None, epochs_to_eps=None, run_s=None, compile_s=None,
-                   seconds_to_eps=None)
-        if planned > config["dynpg_budget"]:
-            rows.append(dict(row, steps_to_eps=f"skipped ({planned} planned)", censored=True))
+        row = dict(base, method="dynpg", setting=f"k={k:g}", k=float(k), step_size=nan,
+                   budget_steps=planned, skipped=planned > config["dynpg_budget"], reached=False,
+                   steps_to_eps=nan, epochs_to_eps=nan, run_s=nan, compile_s=nan,
+                   seconds_to_eps=nan)
+        if row["skipped"]:
+            rows.append(row)
             continue
         tm = timing.timed(lambda: dynpg.run(mdp, zeros, hp, config=cfg),
-                          repeats=config["repeats"], warmup=0)
+                          repeats=config["repeats"], warmup=0, what=f"dynpg n={n} k={k:g}")
         (_, trace), c_s, r_s = tm.result, tm.compile_seconds, tm.median_seconds
         gaps = j_star - np.asarray(trace.objective)
         hit = np.flatnonzero(gaps <= eps)
-        steps = int(trace.steps[hit[0]]) if hit.size else None
-        rows.append(dict(row, steps_to_eps=steps if steps is not None else f"> {planned}",
-                         censored=steps is None,
-                         epochs_to_eps=int(hit[0]) + 1 if hit.size else None,
-                         run_s=r_s, compile_s=c_s,
-                         seconds_to_eps=r_s * steps / planned if steps else None))
+        steps = float(trace.steps[hit[0]]) if hit.size else nan
+        rows.append(dict(row, reached=bool(hit.size), steps_to_eps=steps,
+                         epochs_to_eps=float(hit[0] + 1) if hit.size else nan,
+                         run_s=r_s, compile_s=c_s, seconds_to_eps=r_s * steps / planned))
 
     # the smoothness step 1/L, L = 8 / (1 - gamma)^3 (Agarwal et al. 2021, Lemma D.4)
     step_sizes = list(config["pg_step_sizes"]) + (
@@ -88,18 +103,18 @@ def measure(n: int, gamma: float, config: dict) -> list:
         return jax.vmap(lambda eta: pg.run(mdp, zeros, pg.HParams(gamma, eta),
                                            config=pcfg)[1].objective)(etas)
 
-    tm = timing.timed(pg_runs, repeats=config["repeats"], warmup=0)
+    tm = timing.timed(pg_runs, repeats=config["repeats"], warmup=0,
+                      what=f"pg n={n} ({len(etas)} step sizes)")
     objectives, c_s, r_s = tm.result, tm.compile_seconds, tm.median_seconds
-    for eta, obj in zip(step_sizes, np.asarray(objectives)):
+    theory = len(step_sizes) - 1 if config["pg_theory_step"] else None
+    for i, (eta, obj) in enumerate(zip(step_sizes, np.asarray(objectives))):
         hit = np.flatnonzero(j_star - obj <= eps)  # obj[i]: after step i + 1
-        steps = int(hit[0]) + 1 if hit.size else None
-        rows.append(dict(base, method="pg", step_size=eta if eta in config["pg_step_sizes"]
-                         else "1/L",
-                         steps_to_eps=steps if steps is not None else f"> {config['pg_budget']}",
-                         censored=steps is None, epochs_to_eps=None,
-                         run_s=r_s / len(etas), compile_s=c_s,
-                         seconds_to_eps=(r_s / len(etas)) * steps / config["pg_budget"]
-                         if steps is not None else None))
+        steps = float(hit[0] + 1) if hit.size else nan
+        rows.append(dict(base, method="pg", setting="1/L" if i == theory else f"eta={eta:g}",
+                         k=nan, step_size=float(eta), budget_steps=config["pg_budget"],
+                         skipped=False, reached=bool(hit.size), steps_to_eps=steps,
+                         epochs_to_eps=nan, run_s=r_s / len(etas), compile_s=c_s,
+                         seconds_to_eps=(r_s / len(etas)) * steps / config["pg_budget"]))
     return rows
 
 
@@ -114,14 +129,14 @@ def fit_exponent(x, y) -> float:
 def exponents(rows: list, axis: str) -> list:
     """One row per method and step size: the fitted exponent of steps against `axis`."""
     out = []
-    keys = sorted({(r["method"], str(r["step_size"])) for r in rows})
-    for method, eta in keys:
-        sel = [r for r in rows if r["method"] == method and str(r["step_size"]) == eta]
-        ok = [r for r in sel if not r["censored"] and r["steps_to_eps"] > 0]
-        out.append({"study": axis, "method": method, "step_size": eta,
+    keys = sorted({(r["method"], r["setting"]) for r in rows})
+    for method, setting in keys:
+        sel = [r for r in rows if (r["method"], r["setting"]) == (method, setting)]
+        ok = [r for r in sel if r["reached"] and r["steps_to_eps"] > 0]
+        out.append({"study": axis, "method": method, "setting": setting,
                     "exponent": fit_exponent([r[axis] for r in ok],
                                              [r["steps_to_eps"] for r in ok]),
-                    "points": len(ok), "censored": len(sel) - len(ok)})
+                    "points": len(ok), "unreached": len(sel) - len(ok)})
     return out
 
 
@@ -129,13 +144,13 @@ def run(config: dict) -> dict:
     """Returns the tables `horizon`, `chain` and `exponents`."""
     jax.config.update("jax_enable_x64", True)
     horizon_rows, chain_rows = [], []
-    for h in config["horizons"]:
+    for h in progress.track(config["horizons"], "dynpg_scaling horizons", unit="horizons"):
         n = max(2, int(round(h * config["chain_per_horizon"])))
         horizon_rows += measure(n, 1 - 1 / h, config)
-        _progress(horizon_rows[-_per_setting(config):])
-    for n in config["chain_lengths"]:
+        _report(horizon_rows[-_per_setting(config):])
+    for n in progress.track(config["chain_lengths"], "dynpg_scaling chains", unit="lengths"):
         chain_rows += measure(n, config["chain_gamma"], config)
-        _progress(chain_rows[-_per_setting(config):])
+        _report(chain_rows[-_per_setting(config):])
     table = exponents(horizon_rows, "horizon") + exponents(chain_rows, "n")
     return {"tables": {"horizon": horizon_rows, "chain": chain_rows, "exponents": table},
             "arrays": {}, "seeds": [0]}
@@ -146,7 +161,8 @@ def _per_setting(config):
             + bool(config["pg_theory_step"]))
 
 
-def _progress(rows):
+def _report(rows):
     for r in rows:
-        print(f"  horizon {r['horizon']:g} n {r['n']} {r['method']} eta {r['step_size']}:"
-              f" steps {r['steps_to_eps']}  run {r['run_s']}s", flush=True)
+        progress.note(f"horizon {r['horizon']:g} n {r['n']} {r['method']} {r['setting']}:"
+                      f" steps {r['steps_to_eps']:g} (reached: {r['reached']}),"
+                      f" run {r['run_s']:.3g} s")

@@ -19,13 +19,21 @@ Speed: the same two algorithms written as a per-run NumPy loop (what a user woul
 without JAX), run for the same interaction budget on `baseline_runs` runs in the same
 process; the table reports the time per run of both and their ratio, with jit compile time
 apart.
+
+Table `summary`, one row per discount and algorithm: gamma, algorithm, runs;
+success_at_budget, success_at_300, success_at_600 (fractions of runs); median_reached (at
+least half the runs succeeded), median_first_success (interactions; NaN unless
+median_reached); compile_s, run_s, jax_ms_per_run, numpy_ms_per_run, speedup_per_run;
+numpy_success_at_budget, numpy_runs. Table `curves`: interactions and one success-fraction
+column `<algorithm>_gamma<gamma>` per curve. Arrays: `first_success_*` per run (`inf`:
+never within the budget, a hitting time) and `success_curve_*` at every interaction.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dsorl import timing
+from dsorl import progress, timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.objectives import policy_objective
 from dsorl.envs.dynpg import SUTTON_EXTENDED, sutton_extended, sutton_extended_reference
@@ -110,12 +118,14 @@ def run(config: dict) -> dict:
     env = sutton_extended()
     budget = config["interactions"]
     summary, curves, arrays = [], {"interactions": np.arange(budget)}, {}
-    for gi, gamma in enumerate(config["gammas"]):
+    for gi, gamma in progress.track(list(enumerate(config["gammas"])), "dynpg_sutton",
+                                    unit="discounts"):
         ref = sutton_extended_reference(gamma)
         programs, info = _programs(env, gamma, config)
         keys = jax.random.split(jax.random.key(config["seed"] + gi), config["runs"])
         for name, program in programs.items():
-            tm = timing.timed(program, keys, repeats=config["repeats"], warmup=0)
+            tm = timing.timed(program, keys, repeats=config["repeats"], warmup=0,
+                              what=f"dynpg_sutton {name} gamma={gamma:g} ({config['runs']} runs)")
             out, compile_s, run_s = tm.result, tm.compile_seconds, tm.median_seconds
             first = first_success(info["initial_objective"], np.asarray(out),
                                   ref["mean_v_star"], config["epsilon"])
@@ -133,9 +143,11 @@ def run(config: dict) -> dict:
                 "success_at_budget": float(curve[-1]),
                 "success_at_300": float(curve[min(300, budget - 1)]),
                 "success_at_600": float(curve[min(600, budget - 1)]),
-                # interactions before the first success (inf when more than half of the
-                # runs do not succeed within the budget)
-                "median_first_success": float(np.median(first)),
+                # interactions before the first success (NaN, median_reached False, when
+                # more than half of the runs do not succeed within the budget)
+                "median_reached": bool(np.isfinite(np.median(first))),
+                "median_first_success": (float(np.median(first)) if np.isfinite(np.median(first))
+                                         else float("nan")),
                 "compile_s": compile_s, "run_s": run_s, "jax_ms_per_run": 1e3 * jax_per_run,
                 "numpy_ms_per_run": 1e3 * base_s, "speedup_per_run": base_s / jax_per_run,
                 "numpy_success_at_budget": float(np.mean(np.asarray(base_first) < budget)),

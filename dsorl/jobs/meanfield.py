@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, features
+from dsorl import envs, features, progress, timing
 from dsorl.algorithms import meanfield as mf
 from dsorl.planning import soft_policy_iteration
 
@@ -109,7 +109,10 @@ def snapshot_runs(problem, n_particles, hparams, keys, *, burn_in, snapshots, ev
         first_bad = jnp.min(jnp.where(bad >= 0, steps, n_chunks * every))
         return pis[-snapshots:], trace, jnp.where(first_bad < n_chunks * every, first_bad, -1)
 
-    return jax.jit(jax.vmap(one))(hparams, keys)
+    compiled, _ = timing.compile(jax.vmap(one), hparams, keys,
+                                 what=f"meanfield runs (N={n_particles}, {n_chunks * every} steps,"
+                                      f" {len(keys)} runs)")
+    return compiled(hparams, keys)
 
 
 def run(config: dict) -> dict:
@@ -127,7 +130,7 @@ def run(config: dict) -> dict:
     mf.validate(problem, hparams, mf.Config(config["snapshot_every"], config["gradient"]))
     rows, checks, arrays = [], [], {"sigmas": sigmas, "v_star": v_star}
     key = jax.random.key(config["seed"])
-    for n in config["particles"]:
+    for n in progress.track(config["particles"], "meanfield", unit="particle counts"):
         key, k_check, k_runs = jax.random.split(key, 3)
         checks.append(_lions_check(problem, n, gamma, tau, k_check))
         start = time.perf_counter()

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import features, timing
+from dsorl import features, progress, timing
 from dsorl.algorithms import meanfield as mf
 from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_policy_iteration
@@ -61,7 +61,7 @@ def steps_for(n: int, config: dict) -> int:
 
 def run(config: dict) -> dict:
     throughput = []
-    for n in config["sizes"]:
+    for n in progress.track(config["sizes"], "meanfield_benchmark throughput", unit="sizes"):
         jax_row = _in_subprocess("jax", n, config)
         numpy_row = _in_subprocess("numpy", n, config)
         single = _in_subprocess("numpy", n, config, single_blas_thread=True)
@@ -96,7 +96,8 @@ def convergence(config: dict):
                     np.full(sigmas.shape, step_size))
     mf.validate(problem, hp, mf.Config(c["steps"]))
     curves, rows = {"v_star": np.asarray(v_star)}, []
-    for n in c["particles"]:
+    for n in progress.track(c["particles"], "meanfield_benchmark convergence",
+                            unit="particle counts"):
         run_config = mf.Config(c["steps"], n_particles=n)
 
         @jax.jit

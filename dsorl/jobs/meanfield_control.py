@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from dsorl import features
+from dsorl import features, progress, timing
 from dsorl.algorithms import meanfield as mf
 from dsorl.envs import control
 from dsorl.jobs.meanfield import run_from_key
@@ -69,17 +69,20 @@ def run(config: dict) -> dict:
     run_config = mf.Config(config["steps"], config["gradient"], n)
     mf.validate(problem, hparams, run_config)
 
-    @jax.jit
-    def runs(hp, keys):
-        def one(hp, key):
-            state, trace = run_from_key(problem, None, hp, key, config=run_config)
-            return mf.mean_field_policy(problem, state.params), trace, state.first_bad_step
-        return jax.vmap(one)(hp, keys)
+    def one(hp, key):
+        state, trace = run_from_key(problem, None, hp, key, config=run_config)
+        return mf.mean_field_policy(problem, state.params), trace, state.first_bad_step
 
+    # one compiled run per seed, so progress (and its ETA) is reported between seeds
+    keys = jax.random.split(jax.random.key(config["seed"]), seeds)
+    first = jax.tree_util.tree_map(lambda x: x[0], hparams)
+    compiled, _ = timing.compile(one, first, keys[0],
+                                 what=f"meanfield_control run (N={n}, {config['steps']} steps)")
     start = time.perf_counter()
-    pis, trace, first_bad = jax.block_until_ready(
-        runs(hparams, jax.random.split(jax.random.key(config["seed"]), seeds)))
+    outs = [jax.block_until_ready(compiled(jax.tree_util.tree_map(lambda x: x[i], hparams), k))
+            for i, k in progress.track(list(enumerate(keys)), "meanfield_control", unit="seeds")]
     seconds = time.perf_counter() - start
+    pis, trace, first_bad = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *outs)
     mf.check_divergence(first_bad, hparams)
 
     x, u = np.asarray(env.states), np.asarray(env.actions)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, policies
+from dsorl import envs, policies, progress, timing
 from dsorl.markov import bias, gain
 from dsorl.mdp import induced_chain
 from dsorl.planning import nearly_blackwell_optimal
@@ -31,21 +31,21 @@ def run(config: dict) -> dict:
     """Returns `{"tables": {"summary": rows}, "arrays": landscapes}`."""
     grid = policies.sigmoid_grid(**config["grid"], dtype=jnp.float64)
     rows, arrays = [], {"grid": np.asarray(grid)}
-    for name in config["envs"]:
+    for name in progress.track(config["envs"], "nbw_analysis", unit="environments"):
         mdp = envs.nbw_env(name)
         ref = envs.nbw_reference(name)
         start = time.perf_counter()
         opt = nearly_blackwell_optimal(mdp)
         policy = policies.sigmoid(mdp.n_states)
 
-        @jax.jit
         def landscape(ws):
             def one(w):
                 chain = induced_chain(mdp, policy(w))
                 return gain(chain), bias(chain)[0]
             return jax.vmap(one)(ws)
 
-        gains, biases = (np.asarray(x) for x in landscape(grid))
+        compiled, _ = timing.compile(landscape, grid, what=f"{name} landscape ({len(grid)} starts)")
+        gains, biases = (np.asarray(x) for x in compiled(grid))
         seconds = time.perf_counter() - start
         near = gains >= opt.gain - config["gain_tolerance"]
         best_bias = float(biases[near].max()) if near.any() else float("nan")

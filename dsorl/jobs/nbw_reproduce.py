@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, policies, timing
+from dsorl import envs, policies, progress, timing
 from dsorl.algorithms import nbw
 from dsorl.envs.nbw import PAPER_SETTINGS, paper_hyperparams
 from dsorl.markov import bias, gain
@@ -57,14 +57,15 @@ def run(config: dict) -> dict:
     grid = policies.sigmoid_grid(**config["grid"], dtype=jnp.float64)
     arrays = {"grid": np.asarray(grid)}
     rows = []
-    for name in config["envs"]:
+    for name in progress.track(config["envs"], "nbw_reproduce", unit="environments"):
         mdp, ref = envs.nbw_env(name), envs.nbw_reference(name)
         policy = policies.sigmoid(mdp.n_states)
         arrays[f"{name}/gain_landscape"], arrays[f"{name}/bias_landscape"] = _landscapes(
             mdp, policy, grid)
-        for method, label, fn, n_seeds in _methods(name, mdp, policy, config):
+        for method, label, fn, n_seeds in progress.track(
+                _methods(name, mdp, policy, config), f"{name} methods", unit="methods"):
             finals, compile_s, run_s = _timed_runs(fn, grid, n_seeds, config["seed"],
-                                                   config["timing_repeats"])
+                                                   config["timing_repeats"], f"{name}/{label}")
             g, h = finals  # [seeds, starts]
             arrays[f"{name}/{label}/gain"], arrays[f"{name}/{label}/bias"] = g, h
             bias_err = np.abs(h - ref["optimal_bias_s0"]).mean(axis=0)
@@ -127,15 +128,16 @@ def _methods(name, mdp, policy, config):
     return out
 
 
-def _timed_runs(fn, grid, n_seeds, seed, repeats):
+def _timed_runs(fn, grid, n_seeds, seed, repeats, what):
     """Compile once (timed apart), then one call per seed; returns `[seeds, starts]` finals.
 
     `run_s`: seconds for all seeds; with one seed, the median of `repeats` calls (the
     machine is shared, so single timings are noisy).
     """
     keys = jax.random.split(jax.random.key(seed), n_seeds)
-    compiled, compile_s = timing.compile(fn, grid, keys[0])
-    tm = timing.timed(lambda: [jax.block_until_ready(compiled(grid, k)) for k in keys],
+    compiled, compile_s = timing.compile(fn, grid, keys[0], what=f"{what} ({len(grid)} starts)")
+    seeds = lambda: keys if n_seeds == 1 else progress.track(keys, f"{what} seeds", unit="seeds")
+    tm = timing.timed(lambda: [jax.block_until_ready(compiled(grid, k)) for k in seeds()],
                       jit=False, warmup=0, repeats=max(1, repeats) if n_seeds == 1 else 1)
     results = tm.result
     g = np.stack([np.asarray(r[0]) for r in results])

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+from dsorl import progress
+
 __all__ = ["DEFAULTS", "PRINTED", "run", "worker"]
 
 DEFAULTS = {
@@ -39,20 +41,32 @@ DEFAULTS = {
 PRINTED = ["devices", "B", "chunk", "vmap_members_per_s", "sweep_members_per_s",
            "sweep_disk_members_per_s", "sweep_over_vmap", "disk_over_vmap",
            "compile_vmap_s", "compile_sweep_s", "max_abs_diff"]
+ROW_PREFIX = '{"devices": '  # how a worker's finished row starts on its stderr
 
 
-def run(config: dict, log=print) -> dict:
+def run(config: dict, log=progress.note) -> dict:
     """Table `sweep_scaling`: one row per (device count, B); see the module docstring."""
     rows = []
-    for n in config["devices"]:
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        out = subprocess.run([sys.executable, "-m", "dsorl.jobs.sweep_scaling",
-                              json.dumps(config)], env=env, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"sweep_scaling worker on {n} device(s) failed:\n"
-                               f"{out.stderr[-3000:]}")
-        rows += json.loads(out.stdout.splitlines()[-1])
-        log(f"{n} device(s): {len(config['sizes'])} sizes done")
+    total = len(config["devices"]) * len(config["sizes"])
+    with progress.task("sweep_scaling", total, unit="(devices, B) settings") as bar:
+        for n in config["devices"]:
+            # the worker reports each finished size on stderr as a JSON row: one step each
+            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+                       DSORL_PROGRESS="0")
+            proc = subprocess.Popen([sys.executable, "-m", "dsorl.jobs.sweep_scaling",
+                                     json.dumps(config)], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            tail = []
+            for line in proc.stderr:
+                if line.startswith(ROW_PREFIX):
+                    bar.advance()
+                tail = (tail + [line])[-60:]
+            stdout = proc.stdout.read()
+            if proc.wait():
+                raise RuntimeError(f"sweep_scaling worker on {n} device(s) failed:\n"
+                                   f"{''.join(tail)[-3000:]}")
+            rows += json.loads(stdout.splitlines()[-1])
+            log(f"{n} device(s): {len(config['sizes'])} sizes done")
     return {"tables": {"sweep_scaling": rows}, "arrays": {}, "seeds": [config["env"]["seed"]]}
 
 
