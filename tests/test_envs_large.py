@@ -1,0 +1,176 @@
+"""Large sparse environments: the N x N gridworld, the sparse garnet, sparse toy-text imports.
+
+References are independent of the code under test: the dense layout-based `gridworld`, the
+dense Gymnasium import, closed-form laws of the garnet draw, graph searches.
+"""
+import jax
+import numpy as np
+import pytest
+import scipy.sparse.csgraph
+
+import dsorl
+from dsorl import envs, markov
+from dsorl.envs.gridworld import MOVES, gridworld, large_gridworld
+from dsorl.mdp import induced_chain
+from dsorl.sparse import is_sparse
+
+LAYOUT = ["S..#.",
+          ".#...",
+          "...#G",
+          "#....",
+          "..#.."]
+
+
+def _layout_cells(layout):
+    grid = np.array([list(row) for row in layout])
+    return dict(walls=grid == "#", goals=grid == "G", starts=grid == "S")
+
+
+# -- large_gridworld -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slip", [0.0, 0.3, 1.0])
+def test_large_gridworld_episodic_equals_layout_gridworld(slip):
+    """With absorbing goals the sparse constructor is the dense `gridworld` of the layout:
+    the same kernel, rewards, initial law, mask and terminal set."""
+    kw = dict(slip=slip, step_reward=-0.1, goal_reward=2.0)
+    dense = gridworld(LAYOUT, **kw)
+    large = large_gridworld(5, episodic=True, **_layout_cells(LAYOUT), **kw)
+    assert isinstance(large, dsorl.episodic.EpisodicMDP) and is_sparse(large.mdp.P)
+    assert large.mdp.P.fan_out == 4
+    np.testing.assert_allclose(large.mdp.P.to_dense(), dense.mdp.P, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(large.mdp.R, dense.mdp.R, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(large.mdp.rho, dense.mdp.rho)
+    np.testing.assert_array_equal(large.mdp.action_mask, dense.mdp.action_mask)
+    np.testing.assert_array_equal(large.terminal, dense.terminal)
+
+
+def test_large_gridworld_reset_differs_from_layout_only_on_goal_rows():
+    """Default (reset) goals: every non-goal row and every reward equal the dense layout's;
+    each action in the goal moves to the start with probability 1; no mask."""
+    kw = dict(slip=0.2, step_reward=-0.5, goal_reward=3.0)
+    dense = gridworld(LAYOUT, **kw)
+    large, cells = large_gridworld(5, return_cells=True, **_layout_cells(LAYOUT), **kw)
+    assert isinstance(large, dsorl.MDP) and large.action_mask is None
+    P, goal = np.asarray(large.P.to_dense()), np.asarray(dense.terminal)
+    np.testing.assert_allclose(P[~goal], np.asarray(dense.mdp.P)[~goal], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(large.R, dense.mdp.R, rtol=0, atol=1e-15)
+    start = dsorl.envs.gridworld.cell_states(LAYOUT)[(0, 0)]
+    np.testing.assert_array_equal(P[goal], np.eye(P.shape[0])[start][None, None].repeat(4, 1))
+    np.testing.assert_array_equal(cells, sorted(dsorl.envs.gridworld.cell_states(LAYOUT)))
+
+
+def test_large_gridworld_moves_and_slip_by_hand():
+    """An open 3 x 3 grid, centre cell 4: action a goes to its neighbour with 1 - slip +
+    slip/4 and to each other neighbour with slip/4; a corner's wall sides stay put."""
+    slip = 0.4
+    P = np.asarray(large_gridworld(3, slip=slip, goals=[(2, 2)]).P.to_dense())
+    neighbours = {0: 1, 1: 7, 2: 3, 3: 5}  # up, down, left, right of cell (1, 1)
+    for a, target in neighbours.items():
+        expected = np.zeros(9)
+        for b, other in neighbours.items():
+            expected[other] += (1 - slip) * (a == b) + slip / 4
+        np.testing.assert_allclose(P[4, a], expected, rtol=1e-15)
+    # corner (0, 0): up and left hit the edge, so "up" stays with 1 - slip + slip/2
+    np.testing.assert_allclose(P[0, 0, 0], 1 - slip + slip / 2, rtol=1e-15)
+    assert MOVES[0] == (-1, 0)
+
+
+def test_large_gridworld_reset_is_unichain_for_random_policies():
+    """Random walls, several starts and goals: every sampled deterministic and stochastic
+    policy's chain has one closed class, and the sparse gain agrees with the dense one."""
+    key = jax.random.key(3)
+    mdp = large_gridworld(12, slip=0.1, walls=0.3, key=key, goals=[(11, 11), (0, 11)],
+                          starts=[(0, 0), (11, 0), (5, 5)], step_reward=-0.01)
+    assert mdp.P.fan_out == 4
+    dense = dsorl.MDP(mdp.P.to_dense(), mdp.R, mdp.rho)
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        if trial < 2:
+            pi = np.eye(4)[rng.integers(0, 4, mdp.n_states)]
+        else:
+            pi = rng.dirichlet(np.ones(4), mdp.n_states)
+        chain = induced_chain(mdp, pi)
+        assert bool(markov.is_unichain(chain))
+        np.testing.assert_allclose(markov.gain(chain), markov.gain(induced_chain(dense, pi)),
+                                   rtol=1e-8)
+    # without slip, "always up" keeps every top-row cell in place: the docstring's caveat
+    no_slip = large_gridworld(12, slip=0.0)
+    up = np.eye(4)[np.zeros(no_slip.n_states, int)]
+    assert not bool(markov.is_unichain(induced_chain(no_slip, up)))
+
+
+def test_large_gridworld_random_walls_fill_cut_off_cells():
+    """Random walls follow the documented draw `uniform(key, (n, n)) < d` with the start and
+    goal kept free; the key determines the grid; free cells cut off from the goal are
+    filled in (some are, for this key), every remaining cell reaches the goal."""
+    n, density = 30, 0.25
+
+    def build(seed):
+        return large_gridworld(n, walls=density, key=jax.random.key(seed), return_cells=True)
+    (mdp, cells), (again, cells_again), (_, other) = build(4), build(4), build(5)
+    np.testing.assert_array_equal(cells, cells_again)
+    np.testing.assert_array_equal(mdp.P.successors, again.P.successors)
+    assert not np.array_equal(cells, other)
+    drawn_free = ~np.array(jax.random.uniform(jax.random.key(4), (n, n)) < density)
+    drawn_free[0, 0] = drawn_free[n - 1, n - 1] = True
+    kept = np.zeros((n, n), bool)
+    kept[cells[:, 0], cells[:, 1]] = True
+    assert not (kept & ~drawn_free).any() and (drawn_free & ~kept).sum() > 0
+    goal = int(np.flatnonzero(np.all(cells == (n - 1, n - 1), axis=1))[0])
+    # the states that reach the goal: a search from it along reversed edges
+    reaching = scipy.sparse.csgraph.breadth_first_order(mdp.P.support().T.tocsr(), goal,
+                                                        directed=True, return_predecessors=False)
+    assert reaching.size == mdp.n_states
+    assert kept[0, 0] and float(mdp.rho[0]) == 1.0
+
+
+def test_large_gridworld_sizes():
+    mdp = large_gridworld(100, slip=0.05)
+    assert mdp.n_states == 10_000 and mdp.P.shape == (10_000, 4, 10_000)
+    assert mdp.P.successors.dtype == np.int32 and float(mdp.rho[0]) == 1.0
+    v = markov.discounted_value(induced_chain(mdp, np.full((10_000, 4), 0.25)), 0.9)
+    assert np.isfinite(v).all()
+
+
+def test_large_gridworld_float32_and_many_starts():
+    starts = [(0, j) for j in range(6)]
+    mdp = large_gridworld(6, starts=starts, dtype=np.float32)
+    assert mdp.P.dtype == np.float32 and mdp.P.fan_out == 6  # a reset row over 6 starts
+    np.testing.assert_allclose(mdp.rho[:6], 1 / 6, rtol=1e-7)
+    goal = mdp.n_states - 1
+    np.testing.assert_allclose(mdp.P.to_dense()[goal, 2, :6], 1 / 6, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=1), "n = 1 must be an integer"),
+    (dict(n=4.0), "n = 4.0 must be an integer"),
+    (dict(n=4, slip=1.5), "slip = 1.5"),
+    (dict(n=4, slip=-0.1), "slip = -0.1"),
+    (dict(n=4, walls=0.2), "needs an explicit jax.random `key`"),
+    (dict(n=4, walls=1.0, key=jax.random.key(0)), "wall density = 1.0"),
+    (dict(n=4, walls=np.zeros((3, 3), bool)), "boolean \\[4, 4\\]"),
+    (dict(n=4, key=jax.random.key(0)), "`key` draws random walls"),
+    (dict(n=4, goals=[(4, 0)]), "goals cell \\(4, 0\\) lies off"),
+    (dict(n=4, goals=np.zeros((4, 4), bool)), "goals must hold at least one cell"),
+    (dict(n=4, starts=[(3, 3)]), "cell \\(3, 3\\) is both a start and a goal"),
+    (dict(n=4, walls=np.eye(4, dtype=bool)[::-1]), "free cell \\(0, 0\\) is cut off"),
+    (dict(n=3, walls=np.arange(9).reshape(3, 3) == 0), "start cell \\(0, 0\\) is a wall"),
+    (dict(n=3, walls=np.arange(9).reshape(3, 3) == 8), "goal cell \\(2, 2\\) is a wall"),
+    (dict(n=4, step_reward=np.nan), "step_reward = nan"),
+])
+def test_large_gridworld_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        large_gridworld(**kwargs)
+
+
+def test_large_gridworld_cut_off_cells_kept_when_episodic_or_filled_when_drawn():
+    walls = np.zeros((4, 4), bool)
+    walls[1, :3] = walls[0, 2] = True  # cells (0, 0) and (0, 1) enclosed
+    with pytest.raises(ValueError, match="free cell"):
+        large_gridworld(4, walls=walls, starts=[(3, 0)])
+    env = large_gridworld(4, walls=walls, starts=[(3, 0)], episodic=True)
+    assert env.mdp.n_states == 16 - 4  # the pocket stays, as in `gridworld`
+    with pytest.raises(ValueError, match="cut off from every goal by the random walls"):
+        # density 0.9 walls in the start's neighbours (its key fixed: the draw is checked)
+        large_gridworld(20, walls=0.9, key=jax.random.key(0))
