@@ -6,9 +6,9 @@
 The work is the `core_eval` job (see `dsorl/jobs/core_eval.py` for what is measured and
 how; the baselines are in `dsorl/jobs/_baselines.py`); this script adds the OpenBLAS
 environment fix and the BLAS record, prints the tables and writes CSV tables and meta.json
-(config, versions, devices, git commit, BLAS libraries, load average) to the config's
-output_dir. `--only` sets the config's `parts`. float64, CPU. The machine is shared: run it
-under `nice`, compare ratios within one run.
+(config, versions, devices, git commit, BLAS libraries, load average) and PNG figures
+to the config's output_dir. `--only` sets the config's `parts`. float64, CPU. The machine
+is shared: run it under `nice`, compare ratios within one run.
 OpenBLAS: `OPENBLAS_CORETYPE` and `OPENBLAS_L2_SIZE`, set on some machines for older
 OpenBLAS builds, slow a current one down; this script unsets both in its own process
 before NumPy loads, and records what it unset and which kernels threadpoolctl reports
@@ -30,6 +30,7 @@ jax.config.update("jax_enable_x64", True)
 
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import core_eval  # noqa: E402
+from dsorl.plots import plot_results  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     extra["rows"] = tables
     extra["load_average_at_end"] = os.getloadavg()
     out = write_results(cfg["output_dir"], cfg, tables=tables, seeds=result["seeds"], extra=extra)
+    plot_results(out, out_dir=out)  # speedups.png, gamma_sweep.png (the job's `figures`)
     for name, table in tables.items():
         print(f"\n== {name} ==\n{format_table(table, floatfmt='.4g')}")
     for row in extra.get("skipped", []):

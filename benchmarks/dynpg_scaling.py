@@ -15,38 +15,10 @@ jax.config.update("jax_enable_x64", True)
 
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import dynpg_scaling  # noqa: E402
+from dsorl.plots import plot_results  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def plot(tables: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (name, axis, label) in zip(axes, (("horizon", "horizon", "effective horizon 1/(1-γ)"),
-                                              ("chain", "n", "chain length n (γ fixed)"))):
-        rows = tables[name]
-        for key in sorted({(r["method"], str(r["step_size"])) for r in rows}):
-            sel = [r for r in rows if (r["method"], str(r["step_size"])) == key]
-            ok = [r for r in sel if not r["censored"]]
-            if not ok:
-                continue
-            style = "o-" if key[0] == "dynpg" else "s--"
-            ax.loglog([r[axis] for r in ok], [r["steps_to_eps"] for r in ok], style,
-                      label=f"{key[0]} {key[1]}")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(label)
-        ax.set_ylabel("gradient steps to ε-optimality")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("DynPG vs vanilla softmax PG on committal chains (censored runs omitted)")
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=130)
 
 
 def main(argv=None) -> int:
@@ -62,7 +34,7 @@ def main(argv=None) -> int:
         print(f"\n== {name} ==\n{format_table(rows, '.4g')}")
     out = write_results(ROOT / cfg["output_dir"], cfg, tables=result["tables"],
                         seeds=result["seeds"])
-    plot(result["tables"], out)
+    plot_results(out, out_dir=out)  # the job's `figures`
     print(f"\nresults written to {out}/")
     return 0
 

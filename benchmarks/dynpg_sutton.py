@@ -16,31 +16,10 @@ jax.config.update("jax_enable_x64", True)
 
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import dynpg_sutton  # noqa: E402
+from dsorl.plots import plot_results  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def plot(arrays: dict, config: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = range(config["interactions"])
-    fig, axes = plt.subplots(1, len(config["gammas"]), figsize=(5.5 * len(config["gammas"]), 4))
-    for ax, gamma in zip(list(axes) if len(config["gammas"]) > 1 else [axes], config["gammas"]):
-        for name, style in (("dynpg", "-"), ("reinforce", "--")):
-            ax.plot(x, arrays[f"success_curve_{name}_gamma{gamma}"], style,
-                    label="DynPG" if name == "dynpg" else "REINFORCE")
-        ax.set_title(f"Sutton-extended, γ = {gamma}, ε = {config['epsilon']}")
-        ax.set_xlabel("environment interactions")
-        ax.set_ylabel(f"success probability ({config['runs']} runs)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "success_curves.png", dpi=130)
 
 
 def main(argv=None) -> int:
@@ -55,7 +34,7 @@ def main(argv=None) -> int:
     print(f"\n== summary ==\n{format_table(result['tables']['summary'], '.4g')}")
     out = write_results(ROOT / cfg["output_dir"], cfg, tables=result["tables"],
                         arrays=result["arrays"], seeds=result["seeds"])
-    plot(result["arrays"], cfg, out)
+    plot_results(out, out_dir=out)  # the job's `figures`
     print(f"\nresults written to {out}/")
     return 0
 

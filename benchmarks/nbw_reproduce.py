@@ -29,6 +29,7 @@ from dsorl import envs  # noqa: E402
 from dsorl.algorithms import nbw  # noqa: E402
 from dsorl.envs.nbw import paper_hyperparams  # noqa: E402
 from dsorl.jobs import nbw_reproduce  # noqa: E402
+from dsorl.plots import plot_results  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,67 +149,6 @@ def speed_table(summary, grid, subset, iterations):
     return rows
 
 
-# ----------------------------------------------------------------------------------------
-# Figures
-
-
-def plot(result, config, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arrays = result["arrays"]
-    grid = arrays["grid"]
-    n = int(round(np.sqrt(len(grid))))
-    lo, hi = float(grid[:, 0].min()), float(grid[:, 0].max())
-    names = config["envs"]
-    labels = sorted({r["method"] for r in result["tables"]["summary"]},
-                    key=lambda m: (not m.startswith("discounted"), m))
-    discounted = [m for m in labels if m.startswith("discounted")]
-    columns = ["discounted 1", "discounted 2", "discounted 3", "gain landscape",
-               "bias landscape", "nbw_exact", "nbw_sampled"]
-    critic = "nbw_sampled_critic" in labels  # the sampled method with the paper's line search
-    columns += ["nbw_sampled_critic"] * critic
-    fig, axes = plt.subplots(len(names), len(columns), figsize=(2.6 * len(columns),
-                                                                 2.5 * len(names)),
-                             squeeze=False)
-    for i, name in enumerate(names):
-        ref = envs.nbw_reference(name)
-        disc = [m for m in discounted if f"{name}/{m}/bias" in arrays]
-        panels = [(f"{name}/{m}/bias", m.replace("discounted_", "γ = ")) for m in disc]
-        panels += [None] * (3 - len(panels))
-        panels += [(f"{name}/gain_landscape", "gain"), (f"{name}/bias_landscape", "bias h(s0)"),
-                   (f"{name}/nbw_exact/bias", "nBw exact"), (f"{name}/nbw_sampled/bias",
-                                                             "nBw sampled")]
-        panels += [(f"{name}/nbw_sampled_critic/bias", "sampled, critic line search")] * critic
-        for j, panel in enumerate(panels):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            if panel is None or panel[0] not in arrays:
-                ax.axis("off")
-                continue
-            key, title = panel
-            z = np.asarray(arrays[key])
-            if "landscape" in key:
-                img, cmap = z.reshape(n, n).T, "plasma"
-            else:
-                err = np.abs(z - ref["optimal_bias_s0"]).mean(axis=0)
-                img, cmap = err.reshape(n, n).T, "cool"
-                ax.text(0.5, 0.5, f"{np.mean(err):.3f}\n± {np.std(err):.3f}", ha="center",
-                        va="center", transform=ax.transAxes, fontsize=9)
-            im = ax.imshow(img, origin="lower", extent=[lo, hi, lo, hi], cmap=cmap,
-                           interpolation="none")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            ax.set_title(title if i else f"{title}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"Env-{name}\nw_y")
-    fig.suptitle("|h_final(s0) - h*(s0)| over the start grid (x: w_x, y: w_y), and landscapes")
-    fig.tight_layout()
-    fig.savefig(out / "fig6_errors.png", dpi=110)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,7 +179,7 @@ def main(argv=None) -> int:
               f"{sum(r['jax_compile_s'] for r in speed):.2f} s compile")
     out = write_results(ROOT / cfg["output_dir"], cfg, tables=tables, arrays=result["arrays"],
                         seeds=result["seeds"], extra={"speed_subset": args.speed_subset})
-    plot(result, cfg, out)
+    plot_results(out, out_dir=out)  # fig6_errors.png (the job's `figures`)
     print(f"\nresults written to {out}/")
     return 0
 

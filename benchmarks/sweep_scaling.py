@@ -5,8 +5,8 @@
 The work is the `sweep_scaling` job (see `dsorl/jobs/sweep_scaling.py` for what is
 measured and how: a plain `jit(vmap)` against `dsorl.sweep` in memory and on disk, each
 device count in its own process); this script prints the main columns and writes the
-full table and meta.json to the config's output_dir. Run it with `nice`: the machine is
-shared, timings are noisy; compare ratios within a run.
+full table, meta.json and throughput.png to the config's output_dir. Run it with `nice`:
+the machine is shared, timings are noisy; compare ratios within a run.
 """
 import argparse
 import sys
@@ -18,6 +18,7 @@ jax.config.update("jax_enable_x64", True)
 
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import sweep_scaling  # noqa: E402
+from dsorl.plots import plot_results  # noqa: E402
 from dsorl.results import format_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     rows = result["tables"]["sweep_scaling"]
     print(format_table([{k: r[k] for k in sweep_scaling.PRINTED} for r in rows], floatfmt=".3g"))
     path = write_results(cfg["output_dir"], cfg, tables=result["tables"], seeds=result["seeds"])
+    plot_results(path, out_dir=path)  # throughput.png (the job's `figures`)
     print(f"\nwritten to {path}/ (times: medians of {cfg['repeats']} runs after a warm-up;"
           " ratios > 1 mean the sweep is slower than the plain vmap)")
     return 0

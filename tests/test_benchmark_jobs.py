@@ -58,6 +58,9 @@ def test_core_eval_through_the_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "== core_eval ==" in printed and "numpy_stacked_ms" in printed
     assert (out / "core_eval.csv").exists() and (out / "meta.json").exists()
+    # a PNG like every benchmark: dsorl run draws the job's figures
+    assert "1 figure(s) in" in printed
+    assert (out / "plots" / "speedups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_core_eval_skips_cases_over_the_memory_cap():
@@ -87,11 +90,20 @@ def test_numpy_baselines_agree_with_dsorl(quantity, mode, rng):
     assert base.numbers_agree(stacked(), expected)
 
 
-def test_sweep_scaling_job_tiny():
+def test_sweep_scaling_job_tiny(tmp_path):
     cfg = config_lib.load_config(ROOT / "configs/sweep_scaling.yaml",
                                  ["sizes=[4]", "devices=[2]", "repeats=1", "n_steps=3",
                                   "disk_chunk=2"])
-    rows = sweep_scaling.run(cfg, log=lambda msg: None)["tables"]["sweep_scaling"]
+    result = sweep_scaling.run(cfg, log=lambda msg: None)
+    rows = result["tables"]["sweep_scaling"]
+    # its figure, as `dsorl run` and benchmarks/sweep_scaling.py draw it
+    pytest.importorskip("matplotlib")
+    from dsorl.plots import plot_results
+    from dsorl.results import write_results
+
+    write_results(tmp_path, cfg, tables=result["tables"])
+    (png,) = plot_results(tmp_path)
+    assert png.name == "throughput.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(rows) == 1 and set(sweep_scaling.PRINTED) <= set(rows[0])
     row = rows[0]
     assert row["devices"] == 2 and row["B"] == 4 and row["max_abs_diff"] < 1e-12

@@ -55,7 +55,7 @@ from dsorl.jobs import _baselines as base
 
 __all__ = ["DEFAULTS", "PARTS", "GOAL_SMALL", "GOAL_LARGE", "run", "random_mdp", "batch_inputs",
            "jax_case", "systems", "main_cases", "run_main", "run_value_iteration",
-           "sweep_values", "run_gamma_sweep"]
+           "sweep_values", "run_gamma_sweep", "figures"]
 
 DEFAULTS = {
     "seed": 0,
@@ -348,3 +348,68 @@ def run_gamma_sweep(cfg, rng, log):
             compare("threshold", S, B, sweep_values, base.plain_values,
                     (chain.P, jnp.linspace(*cfg["gamma_range"], B), chain.r))
     return rows
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`speedups`: dsorl's speed-up over NumPy against S (log-log), one panel per quantity
+    and mode, one colour per batch (kind and B), solid against the NumPy loop, dashed
+    against NumPy stacked; `gamma_sweep`: the shared-Hessenberg path's speed-up over one LU
+    per γ against S. Only the tables that were run are drawn."""
+    from dsorl import plots
+
+    out = {}
+    t = tables.get("core_eval")
+    if t is not None and len(t["S"]):
+        panels = sorted(set(zip(t["quantity"].tolist(), t["mode"].tolist())))
+        batches = sorted(set(zip(t["batch"].tolist(), t["B"].tolist())))
+        colours = dict(zip(batches, plots.palette(len(batches))))
+        fig, axs = plots.facets(plt, len(panels), ncols=min(3, len(panels)))
+        handles = {}
+        for ax, (quantity, mode) in zip(axs, panels):
+            for batch in batches:
+                sel = (t["quantity"] == quantity) & (t["mode"] == mode) & (t["batch"] == batch[0]) \
+                    & (t["B"] == batch[1])
+                if not sel.any():
+                    continue
+                order = np.argsort(t["S"][sel])
+                S = t["S"][sel][order]
+                (line,) = ax.plot(S, t["speedup_vs_loop"][sel][order], "o-",
+                                  color=colours[batch], label=f"{batch[0]}, B={batch[1]}")
+                ax.plot(S, t["speedup_vs_stacked"][sel][order], "s--", color=colours[batch])
+                handles.setdefault(line.get_label(), line)
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("states S")
+            ax.set_ylabel("speed-up (NumPy time / dsorl time)")
+            ax.set_title(f"{quantity}, {mode}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+        plots.legend_outside(fig, list(handles.values()), list(handles), title="batch")
+        fig.suptitle(f"{plots.describe(config)}: speed-up over the NumPy loop (solid) and"
+                     f" stacked NumPy (dashed), A={config['actions']}, γ={config['gamma']}",
+                     fontsize=10)
+        fig.tight_layout()
+        out["speedups"] = fig
+    g = tables.get("gamma_sweep")
+    if g is not None and len(g["S"]):
+        kinds = sorted(set(g["table"].tolist()))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for kind, colour in zip(kinds, plots.palette(len(kinds))):
+            sel = g["table"] == kind
+            for B in sorted(set(g["B"][sel].tolist())):
+                rows = sel & (g["B"] == B)
+                order = np.argsort(g["S"][rows])
+                ax.plot(g["S"][rows][order], g["speedup"][rows][order], "o-", color=colour,
+                        label=f"{kind}, B={B}", alpha=0.5 + 0.5 * (B == max(g["B"][sel])))
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("states S")
+        ax.set_ylabel("speed-up (LU per γ / shared sweep)")
+        ax.grid(True, which="both", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        plots.legend_outside(fig, handles, labels)
+        ax.set_title(f"{plots.describe(config)}: one Hessenberg reduction for B discounts",
+                     fontsize=9)
+        fig.tight_layout()
+        out["gamma_sweep"] = fig
+    return out

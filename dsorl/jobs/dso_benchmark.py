@@ -298,3 +298,36 @@ def estimator_speed(mdp, policy, model, theta, gamma, horizon, n_episodes, confi
             {"estimator": "NumPy (vectorised over episodes)", "episodes": n_episodes,
              "horizon": horizon, "states": X, "seconds": numpy_s, "compile_s": 0.0,
              "episodes_per_s": n_episodes / numpy_s, "speedup_vs_numpy": 1.0}]
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`garnet_convergence`: the relative gap of each method against iterations (median and
+    10–90% band over the garnets, log-log); `lmdp_convergence`: see `dso_lmdp.lmdp_figure`."""
+    from dsorl import plots
+
+    out = {}
+    methods = [k[len("garnet/"):] for k in arrays if k.startswith("garnet/")
+               and k != "garnet/optimum"]
+    if methods:
+        g = config["garnet"]
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for name, colour in zip(methods, plots.palette(len(methods))):
+            gaps = np.maximum(np.asarray(arrays[f"garnet/{name}"], float), 1e-16)
+            k = np.arange(1, gaps.shape[1] + 1)
+            ax.loglog(k, np.median(gaps, 0), color=colour, label=name.replace("_", " "))
+            ax.fill_between(k, np.quantile(gaps, 0.1, 0), np.quantile(gaps, 0.9, 0),
+                            color=colour, alpha=0.2, lw=0)
+        ax.axhline(g["target"], color="k", ls=":", lw=1, label=f"target {g['target']:g}")
+        ax.set_xlabel("iteration + 1")
+        ax.set_ylabel("relative gap (J* - J) / |J*|")
+        ax.set_title(f"{g['seeds']} garnets (S={g['n_states']}, A={g['n_actions']},"
+                     f" branching {g['branching']}, γ={g['gamma']:g}): median and 10–90%",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        plots.legend_outside(fig, handles, labels)
+        fig.tight_layout()
+        out["garnet_convergence"] = fig
+    if any(k.startswith("lmdp/") for k in arrays):
+        out["lmdp_convergence"] = dso_lmdp.lmdp_figure(arrays, config["lmdp"], plt, prefix="lmdp/")
+    return out

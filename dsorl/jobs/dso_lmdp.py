@@ -141,3 +141,40 @@ def run(config: dict) -> dict:
             "first_step_gap": float(gaps[1]),
         })
     return {"tables": {"lmdp": rows}, "arrays": arrays, "seeds": [config["seed"]]}
+
+
+def lmdp_figure(arrays, config, plt, prefix=""):
+    """The relative gap `|J* - J| / |J*|` of each method (log-log): exact DSO methods against
+    iterations, Z-learning against sampled transitions (`X - 1` per step)."""
+    from dsorl import plots
+
+    names = [k[len(prefix):] for k in arrays if k.startswith(prefix) and k != f"{prefix}optimum"]
+    groups = [[n for n in names if not n.startswith("z_learning")],
+              [n for n in names if n.startswith("z_learning")]]
+    groups = [g for g in groups if g]
+    fig, axs = plots.facets(plt, len(groups), ncols=len(groups), width=5.0)
+    per_step = config["n_states"] - 1
+    for ax, group in zip(axs, groups):
+        for name, colour in zip(group, plots.palette(len(group))):
+            gaps = np.maximum(np.abs(np.asarray(arrays[prefix + name], float)), 1e-16)
+            k = np.arange(len(gaps))
+            x = 1 + k * per_step if name.startswith("z_learning") else 1 + k
+            ax.loglog(x, gaps, color=colour, label=name.replace("_", " "))
+        ax.axhline(config["target"], color="k", ls=":", lw=1)
+        z = group[0].startswith("z_learning")
+        ax.set_xlabel("sampled transitions + 1" if z else "iteration + 1")
+        ax.set_ylabel("relative gap |J* - J| / |J*|")
+        ax.set_title("Z-learning (gap of the chain u(z_k))" if z else "exact DSO methods",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"first-exit LMDP: X={config['n_states']} states, noise {config['noise']:g},"
+                 f" cost {config['cost_weight']:g} x^2 (dotted: target {config['target']:g})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`lmdp_convergence`: see `lmdp_figure`."""
+    return {"lmdp_convergence": lmdp_figure(arrays, config, plt)}

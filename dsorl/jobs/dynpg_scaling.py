@@ -166,3 +166,35 @@ def _report(rows):
         progress.note(f"horizon {r['horizon']:g} n {r['n']} {r['method']} {r['setting']}:"
                       f" steps {r['steps_to_eps']:g} (reached: {r['reached']}),"
                       f" run {r['run_s']:.3g} s")
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`scaling`: gradient steps to epsilon-optimality against the horizon and against the
+    chain length (log-log), one line per method and step rule; settings that did not reach
+    epsilon are left out of the lines and counted in the legend."""
+    from dsorl import plots
+
+    studies = [(name, axis, label) for name, axis, label in (
+        ("horizon", "horizon", "effective horizon 1/(1-γ)"),
+        ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})")) if len(tables[name]["n"])]
+    fig, axs = plots.facets(plt, len(studies), ncols=len(studies), width=5.0)
+    for ax, (name, axis, label) in zip(axs, studies):
+        t = tables[name]
+        keys = sorted(set(zip(t["method"].tolist(), t["setting"].tolist())))
+        for (method, setting), colour in zip(keys, plots.palette(len(keys))):
+            sel = (t["method"] == method) & (t["setting"] == setting)
+            ok = sel & t["reached"]
+            order = np.argsort(t[axis][ok])
+            missed = int(sel.sum() - ok.sum())
+            ax.plot(t[axis][ok][order], t["steps_to_eps"][ok][order],
+                    "o-" if method == "dynpg" else "s--", color=colour,
+                    label=f"{method} {setting}" + (f" ({missed} not reached)" if missed else ""))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"gradient steps to ε = {config['epsilon']:g}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("dynpg_scaling: DynPG vs vanilla softmax PG on committal chains", fontsize=10)
+    fig.tight_layout()
+    return {"scaling": fig}

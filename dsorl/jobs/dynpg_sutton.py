@@ -261,3 +261,29 @@ def numpy_reinforce(env, gamma, budget, eps, j_star, rng, info):
 
 
 BASELINES = {"dynpg": numpy_dynpg, "reinforce": numpy_reinforce}
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`success_curves`: the fraction of runs that have output an epsilon-optimal policy
+    against environment interactions, DynPG and REINFORCE, one panel per discount."""
+    from dsorl import plots
+
+    gammas = config["gammas"]
+    fig, axs = plots.facets(plt, len(gammas), ncols=len(gammas), width=5.0, sharey=True)
+    x = np.arange(config["interactions"])
+    for ax, gamma in zip(axs, gammas):
+        for (name, label), colour in zip((("dynpg", "DynPG"), ("reinforce", "REINFORCE")),
+                                         plots.palette(2)):
+            key = f"success_curve_{name}_gamma{gamma}"
+            if key in arrays:
+                ax.plot(x, arrays[key], color=colour, label=label)
+        ax.set_title(f"γ = {gamma:g}, ε = {config['epsilon']:g}", fontsize=9)
+        ax.set_xlabel("environment interactions")
+        ax.set_ylabel(f"success probability ({config['runs']} runs)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, labels = axs[0].get_legend_handles_labels()
+    plots.legend_outside(fig, handles, labels)
+    fig.suptitle("dynpg_sutton: Sutton-extended, sampled DynPG against REINFORCE", fontsize=10)
+    fig.tight_layout()
+    return {"success_curves": fig}

@@ -233,3 +233,55 @@ class NumpyLangevin:
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
     print(json.dumps(_worker(spec["impl"], spec["n"], spec["config"])))
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`throughput`: particle-steps per second and peak memory against N (log-log) for JAX,
+    NumPy and NumPy on one BLAS thread; `convergence`: the value gap against Langevin steps,
+    one panel per particle count, one line per sigma (mean over seeds)."""
+    from dsorl import plots
+
+    out = {}
+    t = tables.get("throughput")
+    if t is not None and len(t["particles"]):
+        order = np.argsort(t["particles"])
+        n = t["particles"][order]
+        fig, axs = plots.facets(plt, 2, ncols=2, width=5.0)
+        series = [(("jax_particle_steps_per_s", "jax_peak_rss_mb"), "JAX (jit, scan)", "o-"),
+                  (("numpy_particle_steps_per_s", "numpy_peak_rss_mb"), "NumPy", "s--"),
+                  (("numpy_1blas_particle_steps_per_s", "numpy_1blas_peak_rss_mb"),
+                   "NumPy, 1 BLAS thread", "^:")]
+        for (cols, label, style), colour in zip(series, plots.palette(len(series))):
+            for ax, col in zip(axs, cols):
+                ax.loglog(n, t[col][order], style, color=colour, label=label)
+        for ax, ylabel in zip(axs, ("particle-steps per second", "peak RSS (MiB)")):
+            ax.set_xlabel("particles N")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+        handles, labels = axs[0].get_legend_handles_labels()
+        plots.legend_outside(fig, handles, labels)
+        fig.suptitle("meanfield_benchmark: the mean-field Langevin update (float64, CPU)",
+                     fontsize=10)
+        fig.tight_layout()
+        out["throughput"] = fig
+    c = config["convergence"]
+    counts = [n for n in c["particles"] if any(k.startswith(f"gap_n{n}_") for k in arrays)]
+    if counts:
+        fig, axs = plots.facets(plt, len(counts), sharey=True)
+        colours = plots.palette(len(c["sigmas"]))
+        for ax, n in zip(axs, counts):
+            for sigma, colour in zip(c["sigmas"], colours):
+                curve = np.asarray(arrays[f"gap_n{n}_sigma{sigma:g}"], float)
+                ax.semilogy(np.arange(1, len(curve) + 1), np.maximum(curve, 1e-16),
+                            color=colour, label=f"{sigma:g}")
+            ax.set_title(f"N = {n}", fontsize=9)
+            ax.set_xlabel("Langevin step")
+            ax.set_ylabel("V*_tau(rho) - V_tau(rho)")
+            ax.grid(True, which="both", alpha=0.3)
+        handles, labels = axs[0].get_legend_handles_labels()
+        plots.legend_outside(fig, handles, labels, title="σ")
+        fig.suptitle(f"meanfield_benchmark: value gap, mean over {c['seeds']} seeds"
+                     f" (η = {config['step_size']:g}, τ = {config['tau']:g})", fontsize=10)
+        fig.tight_layout()
+        out["convergence"] = fig
+    return out

@@ -26,7 +26,7 @@ from dsorl.jobs.meanfield import run_from_key
 from dsorl.objectives import entropy_regularised_return
 from dsorl.planning import soft_policy_iteration
 
-__all__ = ["DEFAULTS", "build_problem", "run"]
+__all__ = ["DEFAULTS", "build_problem", "run", "figures"]
 
 DEFAULTS = {
     "grid": {"n_states": 31, "n_actions": 21, "state_bound": 3.0, "action_bound": 3.0},
@@ -116,3 +116,46 @@ def _policy_row(name, pi, pi_star, value_gap, x, u, inner) -> dict:
     return {"policy": name, "policy_gap": float(np.abs(pi - pi_star).sum(1).max()),
             "value_gap": value_gap, "mean_action_slope": float(slope),
             "action_std": float(std[inner].mean())}
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`policy`: the mean action against the state for the particle policies (one per
+    seed), soft value iteration on the grid and the Riccati gain line of the continuous
+    problem; `value_gap`: each seed's value gap against Langevin steps (log y)."""
+    from dsorl import plots
+
+    x = np.asarray(arrays["states"])
+    runs = np.asarray(arrays["particle_mean_action"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = plots.palette(len(runs) + 2)
+    ax.plot(x, arrays["soft_mean_action"], color=colours[0], lw=2.5,
+            label="soft value iteration (grid)")
+    ax.plot(x, float(arrays["riccati_gain"]) * x, color=colours[1], ls="--",
+            label="continuous LQR (Riccati)")
+    for i, (mean, colour) in enumerate(zip(runs, colours[2:])):
+        ax.plot(x, mean, color=colour, lw=1, label=f"particles, seed {i}")
+    ax.axvspan(-config["interior"], config["interior"], color="0.9", zorder=0)
+    ax.set_xlabel("state x")
+    ax.set_ylabel("mean action")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    plots.legend_outside(fig, handles, labels)
+    ax.set_title(f"meanfield_control: N={config['particles']} particles, {config['steps']} steps,"
+                 f" γ={config['gamma']:g}, τ={config['tau']:g} (shaded: interior)", fontsize=9)
+    fig.tight_layout()
+    out = {"policy": fig}
+    curves = np.asarray(arrays["value_gap_curves"], float)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (curve, colour) in enumerate(zip(curves, plots.palette(len(curves)))):
+        ax.plot(np.arange(1, len(curve) + 1), np.maximum(curve, 1e-16), color=colour,
+                label=f"seed {i}")
+    ax.set_yscale("log")
+    ax.set_xlabel("Langevin step")
+    ax.set_ylabel("V*_tau(rho) - V_tau(rho)")
+    ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    plots.legend_outside(fig, handles, labels)
+    ax.set_title("meanfield_control: value gap of the particle policy", fontsize=9)
+    fig.tight_layout()
+    out["value_gap"] = fig
+    return out

@@ -17,7 +17,7 @@ from dsorl.markov import bias, gain
 from dsorl.mdp import induced_chain
 from dsorl.planning import nearly_blackwell_optimal
 
-__all__ = ["DEFAULTS", "run"]
+__all__ = ["DEFAULTS", "run", "figures"]
 
 DEFAULTS = {
     "envs": list(envs.NBW_NAMES),
@@ -69,3 +69,25 @@ def run(config: dict) -> dict:
         arrays[f"{name}_gain"] = gains
         arrays[f"{name}_bias_s0"] = biases
     return {"tables": {"summary": rows}, "arrays": arrays}
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`landscapes`: the gain and the bias at s0 of the sigmoid policy over the parameter
+    grid, one column per environment (a landscape of one value says so)."""
+    from dsorl import plots
+
+    grid = np.asarray(arrays["grid"])
+    wx, wy = np.unique(grid[:, 0]), np.unique(grid[:, 1])
+    names = [n for n in config["envs"] if f"{n}_gain" in arrays]
+    fig, axs = plots.facets(plt, 2 * len(names), ncols=len(names), width=3.6, height=3.2)
+    for j, name in enumerate(names):
+        for i, (key, what) in enumerate((("gain", "gain g"), ("bias_s0", "bias h(s0)"))):
+            # the grid is w_x-major (sigmoid_grid): reshape to [w_x, w_y], draw [w_y, w_x]
+            values = np.asarray(arrays[f"{name}_{key}"]).reshape(len(wx), len(wy)).T
+            plots.heatmap(fig, axs[i * len(names) + j], wx, wy, values, "w_x", "w_y",
+                          f"{name}: {what}")
+    g = config["grid"]
+    fig.suptitle(f"{plots.describe(config)}: the sigmoid policy's gain and bias at s0 over"
+                 f" w in [{g['low']:g}, {g['high']:g}]^2, step {g['step']:g}", fontsize=10)
+    fig.tight_layout()
+    return {"landscapes": fig}

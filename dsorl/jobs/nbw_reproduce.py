@@ -15,7 +15,14 @@ for the single-seed methods). Output: per environment and
 method, the mean and standard deviation over starts of `|h_final(s0) - h*(s0)|` and of the
 gain gap `g* - g_final` (sampled: averaged over seeds per start first, as the authors'
 plots do), next to the authors' reported mean bias errors; the final gains/biases and the
-gain and bias landscapes as arrays for the figures (`benchmarks/nbw_reproduce.py`).
+gain and bias landscapes as arrays for the figure (`figures`: fig6_errors.png).
+
+Table `summary`, one row per environment and method: env, method, starts, seeds;
+bias_err_mean, bias_err_std (over starts of |h_final(s0) - h*(s0)|), reference_bias_err
+(the authors' number; NaN where they give none); gain_gap_mean, gain_gap_std (g* -
+g_final); nonfinite (starts whose final bias is not finite); compile_s, run_s. Arrays:
+`grid` [starts, 2]; `<env>/<method>/gain` and `/bias` [seeds, starts];
+`<env>/gain_landscape`, `<env>/bias_landscape` [starts].
 """
 import jax
 import jax.numpy as jnp
@@ -151,3 +158,39 @@ def _landscapes(mdp, policy, grid):
         return gain(chain), bias(chain)[0]
     g, h = jax.jit(jax.vmap(one))(grid)
     return np.asarray(g), np.asarray(h)
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`fig6_errors`: per environment (rows), the mean over seeds of `|h_final(s0) -
+    h*(s0)|` over the start grid for each method (its mean ± std over starts in the title),
+    and the gain and bias landscapes of the sigmoid policy; the paper's Fig. 6 layout."""
+    from dsorl import plots
+
+    grid = np.asarray(arrays["grid"])
+    wx, wy = np.unique(grid[:, 0]), np.unique(grid[:, 1])
+    labels = sorted({m for m in tables["summary"]["method"]},
+                    key=lambda m: (not m.startswith("discounted"), m))
+    names = [n for n in config["envs"] if f"{n}/gain_landscape" in arrays]
+    columns = ([(f"{m}/bias", m.replace("discounted_", "discounted γ = ")) for m in labels
+                if m.startswith("discounted")]
+               + [("gain_landscape", "gain landscape"), ("bias_landscape", "bias h(s0) landscape")]
+               + [(f"{m}/bias", m.replace("_", " ")) for m in labels
+                  if not m.startswith("discounted")])
+    fig, axs = plots.facets(plt, len(names) * len(columns), ncols=len(columns), width=3.2,
+                            height=2.9)
+    for i, name in enumerate(names):
+        ref = envs.nbw_reference(name)
+        for j, (key, title) in enumerate(columns):
+            ax = axs[i * len(columns) + j]
+            z = np.asarray(arrays.get(f"{name}/{key}", np.full(len(grid), np.nan)))
+            if "landscape" in key:
+                values, cmap = z, "plasma"
+            else:
+                values, cmap = np.abs(z - ref["optimal_bias_s0"]).mean(axis=0), "cool"
+                title = f"{title}\nerror {np.mean(values):.3f} ± {np.std(values):.3f}"
+            plots.heatmap(fig, ax, wx, wy, values.reshape(len(wx), len(wy)).T, "w_x",
+                          f"Env-{name}\nw_y" if j == 0 else "w_y", title, cmap=cmap)
+    fig.suptitle(f"{plots.describe(config)}: |h_final(s0) - h*(s0)| over the start grid"
+                 " (mean over seeds), and the landscapes", fontsize=10)
+    fig.tight_layout()
+    return {"fig6_errors": fig}

@@ -12,7 +12,7 @@ import dsorl
 from dsorl.config import Free
 from dsorl.sweep import Grid, check_grid
 
-__all__ = ["DEFAULTS", "make_env", "sweep_spec"]
+__all__ = ["DEFAULTS", "make_env", "sweep_spec", "trace_axis"]
 
 DEFAULTS = {
     "algorithm": "pg",  # pg (vanilla softmax PG) or dynpg
@@ -83,6 +83,11 @@ def sweep_spec(config: dict) -> dict:
     _check_axes(algorithm, grid, keys)
     return {"run": run, "mdp": mdp, "grid": Grid(**grid), "config": static,
             "params0": params0, "hparams": hparams, "metrics": _metrics}
+
+
+def trace_axis(config: dict) -> str:
+    """What one trace row counts (the x axis of `dsorl plot`): a DynPG step is an epoch."""
+    return "epoch" if config.get("algorithm") == "dynpg" else "step"
 
 
 def _check_axes(algorithm: str, grid: dict, keys: set) -> None:

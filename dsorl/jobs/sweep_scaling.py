@@ -18,6 +18,12 @@ objectives are checked against vmap's: `max_abs_diff`); then `repeats` rounds, o
 each per round, report medians: vmap's wall time, the sweeps' own `run_seconds` (their
 set-up left out). Each device count runs in its own process (XLA's forced host devices are
 fixed at start). The machine is shared: run with `nice`, compare ratios within a run.
+
+Table `sweep_scaling`, one row per (device count, B): devices, B, chunk (members per
+compiled call); vmap_s, sweep_s, sweep_disk_s (median seconds); vmap_members_per_s,
+sweep_members_per_s, sweep_disk_members_per_s; sweep_over_vmap, disk_over_vmap (time
+ratios); compile_vmap_s, compile_sweep_s; max_abs_diff (sweep against vmap); device
+(platform). Figure (`figures`): members per second against B.
 """
 import json
 import os
@@ -27,7 +33,7 @@ import tempfile
 
 from dsorl import progress
 
-__all__ = ["DEFAULTS", "PRINTED", "run", "worker"]
+__all__ = ["DEFAULTS", "PRINTED", "run", "worker", "figures"]
 
 DEFAULTS = {
     "sizes": [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536],
@@ -134,6 +140,39 @@ def worker(cfg: dict) -> list:
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`throughput`: members per second against the batch size B (log-log), one panel per
+    device count, one line per way of running (plain vmap, sweep, sweep to disk)."""
+    import numpy as np
+
+    from dsorl import plots
+
+    t = tables["sweep_scaling"]
+    devices = sorted(set(t["devices"].tolist()))
+    ways = [("vmap_members_per_s", "jit(vmap)"), ("sweep_members_per_s", "dsorl.sweep"),
+            ("sweep_disk_members_per_s", "dsorl.sweep to disk")]
+    fig, axs = plots.facets(plt, len(devices), sharey=True)
+    for ax, n in zip(axs, devices):
+        sel = t["devices"] == n
+        order = np.argsort(t["B"][sel])
+        for (col, label), colour in zip(ways, plots.palette(len(ways))):
+            ax.plot(t["B"][sel][order], t[col][sel][order], "o-", color=colour, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("members B")
+        ax.set_ylabel("members per second")
+        ax.set_title(f"{n} device(s)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axs[0].get_legend_handles_labels()
+    plots.legend_outside(fig, handles, labels)
+    env = config["env"]
+    fig.suptitle(f"sweep_scaling: softmax PG, {config['n_steps']} steps on a garnet"
+                 f" (S={env['n_states']}, A={env['n_actions']}); medians of"
+                 f" {config['repeats']} runs", fontsize=10)
+    fig.tight_layout()
+    return {"throughput": fig}
 
 
 if __name__ == "__main__":
