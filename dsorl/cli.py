@@ -2,7 +2,7 @@
 
     dsorl run CONFIG [--set key=value ...]     run a job, print its tables, save results
     dsorl sweep CONFIG [--set key=value ...]   run a sweep job: one row per member, resumable
-    dsorl plot RESULTS [--out DIR]             PNG figures of a sweep's results
+    dsorl plot RESULTS [--out DIR]             PNG figures of a result directory
     dsorl list                                 jobs, algorithms and environments
 
 Several processes run one sweep together when each is started with the same command plus
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
                          help="jax.distributed coordinator address (several processes)")
     sweep_p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
     sweep_p.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
-    plot_p = sub.add_parser("plot", help="draw PNG figures of a sweep's results")
-    plot_p.add_argument("results", help="a result directory written by `dsorl sweep`")
+    plot_p = sub.add_parser("plot", help="draw PNG figures of a result directory")
+    plot_p.add_argument("results", help="a result directory of `dsorl run` or `dsorl sweep`")
     plot_p.add_argument("--out", help="where to write the PNGs (default: RESULTS/plots)")
     plot_p.add_argument("--metric", action="append", default=None,
                         help="metric to plot (repeatable; default: all)")
@@ -76,8 +76,19 @@ def _run(args) -> int:
         print(f"\n== {name} ==\n{format_table(rows)}")
     path = write_results(out, cfg, tables=result.get("tables"), arrays=result.get("arrays"),
                          seeds=result.get("seeds"), extra=result.get("extra"))
-    print(f"\nresults written to {path}/")
+    print(f"\nresults written to {path}/; {_figures(path)}")
     return 0
+
+
+def _figures(out) -> str:
+    """Draw the job's figures into `out/plots`; says what it drew (or why not)."""
+    from dsorl import plots
+
+    try:
+        paths = plots.plot_results(out)
+    except ValueError as err:  # matplotlib missing: the results stand without figures
+        return f"no figures ({err})"
+    return f"{len(paths)} figure(s) in {out}/plots/" if paths else "no figures"
 
 
 def _sweep(args, cfg=None) -> int:
