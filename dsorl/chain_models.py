@@ -260,9 +260,10 @@ def check_chain(model: ChainModel, theta) -> None:
     values = evaluate(model, theta)
     if not _checks.is_concrete(values):  # inside a trace (jit, vmap) even constants are traced
         return
-    P, r, P0 = (np.asarray(x) for x in values)
+    P, r, P0 = values
     # a wider chain than theta (a float64 MDP under float32 theta) carries theta's rounding
     markov.validate_chain(P.astype(_narrowest(theta, P)))
+    r, P0 = np.asarray(r), np.asarray(P0)
     if model.check is not None:
         model.check(theta)
     _checks.check_shape("r", r, P.shape[:1], "[X]")
@@ -427,12 +428,17 @@ def objective(model: ChainModel, theta, gamma) -> Array:
 def _thm1(model: ChainModel, theta, sol: ChainSolution, *, initial: bool = True):
     """Thm 1 as one pullback through `theta -> (P, r, P0)` with cotangents
     `(gamma m v^T (non-terminal rows), m, v)` (`P0`'s is 0 when `initial` is False)."""
-    _, pullback = jax.vjp(lambda th: evaluate(model, th), theta)
     X = sol.value.shape[0]
     rows = sol.weight * _continues(model.terminal, X, sol.value.dtype)
     start = sol.value if initial else jnp.zeros_like(sol.value)
-    (grad,) = pullback((sol.gamma * rows[:, None] * sol.value[None, :], sol.weight, start))
-    return grad
+
+    # the gradient of P0 . v + m . r + gamma rows . (P v) with m, v frozen: one pullback,
+    # written through the products so that a sparse P never becomes a dense cotangent
+    def frozen(th):
+        P, r, P0 = evaluate(model, th)
+        return P0 @ start + sol.weight @ r + sol.gamma * (rows @ (P @ sol.value))
+
+    return jax.grad(frozen)(theta)
 
 
 def gradient(model: ChainModel, theta, gamma):

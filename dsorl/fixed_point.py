@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsorl import krylov
 from dsorl.mdp import MDP
+from dsorl.sparse import is_sparse
 
 __all__ = ["implicit_fixed_point", "bellman_optimality_operator", "soft_bellman_operator",
            "masked_q"]
@@ -26,9 +28,10 @@ def implicit_fixed_point(operator: Callable, solver: Callable, params):
 
     `solver(params) -> (v*, aux)` finds it (aux: e.g. an iteration count, not
     differentiated). Tangents: `(I - J)^{-1} (dT/dparams . dparams)` with
-    `J = d operator / dv` at `v*` (a dense `[S, S]` Jacobian by forward mode). Both
-    forward and reverse mode work, and so do higher derivatives where `operator` is smooth.
-    Returns `(v*, aux)`.
+    `J = d operator / dv` at `v*` (a dense `[S, S]` Jacobian by forward mode; when
+    `params` hold a sparse kernel, matrix-free: BiCGSTAB on `x -> x - J x` by `jax.jvp`,
+    `J^T` by `jax.vjp`, with the kernel's Krylov settings). Both forward and reverse mode
+    work, and so do higher derivatives where `operator` is smooth. Returns `(v*, aux)`.
     """
     return solver(params)
 
@@ -38,8 +41,17 @@ def _implicit_fixed_point_jvp(operator, solver, primals, tangents):
     (params,), (dparams,) = primals, tangents
     v, aux = implicit_fixed_point(operator, solver, params)
     _, dT = jax.jvp(lambda p: operator(v, p), (params,), (dparams,))
-    J = jax.jacfwd(operator)(v, params)
-    dv = jnp.linalg.solve(jnp.eye(v.shape[-1], dtype=v.dtype) - J, dT)
+    kernels = [x for x in jax.tree_util.tree_leaves(params, is_leaf=is_sparse) if is_sparse(x)]
+    if kernels:
+        def at_v(x):
+            return operator(x, params)
+
+        _, vjp = jax.vjp(at_v, v)
+        dv, _ = krylov.solve(lambda x: x - jax.jvp(at_v, (v,), (x,))[1],
+                             lambda y: y - vjp(y)[0], dT, options=kernels[0].krylov)
+    else:
+        J = jax.jacfwd(operator)(v, params)
+        dv = jnp.linalg.solve(jnp.eye(v.shape[-1], dtype=v.dtype) - J, dT)
     return (v, aux), (dv, jax.tree_util.tree_map(_zero_tangent, aux))
 
 

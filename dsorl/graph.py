@@ -49,6 +49,8 @@ def _support(P):
     """The edges `P[s, s'] > 0` as a `[S, S]` CSR matrix (dense array or sparse kernel)."""
     if hasattr(P, "support"):
         return P.support()
+    if scipy.sparse.issparse(P):
+        return scipy.sparse.csr_matrix(P)
     src, dst = np.nonzero(np.asarray(P) > 0)
     return scipy.sparse.csr_matrix((np.ones(src.size, np.int8), (src, dst)), shape=np.shape(P))
 
@@ -70,7 +72,11 @@ def reaches(P, target) -> np.ndarray:
 
 def action_support(P, action_mask=None) -> np.ndarray:
     """`[S, S]` bool: the edges of a policy that uses every available action of the MDP
-    `P[S, A, S]` (every softmax or sigmoid policy has exactly this support)."""
+    `P[S, A, S]` (every softmax or sigmoid policy has exactly this support); a CSR matrix
+    of them for a sparse kernel."""
+    if hasattr(P, "masked"):  # a sparse kernel: its masked support, as a CSR matrix
+        mask = None if action_mask is None else np.asarray(action_mask, bool)
+        return P.masked(mask).support()
     P = np.asarray(P)
     allowed = np.ones(P.shape[:2], bool) if action_mask is None else np.asarray(action_mask, bool)
     return (P * allowed[..., None]).sum(axis=1) > 0

@@ -92,7 +92,11 @@ def bicgstab(matvec: Callable, b: Array, *, tol: float, max_iters: int,
     threshold = tol * b_norm
     zero = jnp.zeros((), b.dtype)
     one = jnp.ones((), b.dtype)
-    r_hat = r
+    # The shadow residual: r_0 itself is the textbook choice, but it breaks down on the
+    # stationary system, whose later residuals all sum to 0 and are orthogonal to a uniform
+    # r_0 (rho = r_hat . r = 0 after one step, measured). Fixed random weights in [1, 2)
+    # keep r_hat . r_0 > 0 and break that symmetry, deterministically.
+    r_hat = r * (1 + jax.random.uniform(jax.random.key(0), r.shape, r.dtype))
 
     def not_done(carry):
         i, _, r, *_, alive = carry

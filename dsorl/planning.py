@@ -15,7 +15,8 @@ from jax import lax
 from dsorl import _checks
 from dsorl.fixed_point import (bellman_optimality_operator, implicit_fixed_point, masked_q,
                                soft_bellman_operator)
-from dsorl.markov import bias, discounted_value, gain, is_unichain
+from dsorl._struct import unchecked
+from dsorl.markov import Chain, bias, discounted_value, gain, is_unichain
 from dsorl.mdp import MDP, induced_chain, reference_measure
 from dsorl.policies import deterministic
 
@@ -180,8 +181,7 @@ def _soft_policy_iteration_solver(params, *, tol, max_iter: int):
         # V_tau^pi: reward r_pi - tau KL(pi || mu); KL computed stably from q, v
         log_ratio = (q - v[:, None]) / tau
         reward = jnp.sum(jnp.where(pi > 0, pi * (mdp.R - tau * log_ratio), 0), axis=-1)
-        P = jnp.einsum("sa,sat->st", pi, mdp.P)
-        return jnp.linalg.solve(jnp.eye(mdp.n_states, dtype=P.dtype) - gamma * P, reward)
+        return discounted_value(unchecked(Chain, P=induced_chain(mdp, pi).P, r=reward), gamma)
 
     def step(carry):
         v, k, _ = carry

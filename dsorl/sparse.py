@@ -30,7 +30,8 @@ import numpy as np
 from dsorl import _checks
 from dsorl.krylov import Krylov
 
-__all__ = ["SparseTransitions", "validate_sparse", "from_dense", "from_scipy", "is_sparse"]
+__all__ = ["SparseTransitions", "validate_sparse", "from_dense", "from_scipy", "is_sparse",
+           "self_loops"]
 
 Array = jax.Array
 
@@ -38,16 +39,21 @@ Array = jax.Array
 class SparseTransitions:
     """A transition kernel with `K` entries a row: `successors[..., K]` (int32) and
     `probs[..., K]`; dense shape `successors.shape[:-1] + (S,)` with `S =
-    successors.shape[0]`. Validated when built from concrete arrays (`validate_sparse`).
+    successors.shape[0]`. Validated when built from concrete arrays (`validate_sparse`;
+    all-zero rows pass here, for masked actions, and are judged by `MDP` and `Chain`).
     `krylov`: the settings of the solves of the chains it induces (static).
     """
+
+    __array_ufunc__ = None  # `numpy_array @ P` defers to `P.__rmatmul__`
 
     def __init__(self, successors, probs, *, krylov: Krylov = Krylov(), dtype=None):
         dtype = dtype or _checks.float_dtype(probs)
         successors = jnp.asarray(successors)
         probs = jnp.asarray(probs, dtype)
         if _checks.is_concrete(successors, probs):
-            validate_sparse(successors, probs)
+            # an all-zero row may be a masked action's: `MDP` checks it against its mask,
+            # `Chain` refuses it
+            validate_sparse(successors, probs, np.any(np.asarray(probs) != 0, axis=-1))
             successors = successors.astype(jnp.int32)
         self.successors, self.probs, self.krylov = successors, probs, krylov
 
@@ -173,6 +179,19 @@ jax.tree_util.register_pytree_with_keys(SparseTransitions, _flatten, _unflatten)
 def is_sparse(P) -> bool:
     """True for a `SparseTransitions` kernel (False for a dense array)."""
     return isinstance(P, SparseTransitions)
+
+
+def self_loops(P) -> Array:
+    """`P[s, ..., s]`, the probability of staying put, `[S]` or `[S, A]`, for a dense kernel
+    or a sparse one (repeated entries of the own state add up). Jittable; concrete input
+    is computed in NumPy (host validation may run while an outer `jit` traces)."""
+    xp = np if _checks.is_concrete(P) else jnp
+    if is_sparse(P):
+        succ = xp.asarray(P.successors)
+        own = xp.arange(P.n_states).reshape((-1,) + (1,) * (succ.ndim - 1))
+        return xp.sum(xp.where(succ == own, xp.asarray(P.probs), 0), axis=-1)
+    P = xp.asarray(P)
+    return xp.moveaxis(xp.diagonal(P, axis1=0, axis2=P.ndim - 1), -1, 0)
 
 
 def validate_sparse(successors, probs, mask=None, *, name: str = "probs") -> None:

@@ -62,6 +62,7 @@ from dsorl.algorithms import base
 from dsorl.episodic import check_reward_std, mdp_and_noise, problem_mdp
 from dsorl.estimators.reinforce import absorbing_states, interactions
 from dsorl.mdp import MDP
+from dsorl.sparse import self_loops
 from dsorl.objectives import chain_objective, policy_objective, softmax_rows
 from dsorl.optim import ascent
 from dsorl.policies import tabular_softmax
@@ -243,8 +244,8 @@ def _validate(problem, hparams: HParams, config: Config) -> None:
     # host arrays only (`mdp.allowed` would build a traced array inside jit)
     allowed = (np.ones(np.shape(mdp.R), bool) if mdp.action_mask is None
                else np.asarray(mdp.action_mask, bool))
-    P, R = np.asarray(mdp.P), np.asarray(mdp.R)
-    stay = np.diagonal(P, axis1=0, axis2=2).T
+    R = np.asarray(mdp.R)
+    stay = np.asarray(self_loops(mdp.P))
     terminal = np.all(((stay == 1) & (R == 0)) | ~allowed, axis=-1)  # as absorbing_states
     rho = np.asarray(mdp.rho)
     uncovered = np.flatnonzero((rho <= 0) & ~terminal)

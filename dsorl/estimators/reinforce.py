@@ -19,6 +19,7 @@ from jax import lax
 
 from dsorl.mdp import MDP
 from dsorl.sampling import Trajectory
+from dsorl.sparse import self_loops
 
 __all__ = ["returns_to_go", "step_mask", "reinforce_gradient", "bandit_gradient",
            "absorbing_states", "interactions"]
@@ -88,7 +89,7 @@ def absorbing_states(mdp: MDP) -> Array:
     These are the terminal states of an episodic MDP (`dsorl.envs.dynpg.episodic_mdp`).
     Jittable.
     """
-    stay = jnp.diagonal(mdp.P, axis1=0, axis2=2).T  # [S, A]: P[s, a, s]
+    stay = self_loops(mdp.P)  # [S, A]: P[s, a, s]
     inert = (stay == 1) & (mdp.R == 0)
     return jnp.all(inert | ~mdp.allowed, axis=-1)
 
