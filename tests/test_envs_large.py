@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 import scipy.sparse.csgraph
+import scipy.stats
 
 import dsorl
 from dsorl import envs, markov
+from dsorl.envs.garnet import sparse_garnet
 from dsorl.envs.gridworld import MOVES, gridworld, large_gridworld
 from dsorl.mdp import induced_chain
 from dsorl.sparse import is_sparse
@@ -174,3 +176,86 @@ def test_large_gridworld_cut_off_cells_kept_when_episodic_or_filled_when_drawn()
     with pytest.raises(ValueError, match="cut off from every goal by the random walls"):
         # density 0.9 walls in the start's neighbours (its key fixed: the draw is checked)
         large_gridworld(20, walls=0.9, key=jax.random.key(0))
+
+
+# -- sparse_garnet ---------------------------------------------------------------------------
+
+
+def test_sparse_garnet_structure_and_key():
+    """Shapes, K distinct in-range successors a pair, rows summing to 1, rewards in [0, 1),
+    uniform rho; the key determines the MDP, another key differs; jit + vmap over keys give
+    the eager draws."""
+    S, A, K = 2000, 2, 5  # the sizes of the next test: one compilation
+    mdp = sparse_garnet(jax.random.key(0), S, A, K)
+    succ, probs = np.asarray(mdp.P.successors), np.asarray(mdp.P.probs)
+    assert mdp.P.shape == (S, A, S) and succ.shape == probs.shape == (S, A, K)
+    assert succ.dtype == np.int32 and succ.min() >= 0 and succ.max() < S
+    assert (np.diff(np.sort(succ, axis=-1), axis=-1) > 0).all()  # distinct
+    assert (probs > 0).all()
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-14)
+    R = np.asarray(mdp.R)
+    assert R.shape == (S, A) and (R >= 0).all() and (R < 1).all()
+    np.testing.assert_array_equal(mdp.rho, np.full(S, 1 / S))
+    again = sparse_garnet(jax.random.key(0), S, A, K)
+    np.testing.assert_array_equal(again.P.successors, succ)
+    np.testing.assert_array_equal(again.P.probs, probs)
+    other = sparse_garnet(jax.random.key(1), S, A, K)
+    assert not np.array_equal(other.P.successors, succ)
+    keys = jax.random.split(jax.random.key(2), 2)
+    batch = jax.jit(jax.vmap(lambda k: sparse_garnet(k, S, A, K)))(keys)
+    assert batch.P.successors.shape == (2, S, A, K)
+    one = sparse_garnet(keys[1], S, A, K)
+    np.testing.assert_array_equal(batch.P.successors[1], one.P.successors)
+    np.testing.assert_allclose(batch.P.probs[1], one.P.probs, rtol=1e-15)
+
+
+def test_sparse_garnet_successor_sets_are_uniform():
+    """Floyd's draw gives every K-subset of the S states the same probability: with S = 6,
+    K = 3 the 20 subsets over 24000 pairs pass a chi-square test, and so do the 6 states'
+    frequencies (each is a successor of a pair with probability K / S)."""
+    S, A, K = 6, 4000, 3
+    succ = np.sort(np.asarray(sparse_garnet(jax.random.key(5), S, A, K).P.successors),
+                   axis=-1).reshape(-1, K)
+    codes = (1 << succ).sum(-1)  # a subset as a bit mask
+    _, counts = np.unique(codes, return_counts=True)
+    assert counts.size == 20  # C(6, 3)
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+    assert scipy.stats.chisquare(np.bincount(succ.ravel(), minlength=S)).pvalue > 1e-3
+
+
+def test_sparse_garnet_probabilities_are_uniform_on_the_simplex():
+    """Each entry of a Dirichlet(1, ..., 1) row is Beta(1, K - 1) (Kolmogorov-Smirnov), the
+    same law as the dense garnet's gaps of sorted uniforms; rewards are U[0, 1)."""
+    S, A, K = 2000, 2, 5
+    mdp = sparse_garnet(jax.random.key(7), S, A, K)
+    probs = np.asarray(mdp.P.probs).reshape(-1, K)
+    for k in range(K):
+        assert scipy.stats.kstest(probs[:, k], scipy.stats.beta(1, K - 1).cdf).pvalue > 1e-3
+    dense = np.asarray(envs.garnet(jax.random.key(7), 200, 2, K).P).reshape(-1, 200)
+    dense_entries = dense[dense > 0]
+    assert scipy.stats.ks_2samp(probs.ravel(), dense_entries).pvalue > 1e-3
+    assert scipy.stats.kstest(np.asarray(mdp.R).ravel(), "uniform").pvalue > 1e-3
+
+
+def test_sparse_garnet_extreme_branching_and_float32():
+    """Edge cases: branching = n_states (every state a successor, a valid dense MDP) and
+    branching = 1 (probability 1, where E / E could be 0 / 0); float32 follows dtype."""
+    full = sparse_garnet(jax.random.key(4), 50, 3, 50)
+    np.testing.assert_array_equal(np.sort(full.P.successors, -1),
+                                  np.broadcast_to(np.arange(50), (50, 3, 50)))
+    dsorl.MDP(full.P.to_dense(), full.R, full.rho)  # passes the dense validation
+    single = sparse_garnet(jax.random.key(4), 50, 3, 1, dtype=np.float32)
+    assert single.P.dtype == np.float32 and (np.asarray(single.P.probs) == 1).all()
+
+
+@pytest.mark.parametrize("args, match", [
+    ((5, 2, 6), "branching = 6 must lie in \\[1, n_states = 5\\]"),
+    ((5, 2, 0), "branching = 0 must be an integer >= 1"),
+    ((0, 2, 1), "n_states = 0 must be an integer >= 1"),
+    ((5, 0, 1), "n_actions = 0 must be an integer >= 1"),
+    ((5.0, 2, 1), "n_states = 5.0 must be an integer"),
+    ((2 ** 31, 1, 1), "exceeds the int32"),
+])
+def test_sparse_garnet_rejects_bad_sizes(args, match):
+    with pytest.raises(ValueError, match=match):
+        sparse_garnet(jax.random.key(0), *args)

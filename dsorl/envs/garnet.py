@@ -1,15 +1,25 @@
 """Random garnet MDPs (Archibald, McKinnon & Thomas 1995; Bhatnagar et al. 2009).
 
 Each state-action pair moves to `branching` distinct next states chosen uniformly, with
-probabilities given by the gaps of sorted uniform cut points; rewards are uniform on
-[0, 1); the initial law is uniform. Pure and jittable: `vmap` over keys for a batch.
+probabilities uniform on the simplex (the gaps of sorted uniform cut points); rewards are
+uniform on [0, 1); the initial law is uniform. Pure and jittable: `vmap` over keys for a
+batch.
+
+`garnet` builds the dense kernel `[S, A, S]` (its draw is an `[S A, S]` permutation, so it
+is for small `S`); `sparse_garnet` draws the same law directly in the sparse form
+`[S, A, K]` (`dsorl.sparse.SparseTransitions`), with `O(S A K)` memory, up to `S = 10^6`.
 """
+from functools import partial
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
+from dsorl.krylov import Krylov
 from dsorl.mdp import MDP
+from dsorl.sparse import SparseTransitions
 
-__all__ = ["garnet"]
+__all__ = ["garnet", "sparse_garnet"]
 
 
 def garnet(key: jax.Array, n_states: int, n_actions: int, branching: int,
@@ -32,3 +42,67 @@ def garnet(key: jax.Array, n_states: int, n_actions: int, branching: int,
     R = jax.random.uniform(k_reward, (n_states, n_actions), dtype)
     rho = jnp.full(n_states, 1 / n_states, dtype)
     return MDP(P.reshape(n_states, n_actions, n_states), R, rho)
+
+
+def sparse_garnet(key: jax.Array, n_states: int, n_actions: int, branching: int, *,
+                  dtype=None, krylov: Krylov = Krylov()) -> MDP:
+    """A garnet MDP with a sparse kernel `[S, A, K]`, `K = branching` (Archibald, McKinnon &
+    Thomas 1995, "On the generation of Markov decision processes", J. Oper. Res. Soc. 46).
+
+    The law of `garnet`, drawn without any `[S, S]` array:
+    - successors: for each pair `(s, a)` a uniformly random set of `K` distinct states, by
+      Floyd's algorithm (Bentley & Floyd 1987, "A sample of brilliance", CACM 30(9)): for
+      `j = S - K, ..., S - 1` draw `t` uniform on `{0, ..., j}` and keep `t`, or `j` if `t`
+      is already kept. `K` vectorised steps over all pairs, `O(S A K^2)` comparisons. The
+      set is uniform; the order within a row is not, which does not matter since the
+      probabilities below are exchangeable.
+    - probabilities: uniform on the simplex (Dirichlet(1, ..., 1)), as `garnet`'s gaps of
+      sorted uniforms, drawn as normalised exponentials `E_k / sum_j E_j` (the same law,
+      Devroye 1986, "Non-Uniform Random Variate Generation", §V.2; no sort).
+    - rewards `R[s, a]` uniform on [0, 1); `rho` uniform.
+
+    The key determines the MDP (the same key in another program gives the same arrays);
+    `sparse_garnet(key, ...).P.to_dense()` is a garnet of the same law as
+    `garnet(key, ...)`, not the same draw. Pure and jittable (sizes static), `vmap` over
+    keys for a batch; validated when called outside `jit`. Memory: the arrays themselves
+    (`S A K` int32 successors and `S A K` probabilities: 160 MB + 320 MB in float64 at
+    `S = 10^6, A = 4, K = 10`) plus the draw's temporaries inside one compiled program.
+    `krylov`: the solve settings of the chains it induces.
+    """
+    for name, value in (("n_states", n_states), ("n_actions", n_actions),
+                        ("branching", branching)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} = {value!r} must be an integer >= 1.")
+    if branching > n_states:
+        raise ValueError(f"branching = {branching} must lie in [1, n_states = {n_states}]:"
+                         " the successors of a pair are distinct.")
+    if n_states > jnp.iinfo(jnp.int32).max:
+        raise ValueError(f"n_states = {n_states} exceeds the int32 successor indices.")
+    dtype = dtype or jnp.result_type(float)
+    successors, probs, R = _sparse_garnet_arrays(key, n_states, n_actions, branching, dtype)
+    rho = jnp.full(n_states, 1 / n_states, dtype)
+    return MDP(SparseTransitions(successors, probs, krylov=krylov, dtype=dtype), R, rho)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _sparse_garnet_arrays(key, n_states, n_actions, branching, dtype):
+    k_next, k_prob, k_reward = jax.random.split(key, 3)
+    pairs = n_states * n_actions
+    step_keys = jax.random.split(k_next, branching)
+
+    def floyd_step(i, kept):  # kept[i'] for i' < i are drawn; -1 elsewhere never matches
+        j = n_states - branching + i
+        t = jax.random.randint(step_keys[i], (pairs,), 0, j + 1, dtype=jnp.int32)
+        seen = jnp.any(kept == t[None, :], axis=0)
+        return kept.at[i].set(jnp.where(seen, j, t))
+
+    # a loop, not K unrolled steps: one compiled step, and the buffer is updated in place
+    kept = lax.fori_loop(0, branching, floyd_step, jnp.full((branching, pairs), -1, jnp.int32))
+    successors = kept.T.reshape(n_states, n_actions, branching)
+    if branching == 1:  # E / E would be 0/0 for a zero draw
+        probs = jnp.ones((n_states, n_actions, 1), dtype)
+    else:
+        weights = jax.random.exponential(k_prob, (n_states, n_actions, branching), dtype)
+        probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    R = jax.random.uniform(k_reward, (n_states, n_actions), dtype)
+    return successors, probs, R
