@@ -1,14 +1,22 @@
 """The `dsorl` command.
 
-    dsorl run CONFIG [--set key=value ...]     run a job, print its tables, save results
+    dsorl run CONFIG [--set key=value ...]     run a job, save its results, print its tables
+    dsorl run CONFIG|JOB --show-config         the job's keys with their values and defaults
     dsorl sweep CONFIG [--set key=value ...]   run a sweep job: one row per member, resumable
     dsorl plot RESULTS [--out DIR]             PNG figures of a result directory
     dsorl list                                 jobs, algorithms and environments
+
+CONFIG is a YAML file (configs/) or a job's name (its defaults). The output directory is
+checked before a job runs: a directory holding another job's results is refused unless
+--force. A user error prints one `dsorl: error:` line and exits with code 2; Ctrl-C
+exits with code 130, a `run` job leaving what it finished (meta.json status
+"interrupted"), a sweep its finished chunks (the same command resumes).
 
 Several processes run one sweep together when each is started with the same command plus
 `--coordinator HOST:PORT --num-processes N --process-id I` (jax.distributed).
 """
 import argparse
+import os
 import sys
 
 from dsorl import config as config_lib
@@ -25,6 +33,10 @@ def main(argv=None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value (dotted keys for nesting)")
         p.add_argument("--output-dir", help="where to write results (default: the config's)")
+        p.add_argument("--force", action="store_true",
+                       help="replace another job's results in the output directory")
+        p.add_argument("--show-config", action="store_true",
+                       help="print the job's keys with their values and defaults, run nothing")
         p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="compile lines and progress bars on stderr (default: when stderr"
                             " is a terminal, or DSORL_PROGRESS=1)")
@@ -56,27 +68,46 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"dsorl: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dsorl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout's reader went away (`dsorl run ... | head`): results are on disk
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141
     finally:
         progress.configure(None)
 
 
 def _run(args) -> int:
     cfg = config_lib.load_config(args.config, args.set)
+    if args.show_config:
+        return _show_config(cfg)
     module = config_lib.job_module(cfg["job"])
     if not callable(getattr(module, "run", None)):
         return _sweep(args, cfg)
     import jax
 
     jax.config.update("jax_enable_x64", True)  # exact analysis and references need float64
-    from dsorl.results import format_table, write_results
+    from dsorl.results import Interrupted, check_output_dir, format_table
 
-    out = args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}")
-    result = module.run(cfg)
+    out = check_output_dir(args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}"),
+                           cfg, force=args.force)
+    try:
+        result = module.run(cfg)
+    except KeyboardInterrupt as stop:
+        partial = stop.partial if isinstance(stop, Interrupted) else {}
+        _write(out, cfg, partial, status="interrupted")
+        what = ("what it finished" if partial.get("tables") or partial.get("arrays")
+                else "its config (no finished part)")
+        print(f"dsorl: interrupted; {what} written to {out}/ (status: interrupted)",
+              file=sys.stderr)
+        return 130
+    _write(out, cfg, result)
+    figures = _figures(out)
+    # files first: whatever happens to stdout (`| head`), the results are on disk
     for name, rows in result.get("tables", {}).items():
         print(f"\n== {name} ==\n{format_table(rows)}")
-    path = write_results(out, cfg, tables=result.get("tables"), arrays=result.get("arrays"),
-                         seeds=result.get("seeds"), extra=result.get("extra"))
-    print(f"\nresults written to {path}/; {_figures(path)}")
+    print(f"\nresults written to {out}/; {figures}")
     return 0
 
 
@@ -91,8 +122,28 @@ def _figures(out) -> str:
     return f"{len(paths)} figure(s) in {out}/plots/" if paths else "no figures"
 
 
+def _write(out, cfg, result, status="complete"):
+    from dsorl.results import write_results
+
+    return write_results(out, cfg, tables=result.get("tables"), arrays=result.get("arrays"),
+                         seeds=result.get("seeds"), extra=result.get("extra"), status=status)
+
+
+def _show_config(cfg: dict) -> int:
+    import yaml
+
+    module = config_lib.job_module(cfg["job"])
+    doc = (module.__doc__ or "").strip().splitlines()
+    print(f"# {cfg['job']}: {doc[0] if doc else ''}")
+    print("# every key with its value (the job's default unless the config or --set gives one)")
+    print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
 def _sweep(args, cfg=None) -> int:
     cfg = cfg or config_lib.load_config(args.config, args.set)
+    if args.show_config:
+        return _show_config(cfg)
     module = config_lib.job_module(cfg["job"])
     if not config_lib.is_sweep_job(module):
         sweeps = [n for n, kinds, _ in config_lib.job_summaries() if "sweep" in kinds]
@@ -109,20 +160,22 @@ def _sweep(args, cfg=None) -> int:
                                    num_processes=args.num_processes, process_id=args.process_id)
     jax.config.update("jax_enable_x64", True)
     from dsorl import sweep as sweep_lib
-    from dsorl.results import format_table, write_results
+    from dsorl.results import check_output_dir, format_table, write_results
 
     settings = cfg["sweep"]
-    out = args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}")
+    out = check_output_dir(args.output_dir or cfg.get("output_dir", f"results/{cfg['job']}"))
+    overwrite = getattr(args, "overwrite", False) or args.force
+    if (out / "meta.json").exists() and not (out / "sweep.json").exists() and not overwrite:
+        raise ValueError(f"output directory {str(out)!r} holds the results of another job"
+                         " (not a sweep); use another --output-dir, or --force to replace them.")
     spec = dict(module.sweep_spec(cfg))
-    traces = settings["traces"]
     progress = getattr(args, "progress", None)
-    result = sweep_lib.sweep(
-        **spec, traces=True if "all" in traces else list(traces),
-        trace_every=settings["trace_every"], chunk_size=settings["chunk_size"],
-        memory_budget=settings["memory_budget_mb"] * 2 ** 20, out_dir=out,
-        overwrite=getattr(args, "overwrite", False),
-        progress=settings["progress"] if progress is None else progress,
-        record=_sweep_record(cfg))
+    try:
+        result = _run_sweep(sweep_lib, spec, settings, out, overwrite, progress, cfg)
+    except KeyboardInterrupt:
+        print(f"dsorl: interrupted; the finished chunks are in {out}/chunks: the same command"
+              " resumes", file=sys.stderr)
+        return 130
     if jax.process_index() != 0:
         return 0
     grid = spec["grid"]
@@ -139,6 +192,17 @@ def _sweep(args, cfg=None) -> int:
           + (f", {rate:.4g} members/s" if rate else ""))
     print(f"results written to {out}/")
     return 0
+
+
+def _run_sweep(sweep_lib, spec, settings, out, overwrite, progress, cfg):
+    traces = settings["traces"]
+    return sweep_lib.sweep(
+        **spec, traces=True if "all" in traces else list(traces),
+        trace_every=settings["trace_every"], chunk_size=settings["chunk_size"],
+        memory_budget=settings["memory_budget_mb"] * 2 ** 20, out_dir=out,
+        overwrite=overwrite,
+        progress=settings["progress"] if progress is None else progress,
+        record=_sweep_record(cfg))
 
 
 def _sweep_record(cfg: dict) -> dict:

@@ -10,6 +10,7 @@ a value of the wrong type names its key.
 import copy
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -18,7 +19,7 @@ import yaml
 import dsorl.jobs
 
 __all__ = ["SWEEP_DEFAULTS", "Free", "available_jobs", "job_module", "is_sweep_job",
-           "job_summaries", "load_config", "resolve"]
+           "job_summaries", "load_config", "parse_yaml", "resolve"]
 
 
 # Settings of every sweep job (the `sweep` mapping of its config); a job's DEFAULTS may
@@ -82,18 +83,61 @@ def job_summaries() -> list:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with numbers as people write them: PyYAML follows YAML 1.1, whose floats need a
+    dot and a signed exponent, so `1e-5` and `1E5` would be strings; here they are floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, what: str):
+    """`text` read as YAML (`_Loader`); a syntax error is a `ValueError` naming `what`
+    and the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{what} is not valid YAML{where}: {problem}.") from None
+
+
 def load_config(path, overrides: Iterable[str] = ()) -> dict:
-    """Read a YAML config, apply `key=value` overrides, merge defaults and validate."""
-    text = Path(path).read_text()
-    raw = yaml.safe_load(text) or {}
+    """Read a YAML config, apply `key=value` overrides, merge defaults and validate.
+
+    `path` may also name a built-in job (`nbw_analysis`): its defaults. A missing,
+    unreadable or malformed file is a `ValueError` naming it.
+    """
+    path = Path(path)
+    if not path.exists() and str(path) in available_jobs():
+        raw = {"job": str(path)}
+    else:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ValueError(f"config file {str(path)!r} not found (a YAML file such as"
+                             " configs/default.yaml, or a job name: "
+                             f"{', '.join(available_jobs())}).") from None
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ValueError(f"cannot read config file {str(path)!r}: {reason}.") from None
+        raw = parse_yaml(text, f"config file {str(path)!r}") or {}
     if not isinstance(raw, dict) or "job" not in raw:
         raise ValueError(f"{path}: a config is a mapping with a 'job' key"
                          f" (one of {', '.join(available_jobs())}).")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ValueError(f"--set takes key=value, got {item!r}.")
-        _set_nested(raw, key.split("."), yaml.safe_load(value))
+        _set_nested(raw, key.split("."), parse_yaml(value, f"--set {item}"))
     return resolve(raw)
 
 

@@ -1,8 +1,10 @@
 """Result files: tables as CSV, arrays as `.npz`, and a JSON record of how they were made.
 
 Every result directory holds `meta.json` with the config, the package versions, the
-seeds, the devices, the git commit (if any) and the time, so a number can be traced back
-to what produced it. A table is always written as `<name>.csv` (floats written exactly,
+seeds, the devices, where the package is installed, the commit and dirty-tree flag of the
+package's own git checkout (if it is one), the time and the status (`complete`, or
+`interrupted` for a job stopped by Ctrl-C), so a number can be traced back to what
+produced it. Files are created with the user's umask. A table is always written as `<name>.csv` (floats written exactly,
 loadable with `pandas.read_csv`) and also as `<name>.parquet` when pyarrow is installed;
 `read_results` reads a directory back.
 """
@@ -18,9 +20,20 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["Table", "environment_record", "write_results", "read_results", "format_table"]
+__all__ = ["Table", "Interrupted", "environment_record", "check_output_dir", "write_results",
+           "read_results", "format_table"]
 
 Table = Union[Sequence[Mapping], Mapping[str, Sequence]]  # rows, or columns of equal length
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by a job stopped by Ctrl-C after finishing part of its work: `partial` is
+    what it finished, shaped like its `run` result (`tables`, `arrays`, `seeds`,
+    `extra`); `dsorl run` writes it with the status "interrupted"."""
+
+    def __init__(self, partial: Mapping):
+        super().__init__("interrupted")
+        self.partial = dict(partial)
 
 
 def environment_record() -> dict:
@@ -45,31 +58,70 @@ def environment_record() -> dict:
     from dsorl import __version__
 
     record["dsorl"] = __version__
-    record["git_commit"] = _git_commit()
+    record.update(_package_record())
     return record
+
+
+def check_output_dir(out_dir, config: Optional[Mapping] = None, *, force: bool = False) -> Path:
+    """Check, before a job runs, that its results can go to `out_dir`: a directory (made
+    here if missing) where files can be created, holding no other job's results
+    (`meta.json` of another `config`) unless `force`. `ValueError` naming the problem."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {str(out)!r} exists and is not a directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write to output directory {str(out)!r}:"
+                         f" {err.strerror or err}.") from None
+    meta = out / "meta.json"
+    if config is not None and meta.exists() and not force:
+        try:
+            old = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            old = {}
+        new = json.loads(json.dumps(dict(config), default=_jsonable))
+        if old.get("config") != new:
+            previous = old.get("config", {})
+            differ = sorted(k for k in set(previous) | set(new) if previous.get(k) != new.get(k))
+            raise ValueError(
+                f"output directory {str(out)!r} holds the results of another job"
+                f" ({previous.get('job', 'unknown job')}, created {old.get('created', '?')};"
+                f" its config differs in: {', '.join(differ) or 'its format'}); use another"
+                " --output-dir, or --force to replace them.")
+    return out
 
 
 def write_results(out_dir, config: Mapping, *, tables: Optional[Mapping[str, Table]] = None,
                   arrays: Optional[Mapping[str, np.ndarray]] = None, seeds=None,
-                  extra: Optional[Mapping] = None) -> Path:
+                  extra: Optional[Mapping] = None, status: str = "complete") -> Path:
     """Write `meta.json`, one `<name>.csv` per table and `arrays.npz` into `out_dir`.
 
     A table is a list of rows (dicts with the same keys) or a mapping of columns. Each
     file is written to a temporary name and renamed, so a killed run never leaves a
-    half-written file behind. Returns the directory.
+    half-written file behind; the tables and arrays of the results that were there
+    before (named in their `meta.json`) are removed, so no file of an earlier job stays
+    beside the new ones. `status` ("complete" or "interrupted") goes to `meta.json`.
+    Returns the directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous(out)
     for name, table in (tables or {}).items():
         columns = _columns(table)
         _atomic_write(out / f"{name}.csv", _csv_text(columns))
         _write_parquet(out / f"{name}.parquet", columns)
     if arrays:
-        with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(f.name, out / "arrays.npz")
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        _atomic_write(out / "arrays.npz", buf.getvalue())
     meta = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "status": status,
         "config": dict(config),
         "seeds": seeds,
         "environment": environment_record(),
@@ -171,6 +223,19 @@ def _typed(cells: list) -> np.ndarray:
     return np.array(cells, dtype=str)
 
 
+def _remove_previous(out: Path) -> None:
+    """Remove the tables and arrays that `out/meta.json` names (earlier results)."""
+    try:
+        old = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return
+    names = [f"{t}{ext}" for t in old.get("tables", []) for ext in (".csv", ".parquet")]
+    names += ["arrays.npz"] if old.get("arrays") else []
+    for name in names:
+        if "/" not in name and (out / name).is_file():
+            (out / name).unlink()
+
+
 def _write_parquet(path: Path, columns: Mapping[str, list]) -> None:
     """`<name>.parquet` beside the CSV when pyarrow is installed (optional)."""
     try:
@@ -178,15 +243,27 @@ def _write_parquet(path: Path, columns: Mapping[str, list]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(dict(columns)), tmp)
-    os.replace(tmp, path)
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(dict(columns)), buf)
+    _atomic_write(path, buf.getvalue())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
+def _atomic_write(path: Path, data: Union[str, bytes]) -> None:
+    """Write to a temporary file beside `path` and rename it over `path`; the file gets
+    the permissions of a plain `open` (0666 less the umask), not mkstemp's 0600."""
+    with tempfile.NamedTemporaryFile("w" if isinstance(data, str) else "wb", dir=path.parent,
+                                     delete=False, suffix=".tmp") as f:
+        f.write(data)
+    os.chmod(f.name, 0o666 & ~_umask())
     os.replace(f.name, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(x):
@@ -197,10 +274,23 @@ def _jsonable(x):
     return str(x)
 
 
-def _git_commit() -> Optional[str]:
+def _package_record() -> dict:
+    """Where dsorl is installed and, when those files are tracked by a git checkout (an
+    editable install of the repository, not an install inside some other repository's
+    tree), its commit and whether tracked files differ from it (`git_dirty`)."""
+    package = Path(__file__).resolve().parent
+    record = {"package_location": str(package), "git_commit": None, "git_dirty": None}
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              cwd=package)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return record  # not a checkout of dsorl's own repository
+        record["git_commit"] = git("rev-parse", "HEAD").stdout.strip() or None
+        status = git("status", "--porcelain", "--untracked-files=no")
+        record["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    return record

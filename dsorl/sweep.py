@@ -1062,9 +1062,13 @@ class _Store:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, flush to disk, rename over `path`."""
+    """Write to a temporary file in the same directory, flush to disk, rename over `path`
+    (with the permissions of a plain `open`: 0666 less the umask)."""
+    from dsorl.results import _umask
+
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(f.name, 0o666 & ~_umask())
     os.replace(f.name, path)
