@@ -27,8 +27,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["plot_results", "palette", "is_constant", "is_noise", "facets", "legend_outside",
-           "describe", "pyplot", "NOISE_RELATIVE", "MAX_PANELS"]
+__all__ = ["plot_results", "job_figures", "palette", "is_constant", "is_noise", "facets",
+           "legend_outside", "log_ticks", "heatmap", "describe", "pyplot", "NOISE_RELATIVE",
+           "MAX_PANELS"]
 
 MAX_PANELS = 24        # panels per file; more spill into name_2.png, ...
 NOISE_RELATIVE = 1e-9  # a spread below this fraction of the values' magnitude is rounding
@@ -129,6 +130,18 @@ def legend_outside(fig, handles, labels, title=None):
         return
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title=title, title_fontsize=8, frameon=False)
+
+
+def log_ticks(ax, values, axis="x"):
+    """A log axis labelled at the data's own values (`10`, `20`, `50`, not `2 x 10^1`)."""
+    import matplotlib.ticker
+
+    values = sorted({float(v) for v in np.ravel(values) if np.isfinite(v) and v > 0})
+    if not values:
+        return
+    getattr(ax, f"set_{axis}scale")("log")
+    getattr(ax, f"set_{axis}ticks")(values, [f"{v:.3g}" for v in values])
+    getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def describe(config) -> str:
@@ -332,9 +345,8 @@ def _gamma_curves(plt, out, metric, table, axes, title) -> list:
             lines.append(_band(ax, xs(gammas), padded, colour, label))
             ax.scatter(xs(table["gamma"][sel]), values[sel], s=4, alpha=0.3, color=colour)
         if log_x:  # a labelled tick at every horizon of the grid
-            ax.set_xscale("log")
-            ax.set_xticks(xs(gammas), [f"{h:.3g}" for h in xs(gammas)], fontsize=7)
-            ax.minorticks_off()
+            log_ticks(ax, xs(gammas))
+            ax.tick_params(axis="x", labelsize=7)
         ax.set_xlabel("effective horizon 1/(1-γ)" if log_x else "γ")
         ax.set_ylabel(metric)
         return lines

@@ -378,7 +378,7 @@ def figures(tables, arrays, config, plt) -> dict:
                 ax.plot(S, t["speedup_vs_stacked"][sel][order], "s--", color=colours[batch])
                 handles.setdefault(line.get_label(), line)
             ax.axhline(1.0, color="k", lw=0.8)
-            ax.set_xscale("log")
+            plots.log_ticks(ax, t["S"])
             ax.set_yscale("log")
             ax.set_xlabel("states S")
             ax.set_ylabel("speed-up (NumPy time / dsorl time)")
@@ -402,7 +402,7 @@ def figures(tables, arrays, config, plt) -> dict:
                 ax.plot(g["S"][rows][order], g["speedup"][rows][order], "o-", color=colour,
                         label=f"{kind}, B={B}", alpha=0.5 + 0.5 * (B == max(g["B"][sel])))
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        plots.log_ticks(ax, g["S"])
         ax.set_xlabel("states S")
         ax.set_ylabel("speed-up (LU per γ / shared sweep)")
         ax.grid(True, which="both", alpha=0.3)

@@ -189,7 +189,7 @@ def figures(tables, arrays, config, plt) -> dict:
             ax.plot(t[axis][ok][order], t["steps_to_eps"][ok][order],
                     "o-" if method == "dynpg" else "s--", color=colour,
                     label=f"{method} {setting}" + (f" ({missed} not reached)" if missed else ""))
-        ax.set_xscale("log")
+        plots.log_ticks(ax, t[axis])
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"gradient steps to ε = {config['epsilon']:g}")

@@ -255,6 +255,7 @@ def figures(tables, arrays, config, plt) -> dict:
             for ax, col in zip(axs, cols):
                 ax.loglog(n, t[col][order], style, color=colour, label=label)
         for ax, ylabel in zip(axs, ("particle-steps per second", "peak RSS (MiB)")):
+            plots.log_ticks(ax, n)
             ax.set_xlabel("particles N")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)

@@ -159,7 +159,7 @@ def figures(tables, arrays, config, plt) -> dict:
         order = np.argsort(t["B"][sel])
         for (col, label), colour in zip(ways, plots.palette(len(ways))):
             ax.plot(t["B"][sel][order], t[col][sel][order], "o-", color=colour, label=label)
-        ax.set_xscale("log")
+        plots.log_ticks(ax, t["B"])
         ax.set_yscale("log")
         ax.set_xlabel("members B")
         ax.set_ylabel("members per second")
