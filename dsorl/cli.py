@@ -238,8 +238,9 @@ def _list() -> int:
         print(f"  {name:24s} {summary}")
     if not algorithms:
         print("  (none yet)")
-    print("environments: garnet (random), nbw:", ", ".join(envs.NBW_NAMES),
-          "| dynpg: sutton_extended | gymnasium toy-text: FrozenLake-v1, CliffWalking-v1, Taxi-v4")
+    print("environments (dsorl.envs.make(name, **kwargs)):")
+    for name, description in envs.registry().items():
+        print(f"  {name:24s} {description}")
     return 0
 
 

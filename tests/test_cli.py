@@ -19,7 +19,7 @@ def test_list_names_jobs_algorithms_and_environments(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "nbw_analysis" in out and "sweep_pg" in out and "[sweep]" in out
-    assert "algorithms" in out and "environments: garnet" in out
+    assert "algorithms" in out and "environments (dsorl.envs.make(name, **kwargs)):\n  garnet " in out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     # modules whose runs are not called `run` list them; step/init functions are not runs
     assert "[chain_iteration, gradient_ascent, pco]" in rows["dso"]

@@ -223,3 +223,18 @@ def test_ctrl_c_in_a_sweep_keeps_its_chunks_and_the_same_command_resumes(tmp_pat
     assert f"({kept} were on disk)" in done.stdout
     table = np.genfromtxt(out / "table.csv", delimiter=",", names=True)
     assert table["member"].tolist() == list(range(12))
+
+
+# ---------------------------------------------------------------------------------------
+# The environment registry and `dsorl list`
+
+
+def test_list_prints_every_registered_environment_in_full():
+    import dsorl.envs as envs
+
+    done = dsorl("list")
+    assert done.returncode == 0, done.stderr
+    section = done.stdout.split("environments (dsorl.envs.make(name, **kwargs)):\n")[1]
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in section.splitlines()}
+    assert listed == envs.registry()  # every name, each description whole
+    assert {"garnet", "gridworld", "sutton_extended", *envs.NBW_NAMES} <= set(listed)
