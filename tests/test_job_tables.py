@@ -117,3 +117,21 @@ def test_dynpg_sutton_median_not_reached_is_nan(tmp_path):
     _documented(dynpg_sutton, table["summary"])
     for r in result["tables"]["summary"]:  # 4 interactions: no run succeeds
         assert not r["median_reached"] and math.isnan(r["median_first_success"])
+
+
+@pytest.mark.parametrize("job, overrides", [
+    ("nbw_analysis", {"envs": ["A1", "B1"], "grid": {"step": 10.0}}),
+    pytest.param("dso_gradient_check", {"episodes": [20], "repeats": 2},
+                 marks=pytest.mark.slow),  # 6 s of compiles for a docstring check
+    ("meanfield_control", {"grid": {"n_states": 7, "n_actions": 5}, "particles": 4, "steps": 3,
+                           "seeds": 2}),
+])
+def test_tables_are_typed_and_documented(tmp_path, job, overrides):
+    module = config_lib.job_module(job)
+    result = module.run(config_lib.resolve({"job": job, **overrides}))
+    tables = _round_trip(tmp_path, result["tables"])
+    for name, table in tables.items():
+        text = {c for c, v in table.items() if v.dtype.kind in "OU"}
+        assert text <= {"env", "baseline", "policy"}, (name, text)  # labels only
+        _assert_tidy(table, text)
+        _documented(module, table)

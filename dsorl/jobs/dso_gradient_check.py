@@ -16,6 +16,11 @@ all `repeats x N` episodes pooled, in standard errors `z = (mean - exact) / se` 
 coordinate: the largest `|z|` (about 3 to 4 for d in the hundreds when unbiased, more with
 heavy-tailed episodes) and the mean of `z^2` (about 1 when unbiased; the estimator is
 unbiased up to the `gamma^T` truncation).
+
+Table `gradient_check`, one row per batch size and baseline: episodes, baseline (zero,
+fitted, exact), rms_relative_error, share_within_10pct, max_bias_in_se,
+mean_squared_bias_in_se, total_variance, variance_ratio_to_zero. Arrays: exact_gradient,
+objective.
 """
 import jax
 import jax.numpy as jnp

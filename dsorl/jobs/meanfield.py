@@ -15,6 +15,12 @@ non-finite particle or statistic is reported (first bad step and hyperparameters
 raises (`on_divergence: raise`) or drops it from the means and counts it (`report`).
 Arrays: the mean value-gap curve over steps for each (N, sigma). Also checked once per N:
 the Lions derivative by autodiff against the covariance formula at the initial ensemble.
+
+Table `gap`, one row per (N, sigma): particles, sigma, runs (that stayed finite), diverged;
+policy_gap, policy_gap_se, value_gap, value_gap_se, dispersion (means over the finite runs,
+NaN when none; the standard errors NaN with fewer than two); seconds_all_sigmas (one
+program per N, compile included). Table `lions_check`: particles, max_abs_lions,
+autodiff_vs_covariance_rel. Arrays: `value_gap_n<N>_sigma<sigma>` [steps], sigmas, v_star.
 """
 import time
 

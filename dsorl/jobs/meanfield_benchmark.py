@@ -19,6 +19,14 @@ each worker (with the RSS right after imports, the
 interpreter and library baseline). Convergence: value gap `V*_tau(rho) - V_tau^{pi_nu}(rho)`
 per step (entry k: after step k + 1), mean over seeds, for every (N, sigma) of
 `convergence` (one vmapped program per N); `gap_step_k` in its table: after k steps.
+
+Table `throughput`, one row per N: particles, steps; jax_particle_steps_per_s,
+numpy_particle_steps_per_s, numpy_1blas_particle_steps_per_s; speedup,
+speedup_vs_numpy_1blas; jax_step_ms, numpy_step_ms, numpy_1blas_step_ms; jax_cpu_step_ms,
+numpy_cpu_step_ms; jax_compile_s; jax_peak_rss_mb, numpy_peak_rss_mb,
+numpy_1blas_peak_rss_mb, import_rss_mb; device. Table `convergence`, one row per (N,
+sigma): particles, sigma, gap_step_1, gap_step_100, gap_last_10pct, gap_last_10pct_se.
+Arrays: `gap_n<N>_sigma<sigma>` [steps], v_star.
 """
 import json
 import os

@@ -12,7 +12,12 @@ Gaussian policy `N(gain x, action_std^2)` of the continuous problem (`soft_lqr`)
   interior states (|x| <= interior), to compare with the Riccati `gain`;
 - `action_std`: the policy's action standard deviation averaged over the interior states.
 
-Arrays: mean actions per state for both policies, the particle policy, the value curve.
+Table `policies`, one row per policy (soft value iteration, each seed's particles, the
+continuous LQR): policy, policy_gap, value_gap, mean_action_slope, action_std (NaN where a
+quantity does not apply to the continuous policy). Table `summary`: particles, sigma,
+step_size, steps, seeds, seconds (the runs, compile apart), v_star, mean_policy_gap,
+mean_value_gap. Arrays: states, actions, soft_policy, particle_policies,
+value_gap_curves [seeds, steps], soft_mean_action, particle_mean_action, riccati_gain.
 """
 import time
 
