@@ -1,4 +1,4 @@
-"""Core benchmark (issue #2, item 10): exact chain quantities and their gradients.
+"""Core benchmark: exact chain quantities and their gradients against NumPy and pymdptoolbox.
 
     nice python benchmarks/core_eval.py [configs/core_eval.yaml] [--set key=value ...]
                                         [--only main|value_iteration|gamma_sweep ...]
@@ -37,9 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/core_eval.yaml"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/core_eval.yaml"),
+                        help="YAML config file (default: configs/core_eval.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (dotted keys for nesting)")
     parser.add_argument("--only", choices=list(core_eval.PARTS), action="append",
                         help="run only these parts (repeatable; sets `parts`)")
     args = parser.parse_args(argv)

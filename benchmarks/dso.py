@@ -1,4 +1,4 @@
-"""DSO benchmark (issue #4): optimisers on garnets, Algorithm 1's variance, an LMDP.
+"""DSO benchmark: optimisers on garnets, Algorithm 1's variance, an LMDP.
 
     nice python benchmarks/dso.py [configs/dso_benchmark.yaml] [--set key=value ...]
 
@@ -31,9 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/dso_benchmark.yaml"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/dso_benchmark.yaml"),
+                        help="YAML config file (default: configs/dso_benchmark.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (dotted keys for nesting)")
     args = parser.parse_args(argv)
     cfg = config_lib.load_config(args.config, args.set)
     log = lambda msg: print(msg, flush=True)

@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/meanfield_benchmark.yaml"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/meanfield_benchmark.yaml"),
+                        help="YAML config file (default: configs/meanfield_benchmark.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (dotted keys for nesting)")
     args = parser.parse_args(argv)
     cfg = config_lib.load_config(args.config, args.set)
     print("devices:", jax.devices())

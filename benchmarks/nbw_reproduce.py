@@ -153,8 +153,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?",
-                        default=str(ROOT / "configs/nbw_reproduce_quick.yaml"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+                        default=str(ROOT / "configs/nbw_reproduce_quick.yaml"),
+                        help="YAML config file (default: configs/nbw_reproduce_quick.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (dotted keys for nesting)")
     parser.add_argument("--speed-subset", type=int, default=4,
                         help="starts per environment for the PyTorch loop (0: skip)")
     args = parser.parse_args(argv)
