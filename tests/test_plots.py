@@ -194,7 +194,7 @@ def test_fig6_has_tick_labels_and_error_maps(tmp_path, drawn):
     fig = drawn["fig6_errors.png"]
     _ticks_labelled(fig)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert any(t.startswith("nbw exact\nerror 0.500 ± 0.323") for t in titles)
+    assert any(t.startswith("A1, nbw exact\nerror 0.500 ± 0.323") for t in titles)
     assert any("discounted γ = 0.9" in t and "constant 1" in t for t in titles)  # error 1 everywhere
 
 

@@ -168,28 +168,38 @@ def figures(tables, arrays, config, plt) -> dict:
 
     grid = np.asarray(arrays["grid"])
     wx, wy = np.unique(grid[:, 0]), np.unique(grid[:, 1])
-    labels = sorted({m for m in tables["summary"]["method"]},
-                    key=lambda m: (not m.startswith("discounted"), m))
+    methods = tables["summary"]["method"].tolist()
     names = [n for n in config["envs"] if f"{n}/gain_landscape" in arrays]
-    columns = ([(f"{m}/bias", m.replace("discounted_", "discounted γ = ")) for m in labels
-                if m.startswith("discounted")]
-               + [("gain_landscape", "gain landscape"), ("bias_landscape", "bias h(s0) landscape")]
-               + [(f"{m}/bias", m.replace("_", " ")) for m in labels
-                  if not m.startswith("discounted")])
-    fig, axs = plots.facets(plt, len(names) * len(columns), ncols=len(columns), width=3.2,
-                            height=2.9)
+    # the paper's layout: each environment's own discounts first (up to three columns)
+    discounted = {n: sorted({m for m in methods if m.startswith("discounted")
+                             and f"{n}/{m}/bias" in arrays}, key=lambda m: float(m.split("_")[1]))
+                  for n in names}
+    slots = max((len(d) for d in discounted.values()), default=0)
+    others = sorted({m for m in methods if not m.startswith("discounted")})
+    ncols = slots + 2 + len(others)
+    fig, axs = plots.facets(plt, len(names) * ncols, ncols=ncols, width=3.2, height=2.9)
     for i, name in enumerate(names):
         ref = envs.nbw_reference(name)
-        for j, (key, title) in enumerate(columns):
-            ax = axs[i * len(columns) + j]
-            z = np.asarray(arrays.get(f"{name}/{key}", np.full(len(grid), np.nan)))
+        columns = ([(f"{m}/bias", m.replace("discounted_", "discounted γ = "))
+                    for m in discounted[name]] + [None] * (slots - len(discounted[name]))
+                   + [("gain_landscape", "gain landscape"),
+                      ("bias_landscape", "bias h(s0) landscape")]
+                   + [(f"{m}/bias", m.replace("_", " ")) for m in others])
+        for j, column in enumerate(columns):
+            ax = axs[i * ncols + j]
+            if column is None or f"{name}/{column[0]}" not in arrays:
+                ax.set_visible(False)
+                continue
+            key, title = column
+            z = np.asarray(arrays[f"{name}/{key}"])
             if "landscape" in key:
-                values, cmap = z, "plasma"
-            else:
+                values, cmap, scale = z, "plasma", 0.0
+            else:  # errors of a bias of magnitude |h*|: below 1e-9 |h*| they are rounding
                 values, cmap = np.abs(z - ref["optimal_bias_s0"]).mean(axis=0), "cool"
+                scale = abs(ref["optimal_bias_s0"])
                 title = f"{title}\nerror {np.mean(values):.3f} ± {np.std(values):.3f}"
             plots.heatmap(fig, ax, wx, wy, values.reshape(len(wx), len(wy)).T, "w_x",
-                          f"Env-{name}\nw_y" if j == 0 else "w_y", title, cmap=cmap)
+                          f"Env-{name}: w_y", f"{name}, {title}", cmap=cmap, scale=scale)
     fig.suptitle(f"{plots.describe(config)}: |h_final(s0) - h*(s0)| over the start grid"
                  " (mean over seeds), and the landscapes", fontsize=10)
     fig.tight_layout()
