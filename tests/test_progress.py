@@ -194,3 +194,23 @@ def test_dsorl_run_shows_progress_only_when_asked(tmp_path, flag):
         assert "dsorl: nbw_analysis: 2/2 done in" in out.stderr
     else:
         assert "dsorl:" not in out.stderr
+
+
+def test_a_sweep_announces_its_compile_and_its_chunks(quiet_env, capsys):
+    import jax.numpy as jnp
+
+    from dsorl import sweep as sw
+
+    offset = 0.123456  # a value no other test's program closes over: a fresh compile
+
+    def run(mdp, params0, hparams, key, *, config):
+        del mdp, key, config
+        return params0, {"objective": (jnp.sum(params0) + offset) * hparams["gamma"] * jnp.ones(3)}
+
+    sw.sweep(run, {"P": jnp.eye(2)}, sw.Grid(gamma=[0.5, 0.9]), params0=jnp.zeros(2),
+             progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert "dsorl: compiling sweep program (2 members per call) ..." in err
+    assert any(line.startswith("dsorl: compiled sweep program (2 members per call) in")
+               for line in err)
+    assert any(line.startswith("dsorl: sweep: 2/2 members") for line in err)
