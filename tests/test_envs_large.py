@@ -3,6 +3,8 @@
 References are independent of the code under test: the dense layout-based `gridworld`, the
 dense Gymnasium import, closed-form laws of the garnet draw, graph searches.
 """
+import importlib
+
 import jax
 import numpy as np
 import pytest
@@ -247,6 +249,23 @@ def test_sparse_garnet_extreme_branching_and_float32():
     dsorl.MDP(full.P.to_dense(), full.R, full.rho)  # passes the dense validation
     single = sparse_garnet(jax.random.key(4), 50, 3, 1, dtype=np.float32)
     assert single.P.dtype == np.float32 and (np.asarray(single.P.probs) == 1).all()
+
+
+def test_sparse_garnet_draws_by_blocks(monkeypatch):
+    """Large S is drawn block by block (the last block overlapping the one before): with a
+    block of 64 states, S = 150 takes three blocks; every row is a valid draw of the law,
+    the blocks are different draws, and the key still determines the MDP."""
+    # the module (`dsorl.envs.garnet` the attribute is the dense constructor)
+    monkeypatch.setattr(importlib.import_module("dsorl.envs.garnet"), "_BLOCK_STATES", 64)
+    S, A, K = 150, 3, 4
+    mdp = sparse_garnet(jax.random.key(9), S, A, K)
+    succ, probs = np.asarray(mdp.P.successors), np.asarray(mdp.P.probs)
+    assert (np.diff(np.sort(succ, axis=-1), axis=-1) > 0).all() and (probs > 0).all()
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-14)
+    assert not np.array_equal(succ[:64], succ[64:128])
+    assert not np.array_equal(succ[64:128], succ[86:150])  # the last block: rows 86..149
+    np.testing.assert_array_equal(sparse_garnet(jax.random.key(9), S, A, K).P.successors,
+                                  succ)
 
 
 @pytest.mark.parametrize("args, match", [
