@@ -96,7 +96,10 @@ def bicgstab(matvec: Callable, b: Array, *, tol: float, max_iters: int,
     # stationary system, whose later residuals all sum to 0 and are orthogonal to a uniform
     # r_0 (rho = r_hat . r = 0 after one step, measured). Fixed random weights in [1, 2)
     # keep r_hat . r_0 > 0 and break that symmetry, deterministically.
-    r_hat = r * (1 + jax.random.uniform(jax.random.key(0), r.shape, r.dtype))
+    # (behind an optimisation barrier: XLA would otherwise constant-fold the draw, seconds
+    # of compile time at S = 10^6)
+    weights = lax.optimization_barrier(jax.random.uniform(jax.random.key(0), r.shape, r.dtype))
+    r_hat = r * (1 + weights)
 
     def not_done(carry):
         i, _, r, *_, alive = carry

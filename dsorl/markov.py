@@ -1,7 +1,7 @@
 """Exact quantities of a Markov reward process (a `Chain`): all linear solves.
 
 Everything about actions becomes a chain first (`dsorl.induced_chain`); this module
-knows nothing about actions (DESIGN 3). Every function takes one chain; batch with
+knows nothing about actions (docs/design.md §3). Every function takes one chain; batch with
 `jax.vmap`. Gradients flow through the solves implicitly (`lax.custom_linear_solve`),
 never through an unrolled iteration.
 
@@ -14,7 +14,7 @@ them: `p*^T B = e_S^T` and `B [w; g] = r` (relative values `w` with `w_S = 0` in
 S-1 slots, the gain in the last). `B` is nonsingular exactly when `P` is unichain.
 
 A chain whose `P` is a `dsorl.sparse.SparseTransitions` (a large MDP's induced chain) gets
-the same quantities matrix-free (DESIGN 9), by BiCGSTAB on products with `P` and `P^T`
+the same quantities matrix-free (docs/design.md §6), by BiCGSTAB on products with `P` and `P^T`
 (`dsorl.krylov`), with implicit gradients. The bordered matrix above is dense-only; the
 sparse path solves the rank-one-corrected systems (Kemeny & Snell 1960, the fundamental
 matrix; Puterman 1994, Appendix A.5)
@@ -401,7 +401,8 @@ def _sparse_occupancy(chain: Chain, rho, gamma, normalised: bool):
 
 @jax.jit
 def _sparse_stationary(P: SparseTransitions):
-    c = jnp.full(P.n_states, 1 / P.n_states, P.dtype)
+    # a barrier keeps XLA from constant-folding reductions of c (seconds at S = 10^6)
+    c = lax.optimization_barrier(jnp.full(P.n_states, 1 / P.n_states, P.dtype))
     return _krylov(_stationary_system(P), c, P.krylov, transpose=True)
 
 

@@ -18,7 +18,8 @@ from dsorl.mdp import (MDP, action_values, bias_action_values, entropy_regularis
                        induced_chain)
 
 __all__ = ["discounted_return", "entropy_regularised_return", "policy_gain", "policy_bias",
-           "discounted_policy_gradient", "gain_policy_gradient", "policy_objective",
+           "discounted_policy_gradient", "gain_policy_gradient", "natural_policy_gradient",
+           "policy_objective",
            "chain_objective", "softmax_rows"]
 
 Array = jax.Array
@@ -76,6 +77,22 @@ def gain_policy_gradient(mdp: MDP, policy: Callable, params):
                                   bias_action_values(mdp, pi)))
     (grad,) = pullback(p[:, None] * q)
     return grad
+
+
+def natural_policy_gradient(mdp: MDP, pi: Array, gamma) -> Array:
+    """Natural policy gradient of tabular softmax logits: `A_pi[S, A] / (1 - gamma)`.
+
+    For `pi = softmax(theta)` the Fisher-preconditioned gradient `F(theta)^+ grad J(theta)`
+    (Kakade 2002, with `F = sum_s d(s) F_pi(s)`, `d` the normalised discounted occupancy)
+    equals the advantage `A_pi(s, a) = Q_pi(s, a) - V_pi(s)` over `1 - gamma`, up to a
+    constant per state (the Fisher's null space), and the occupancy cancels (Agarwal,
+    Kakade, Lee, Mahajan, JMLR 2021, Lemma 15 and the NPG update eq. 17). So an NPG step
+    `theta + eta A / (1 - gamma)` costs one value solve, on a dense or a sparse MDP.
+    Masked actions get 0.
+    """
+    Q = action_values(mdp, pi, gamma)
+    advantage = Q - jnp.sum(pi * jnp.where(mdp.allowed, Q, 0), axis=-1, keepdims=True)
+    return jnp.where(mdp.allowed, advantage, 0) / (1 - gamma)
 
 
 def policy_objective(mdp: MDP, pi: Array, gamma, sweeps: Optional[int] = None) -> Array:

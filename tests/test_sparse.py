@@ -9,7 +9,7 @@ import scipy.sparse
 
 import dsorl
 from dsorl import chain_models as cm
-from dsorl import krylov, markov, objectives, planning, sparse
+from dsorl import fisher, krylov, markov, objectives, planning, sparse
 from dsorl.algorithms import base, dso, dynpg, nbw, pg
 from dsorl.mdp import MDP, action_values, bias_action_values, induced_chain
 from dsorl.policies import linear_softmax, tabular_softmax
@@ -292,3 +292,17 @@ def test_dso_methods_needing_the_chain_kl_refuse_sparse_chains():
     for algorithm, hparams, config in runs:
         with pytest.raises(ValueError, match="needs a dense chain"):
             base.run(algorithm, model, jnp.zeros((S, A)), hparams, config=config)
+
+
+def test_natural_policy_gradient_is_the_fisher_preconditioned_gradient_on_both_forms():
+    dense, sp = _pair(seed=12, S=15, A=3, density=0.4)
+    policy = tabular_softmax(15, 3)
+    theta = jax.random.normal(jax.random.key(4), (15, 3))
+    gamma = 0.9
+    F = np.asarray(fisher.discounted_fisher(dense, policy, theta, gamma))
+    grad = jax.grad(lambda th: objectives.discounted_return(dense, policy.probs(th), gamma))(theta)
+    # the minimum-norm solution F^+ grad: orthogonal to the null space (per-state constants)
+    w = (np.linalg.pinv(F, rcond=1e-10) @ np.asarray(grad).reshape(-1)).reshape(15, 3)
+    npg = np.asarray(objectives.natural_policy_gradient(dense, policy.probs(theta), gamma))
+    np.testing.assert_allclose(w, npg - npg.mean(-1, keepdims=True), rtol=1e-7, atol=1e-9)
+    _close(npg, objectives.natural_policy_gradient(sp, policy.probs(theta), gamma))
