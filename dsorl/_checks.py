@@ -1,6 +1,6 @@
 """Validation at the API boundary, on concrete values only.
 
-Inside `jit`/`vmap`/`grad` the inputs are tracers and nothing is checked (DESIGN 2): a
+Inside `jit`/`vmap`/`grad` the inputs are tracers and nothing is checked (docs/design.md §4): a
 quantity is validated once, where a user hands it to dsorl, never again inside a loop.
 """
 import jax

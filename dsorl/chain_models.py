@@ -1,6 +1,6 @@
 """Parameterised Markov chains: the objects of Dynamical System Optimization (DSO).
 
-Todorov, "Dynamical System Optimization" (arXiv 2506.08340); DESIGN 5.4. A DSO problem is
+Todorov, "Dynamical System Optimization" (arXiv 2506.08340); docs/design.md §9.1. A DSO problem is
 a chain `P(x'|x, theta)` with a reward `r(x, theta)` (the paper's step cost is
 `L = -r`: rewards are maximised here, as everywhere in dsorl), an initial law
 `P0(x | theta)` and optionally a terminal set `T`. Once a policy is fixed, actions are

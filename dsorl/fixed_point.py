@@ -1,4 +1,4 @@
-"""Differentiable fixed points of nonlinear Bellman operators (DESIGN 5.2).
+"""Differentiable fixed points of nonlinear Bellman operators (docs/design.md §5).
 
 `v* = T(v*, params)` is found forward by any solver, and differentiated by the implicit
 function theorem: `dv* = (I - dT/dv)^{-1} dT/dparams . dparams`, one linear solve at the

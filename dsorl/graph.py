@@ -1,6 +1,6 @@
 """Structure of a transition graph (which `P[s, s'] > 0`): host-side, on concrete arrays.
 
-The one home of the graph questions that validation asks (DESIGN §2): the closed
+The one home of the graph questions that validation asks (docs/design.md §4): the closed
 (recurrent) classes of a chain, the period of a class, and which states reach a target
 set. Values never matter here, only the support, so every function takes any array whose
 positive entries are the edges (or a `dsorl.sparse.SparseTransitions`, whose `support()`

@@ -1,6 +1,6 @@
 """MDPs and Markov chains, and the marginalisation that turns the one into the other.
 
-Conventions (DESIGN 2): `P[s, a, s']`, expected reward `R[s, a]`, initial law `rho[s]`,
+Conventions (docs/design.md §2): `P[s, a, s']`, expected reward `R[s, a]`, initial law `rho[s]`,
 policy `pi[s, a]`; a chain is `P[s, s']` with per-state reward `r[s]`. Rewards are
 maximised. Batch axes come from the caller's `vmap`.
 """

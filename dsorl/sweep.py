@@ -1,7 +1,7 @@
 """Batch sweeps: one algorithm run for every point of a grid (γ × seed × start × ...).
 
 An algorithm is `run(mdp, params0, hparams, key, *, config) -> (final_state, trace)`
-(DESIGN §4). A `Grid` is a product of named axes; its points are flattened in C order
+(docs/design.md §7). A `Grid` is a product of named axes; its points are flattened in C order
 (first axis slowest) into members `0 .. B-1`. `sweep` compiles one program that runs a
 chunk of members with `vmap`, shards the chunk over a one-axis device mesh
 (`NamedSharding`; with `jax.distributed.initialize` the mesh spans every process), runs

@@ -1,4 +1,4 @@
-"""The floors of DESIGN §3: arrows point down only, no import circle, algorithms never
+"""The floors of docs/design.md §3: arrows point down only, no import circle, algorithms never
 import environments. Read from the source (every import, at module level or inside a
 function), so a lazy import cannot hide a circle."""
 import ast

@@ -1,4 +1,4 @@
-"""The algorithm contract and the one driver every algorithm runs through (DESIGN §4).
+"""The algorithm contract and the one driver every algorithm runs through (docs/design.md §7).
 
 An **algorithm** is anything with these attributes: a module that defines them, or an
 `Algorithm` record when one module holds several algorithms (e.g. `dso`).
@@ -103,7 +103,7 @@ def as_algorithm(algorithm) -> Algorithm:
 
 def problem_dtype(problem, params0=None):
     """The float dtype of a problem: that of its first floating leaf (else of `params0`,
-    else JAX's default float). `dtype follows the inputs` (DESIGN §2)."""
+    else JAX's default float). `dtype follows the inputs` (docs/design.md §2)."""
     for tree in (problem, params0):
         for leaf in jax.tree_util.tree_leaves(tree):
             dtype = getattr(leaf, "dtype", None)

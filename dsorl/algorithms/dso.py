@@ -1,7 +1,7 @@
 """DSO optimisers of a parameterised chain: gradient ascent, natural gradient, Chain
 Iteration and Proximal Chain Optimisation (PCO).
 
-Todorov, "Dynamical System Optimization" (arXiv 2506.08340); DESIGN 5.4. Each algorithm
+Todorov, "Dynamical System Optimization" (arXiv 2506.08340); docs/design.md §9.1. Each algorithm
 is a `dsorl.algorithms.base.Algorithm` record (`GRADIENT_ASCENT`, `CHAIN_ITERATION`,
 `PCO`: its `HParams`, `Config`, `State`, `Trace`, `init`, `step`, `validate`) run by
 `dsorl.algorithms.base.run`, with the public

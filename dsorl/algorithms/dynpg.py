@@ -1,7 +1,7 @@
 """Dynamic policy gradient (DynPG): dynamic programming over horizons, policy gradient inside.
 
 Klein, Zhang, Başar, Weissmann, Döring, "Structure Matters: Dynamic Policy Gradient"
-(arXiv 2411.04913); DESIGN 5.5. Epoch `h = 0, 1, ...` lengthens the horizon to `h + 1`:
+(arXiv 2411.04913); docs/design.md §9.3. Epoch `h = 0, 1, ...` lengthens the horizon to `h + 1`:
 a fresh tabular softmax policy `pi_theta` acts at `t = 0`, the policies learned earlier
 act at `t = 1..h` (the newest first) and stay frozen. Epoch `h` solves the contextual bandit
 
@@ -481,7 +481,7 @@ def run_interactions(problem, params0: Array, hparams: HParams, key: Array, *, b
     """Sampled DynPG for `budget` environment interactions, one per `lax.scan` step.
 
     The algorithm of `run` with `estimator="reinforce"`, `batch_size=1` and plain SGD
-    (Klein et al., arXiv 2411.04913; DESIGN 5.5): in epoch `h` each step plays one episode
+    (Klein et al., arXiv 2411.04913; docs/design.md §9.3): in epoch `h` each step plays one episode
     (`s_0 ~ mu`, `a_0 ~ pi_theta`, `a_t ~ pi_{h-t}` for `t = 1..h`, at most
     `min(h + 1, episode_length)` steps, ending in a terminal state), one interaction per
     scan step, then `theta[s_0] += eta_h G (e_{a_0} - pi_theta(.|s_0))`,

@@ -1,4 +1,4 @@
-"""Mean-field Langevin policy gradient on entropy-regularised MDPs (DESIGN 5.6).
+"""Mean-field Langevin policy gradient on entropy-regularised MDPs (docs/design.md §9.4).
 
 Kerimkulov, Leahy, Šiška, Szpruch, "Convergence of policy gradient for entropy regularized
 MDPs with neural network approximation in the mean-field regime" (ICML 2022, arXiv
@@ -319,7 +319,7 @@ def step(problem: MeanFieldProblem, state: State, hparams: HParams, key: Array, 
     """One Langevin step for all particles: `(new_state, Trace row of nu_{k+1})`.
 
     `theta_i += eta [grad dV/dnu(nu_N, theta_i) - (sigma^2/2) theta_i] + sigma sqrt(eta) xi_i`
-    (DESIGN 5.6; Kerimkulov et al., ICML 2022, "policy gradient flow approximation"), `xi`
+    (docs/design.md §9.4; Kerimkulov et al., ICML 2022, "policy gradient flow approximation"), `xi`
     from `key`. One value-and-Lions-derivative evaluation per step: that of the new ensemble,
     which gives the trace row and the next step's direction (carried in the state).
     """

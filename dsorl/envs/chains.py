@@ -4,7 +4,7 @@ Li, Wei, Chi, Chen ("Softmax policy gradient methods can take exponential time t
 converge", arXiv 2102.11270) prove an exponential lower bound on a chain MDP with three
 actions; their exact construction could not be established from the sources available
 to this project, so this family is our own design, built on the same mechanism
-(committal behaviour of softmax PG, DESIGN 5.5):
+(committal behaviour of softmax PG, docs/design.md §9.3):
 
     states 1..n in a line, terminal state 0 (absorbing, reward 0), two actions:
     advance (a = 1): s -> s - 1 with reward 0; from state 1 it ends the episode with reward 1;

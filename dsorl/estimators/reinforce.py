@@ -8,7 +8,7 @@ with `w_t = gamma^t` (unbiased for the gradient of the `T`-step discounted retur
 `w_t = 1` (the common form, and the baseline of Klein et al., arXiv 2411.04913). DynPG's
 contextual-bandit estimator keeps only the first term (the later actions come from
 frozen policies): `g = grad log pi_theta(a_0 | s_0) sum_{t<h} gamma^t r_t`
-(Klein et al., DESIGN 5.5). Episodes are `dsorl.sampling.Trajectory`s; steps at or after
+(Klein et al., docs/design.md §9.3). Episodes are `dsorl.sampling.Trajectory`s; steps at or after
 `length` (a traced int) are ignored, so one static scan length serves every horizon.
 """
 from typing import Callable
@@ -70,7 +70,7 @@ def bandit_gradient(log_probs: Callable, params, episode: Trajectory, gamma, *, 
     """DynPG's estimator `grad log pi_theta(a_0|s_0) sum_{t<length} gamma^t r_t`.
 
     Only `a_0` is drawn from `pi_theta`; the rest of `episode` follows the frozen tail
-    policies (Klein et al., arXiv 2411.04913; DESIGN 5.5). Pytree like `params`.
+    policies (Klein et al., arXiv 2411.04913; docs/design.md §9.3). Pytree like `params`.
     """
     T = episode.actions.shape[-1]
     dtype = episode.rewards.dtype

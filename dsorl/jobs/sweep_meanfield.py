@@ -1,6 +1,6 @@
 """Sweep mean-field Langevin PG over γ × τ × σ × η × seed on a garnet MDP (exact values).
 
-Kerimkulov, Leahy, Šiška, Szpruch (ICML 2022, arXiv 2201.07296); DESIGN 5.6. Each member
+Kerimkulov, Leahy, Šiška, Szpruch (ICML 2022, arXiv 2201.07296); docs/design.md §9.4. Each member
 draws its N initial particles i.i.d. from N(0, I) = e^{-U} and its Langevin noise from its
 seed's key, then runs `dsorl.algorithms.meanfield.run` (one `lax.scan`), both by
 `dsorl.jobs.meanfield.run_from_key`. One row per member, of the final ensemble `nu_T` (the
