@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["plot_results", "job_figures", "palette", "is_constant", "is_noise", "facets",
-           "legend_outside", "log_ticks", "heatmap", "describe", "pyplot", "NOISE_RELATIVE",
+           "legend_outside", "log_ticks", "plain_log_labels", "heatmap", "describe", "pyplot", "NOISE_RELATIVE",
            "MAX_PANELS"]
 
 MAX_PANELS = 24        # panels per file; more spill into name_2.png, ...
@@ -142,6 +142,16 @@ def log_ticks(ax, values, axis="x"):
     getattr(ax, f"set_{axis}scale")("log")
     getattr(ax, f"set_{axis}ticks")(values, [f"{v:.3g}" for v in values])
     getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def plain_log_labels(ax, axis="y"):
+    """Label a log axis with plain numbers (`0.6`, `2`, `10`), not `6 x 10^-1`."""
+    import matplotlib.ticker
+
+    # plain numbers on decades, and on the minor ticks when the axis spans few decades
+    getattr(ax, f"{axis}axis").set_major_formatter(matplotlib.ticker.LogFormatter())
+    getattr(ax, f"{axis}axis").set_minor_formatter(
+        matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def describe(config) -> str:

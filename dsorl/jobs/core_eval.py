@@ -380,6 +380,7 @@ def figures(tables, arrays, config, plt) -> dict:
             ax.axhline(1.0, color="k", lw=0.8)
             plots.log_ticks(ax, t["S"])
             ax.set_yscale("log")
+            plots.plain_log_labels(ax)
             ax.set_xlabel("states S")
             ax.set_ylabel("speed-up (NumPy time / dsorl time)")
             ax.set_title(f"{quantity}, {mode}", fontsize=9)
