@@ -52,7 +52,6 @@ import resource
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dsorl import markov, objectives, planning, progress, timing
