@@ -12,7 +12,8 @@ initial law is uniform on the `S` cells (or on all non-terminal cells if there i
 `large_gridworld` builds the same dynamics on an `n x n` grid (up to `n = 1000`, 10^6 states)
 as a sparse kernel (`dsorl.sparse.SparseTransitions`, 4 entries a row: one per direction),
 vectorised over cells, with walls from an array or a random density and, by default, goals
-that reset to the start so that average-reward quantities are defined for every policy.
+that reset to the start so that (with slip > 0) every policy's chain is unichain and its
+gain and bias are defined.
 """
 from typing import Optional, Sequence, Union
 
@@ -107,17 +108,20 @@ def large_gridworld(n: int, *, slip: float = 0.1, walls=None, key: Optional[jax.
     (`key` required), starts and goals kept free. Free cells cut off from every goal (4-
     neighbour connectivity) would be closed classes (multichain) or states no episode
     visits: random walls fill them in (a start cut off raises `ValueError`: lower `d` or
-    change `key`; past the site-percolation threshold, `d` about 0.41, most of a large grid
-    is cut off); an explicit wall array is taken as given, and with `episodic=False` a cut-
-    off cell raises `ValueError`.
+    change `key`: a corner start or goal has two neighbours and is often boxed in, for 2
+    of 20 keys at `d = 0.2` and 10 of 20 at `d = 0.3` (`n = 300`); past the site-
+    percolation threshold, `d` about 0.41, most of a large grid is cut off); an explicit
+    wall array is taken as given, and with `episodic=False` a cut-off cell raises
+    `ValueError`.
 
     `goals` / `starts`: a boolean `[n, n]` array or a sequence of `(row, col)` cells;
     defaults: the corner `(n - 1, n - 1)` / the corner `(0, 0)`. Disjoint, on free cells.
 
     Kernel: `SparseTransitions` `[S, 4, K]` with `successors[s, a, b]` the cell direction
     `b` leads to (repeats allowed: a wall side points at `s` itself) and `probs[s, a, b]`
-    the law above; `K = 4`, or the number of start cells if larger (a reset row spreads
-    over the starts). At `n = 1000`: 64 MB of successors, 128 MB of float64 probabilities.
+    the law above; `K = 4`, or, with resetting goals, the number of start cells if larger
+    (a goal's row spreads over the starts). At `n = 1000`: 64 MB of successors, 128 MB of
+    float64 probabilities; built in 0.6 s (0.8 s with random walls) on the 2-core CPU.
     `krylov`: the solve settings of the chains it induces. `return_cells=True` also returns
     `cells[S, 2]` (int32 `(row, col)` of each state).
     """
