@@ -240,35 +240,41 @@ class _Axes:
 def _sweep_figures(plt, out, table, traces, info, config, metrics) -> list:
     axes = _Axes(table, info)
     title = describe(config)
-    step_label = _trace_axis(config)
+    trace_axis = _job_attr(config, "trace_axis", None)
+    step_label = trace_axis(config) if callable(trace_axis) else "step"
+    # a reference value (e.g. the optimum of each γ) is drawn in its metric's figure
+    references = {r: m for r, m in _job_attr(config, "REFERENCES", {}).items()
+                  if r in table and m in metrics}
     paths = []
     for name in sorted(traces):
         if is_constant(traces[name]):
             continue
         paths += _curves(plt, out, f"convergence_{_safe(name)}", axes, info.get("trace_every", 1),
                          traces[name], name, step_label, title)
-    drawn = [m for m in metrics if not is_constant(table[m])]
+    drawn = [m for m in metrics if not is_constant(table[m]) and m not in references]
     if "gamma" in axes.settings:
-        paths += [p for m in drawn for p in _gamma_curves(plt, out, m, table, axes, title)]
+        paths += [p for m in drawn for p in _gamma_curves(
+            plt, out, m, table, axes, title, [r for r, t in references.items() if t == m])]
     plane = axes.plane()
     if plane:
         paths += [p for m in drawn for p in _landscapes(plt, out, m, table, plane, axes, title)]
     return paths
 
 
-def _trace_axis(config) -> str:
-    """What one trace row counts: the sweep job's `trace_axis(config)` if it has one."""
+def _job_attr(config, name, default):
+    """An attribute of the config's job module that shapes its figures: `trace_axis(config)`
+    (what one trace row counts, e.g. "epoch") or `REFERENCES` (`{reference metric: the
+    metric it is drawn with}`)."""
     job = config.get("job")
     if not job:
-        return "step"
+        return default
     from dsorl import config as config_lib
 
     try:
         module = config_lib.job_module(job)
-    except ValueError:
-        return "step"
-    label = getattr(module, "trace_axis", None)
-    return label(config) if callable(label) else "step"
+    except ValueError:  # a job module that no longer exists: its results still plot
+        return default
+    return getattr(module, name, default)
 
 
 def _label(by, key) -> str:
@@ -333,7 +339,7 @@ def _curves(plt, out, stem, axes, every, trace, name, step_label, title) -> list
                   f"{title}\n{name} per {step_label}: median and 10–90% band over seeds and starts")
 
 
-def _gamma_curves(plt, out, metric, table, axes, title) -> list:
+def _gamma_curves(plt, out, metric, table, axes, title, references=()) -> list:
     hue, by = axes.hue_and_panels(exclude=("gamma",))
     hue_values = np.unique(table[hue]).tolist() if hue else [None]
     gammas = np.unique(table["gamma"])
@@ -354,6 +360,11 @@ def _gamma_curves(plt, out, metric, table, axes, title) -> list:
             label = "all members" if hue is None else _short(value)
             lines.append(_band(ax, xs(gammas), padded, colour, label))
             ax.scatter(xs(table["gamma"][sel]), values[sel], s=4, alpha=0.3, color=colour)
+        for ref in references:  # the same for every setting of the panel: one dashed line
+            level = [np.nanmedian(table[ref][idx][table["gamma"][idx] == g].astype(float))
+                     if np.any(table["gamma"][idx] == g) else np.nan for g in gammas]
+            (line,) = ax.plot(xs(gammas), level, "k--", lw=1, label=ref)
+            lines.append(line)
         if log_x:  # a labelled tick at every horizon of the grid
             log_ticks(ax, xs(gammas))
             ax.tick_params(axis="x", labelsize=7)

@@ -48,7 +48,8 @@ def _sweep_dir(tmp_path, *, algorithm="pg", metric=None, gammas=8, steps=4):
     g, s, seed = g.ravel(), s.ravel(), seed.ravel()
     n = len(g)
     table = {"member": np.arange(n), "gamma": g, "step_size": s, "seed": seed,
-             "objective": g * s + 0.01 * seed, "constant": np.full(n, 3.0)}
+             "objective": g * s + 0.01 * seed, "constant": np.full(n, 3.0),
+             "optimal": 20 * g}  # sweep_pg's reference: drawn in the objective's figure
     if metric is not None:
         table["extra"] = metric(n)
     T = 6
@@ -243,3 +244,14 @@ def test_dsorl_run_writes_figures_and_dsorl_plot_takes_its_directory(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == str(tmp_path / "png" / "landscapes.png")
     assert "Traceback" not in again.stderr
+
+
+def test_a_reference_metric_is_a_line_in_its_metric_figure_not_a_figure(tmp_path, drawn):
+    names = [p.name for p in plots.plot_results(_sweep_dir(tmp_path))]
+    assert "gamma_optimal.png" not in names
+    fig = drawn["gamma_objective.png"]
+    (panel,) = [ax for ax in fig.axes if ax.get_visible()]
+    (ref,) = [line for line in panel.get_lines() if line.get_label() == "optimal"]
+    assert ref.get_linestyle() == "--"
+    np.testing.assert_allclose(ref.get_ydata(), 20 * np.linspace(0.5, 0.99, 8))
+    assert "optimal" in [t.get_text() for t in fig.legends[0].get_texts()]

@@ -75,7 +75,7 @@ def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
     cfg, result, _ = meanfield_sweep
     t = result.table
     assert set(t) == {"member", "gamma", "tau", "sigma", "step_size", "seed", "value_tau", "value",
-                      "soft_optimal", "gap", "dispersion", "first_bad_step"}
+                      "soft_optimal", "gap", "dispersion", "diverged", "first_bad_step"}
     expected = [(g, 0.2, s, e, k) for g in (0.8, 0.9) for s in (0.1, 30.0)
                 for e in (0.5, 1e6) for k in (0, 3)]
     assert list(zip(*(t[c].tolist() for c in ("gamma", "tau", "sigma", "step_size", "seed")))) == expected
@@ -90,7 +90,11 @@ def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
         ps = features.init_particles(problem.feature, k_init, 4, problem.encodings)
         hp = mf.HParams(*(jnp.float64(x) for x in (g, tau, sigma, eta)))
         state, trace = direct(ps, hp, k_run)
-        assert t["first_bad_step"][i] == int(state.first_bad_step)
+        assert t["diverged"][i] == (state.first_bad_step >= 0)
+        if state.first_bad_step >= 0:
+            assert t["first_bad_step"][i] == int(state.first_bad_step)
+        else:  # one missing-value convention: NaN, beside the boolean `diverged`
+            assert np.isnan(t["first_bad_step"][i])
         np.testing.assert_allclose(result.traces["objective"][i], trace.objective[::MF_EVERY],
                                    rtol=1e-9)
         soft = rho @ soft_values[g]
@@ -111,7 +115,8 @@ def test_meanfield_rows_equal_direct_runs_and_dense_references(meanfield_sweep):
     # sigma = 30, step_size eta = 1e6 diverges (weight decay factor 1 - eta sigma^2 / 2 per
     # step); every other member stays finite
     diverged = (t["sigma"] == 30.0) & (t["step_size"] == 1e6)
-    assert np.all(t["first_bad_step"][diverged] >= 0) and np.all(t["first_bad_step"][~diverged] == -1)
+    assert np.array_equal(t["diverged"], diverged) and t["diverged"].dtype == bool
+    assert np.all(t["first_bad_step"][diverged] >= 0) and np.all(np.isnan(t["first_bad_step"][~diverged]))
     assert np.all(np.isfinite(t["value_tau"][~diverged]))
     assert np.all(t["gap"][~diverged] > 0)  # nothing beats the soft optimum
 

@@ -7,13 +7,14 @@ seed's key, then runs `dsorl.algorithms.meanfield.run` (one `lax.scan`), both by
 trace's last row): the regularised value `value_tau = V_tau^{pi_nu}(rho)`,
 the unregularised return `value = V^{pi_nu}(rho)`, the soft optimum `soft_optimal =
 rho . V*_tau` of the member's (γ, τ) (`dsorl.soft_policy_iteration`), the `gap` between
-them, the particles' `dispersion`, and `first_bad_step` (-1, or the first step after which
-the ensemble was not finite: a diverging member is listed, not dropped, and its
-other columns describe non-finite particles: NaN or meaningless, since the bounded tanh
-feature can keep the values finite). N, the feature width and the number of steps are
+them, the particles' `dispersion`, `diverged` (bool) and `first_bad_step` (the first step
+after which the ensemble was not finite; NaN when it never was): a diverging member is
+listed, not dropped, and its other columns describe non-finite particles: NaN or
+meaningless, since the bounded tanh feature can keep the values finite. N, the feature width and the number of steps are
 static.
 """
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dsorl import features
@@ -23,7 +24,10 @@ from dsorl.jobs.meanfield import build_problem, run_from_key
 from dsorl.planning import soft_policy_iteration
 from dsorl.sweep import Grid
 
-__all__ = ["DEFAULTS", "HPARAMS", "sweep_spec"]
+__all__ = ["DEFAULTS", "HPARAMS", "REFERENCES", "sweep_spec"]
+
+# the soft optimum of each (γ, τ) is drawn as a reference line in value_tau's figure
+REFERENCES = {"soft_optimal": "value_tau"}
 
 DEFAULTS = {
     "env": {"n_states": 6, "n_actions": 3, "branching": 3, "seed": 0},
@@ -49,7 +53,9 @@ def _metrics(final_state, trace, member) -> dict:
     optimum = problem.mdp.rho @ soft_policy_iteration(problem.mdp, hp.gamma, hp.tau, problem.mu).value
     return {"value_tau": final.value_tau, "value": final.value, "soft_optimal": optimum,
             "gap": optimum - final.value_tau, "dispersion": final.dispersion,
-            "first_bad_step": final_state.first_bad_step}
+            "diverged": final_state.first_bad_step >= 0,  # the state's -1 is "none": NaN here
+            "first_bad_step": jnp.where(final_state.first_bad_step >= 0,
+                                        final_state.first_bad_step, jnp.nan)}
 
 
 def sweep_spec(config: dict) -> dict:

@@ -12,7 +12,10 @@ import dsorl
 from dsorl.config import Free
 from dsorl.sweep import Grid, check_grid
 
-__all__ = ["DEFAULTS", "make_env", "sweep_spec", "trace_axis"]
+__all__ = ["DEFAULTS", "REFERENCES", "make_env", "sweep_spec", "trace_axis"]
+
+# the optimum of each γ is drawn as a reference line in the objective's figure
+REFERENCES = {"optimal": "objective"}
 
 DEFAULTS = {
     "algorithm": "pg",  # pg (vanilla softmax PG) or dynpg
