@@ -133,8 +133,7 @@ def _show_config(cfg: dict) -> int:
     import yaml
 
     module = config_lib.job_module(cfg["job"])
-    doc = (module.__doc__ or "").strip().splitlines()
-    print(f"# {cfg['job']}: {doc[0] if doc else ''}")
+    print(f"# {cfg['job']}: {config_lib.summary(module.__doc__)}")
     print("# every key with its value (the job's default unless the config or --set gives one)")
     print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None).rstrip())
     return 0
@@ -245,7 +244,8 @@ def _list() -> int:
 
 
 def _algorithms() -> list:
-    """`(name, first docstring line [its run functions])` of each `dsorl.algorithms` module."""
+    """`(name, summary of the docstring [its run functions])` of each `dsorl.algorithms`
+    module."""
     import importlib
     import pkgutil
 
@@ -262,9 +262,8 @@ def _algorithms() -> list:
             continue
         runs = _run_functions(module)
         if runs:
-            doc = (module.__doc__ or "").strip().splitlines()
             named = "" if runs == ["run"] else f" [{', '.join(runs)}]"
-            out.append((m.name, (doc[0] if doc else "") + named))
+            out.append((m.name, config_lib.summary(module.__doc__) + named))
     return out
 
 

@@ -19,7 +19,7 @@ import yaml
 import dsorl.jobs
 
 __all__ = ["SWEEP_DEFAULTS", "Free", "available_jobs", "job_module", "is_sweep_job",
-           "job_summaries", "load_config", "parse_yaml", "resolve"]
+           "job_summaries", "load_config", "parse_yaml", "resolve", "summary"]
 
 
 # Settings of every sweep job (the `sweep` mapping of its config); a job's DEFAULTS may
@@ -67,8 +67,14 @@ def is_sweep_job(module) -> bool:
     return callable(getattr(module, "sweep_spec", None))
 
 
+def summary(doc) -> str:
+    """The first paragraph of a docstring on one line: a whole sentence or more, never a
+    first line cut mid-sentence (`dsorl list`, `--show-config`)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def job_summaries() -> list:
-    """`(name, kinds, first docstring line)` of every built-in job, for `dsorl list`."""
+    """`(name, kinds, summary of the docstring)` of every built-in job, for `dsorl list`."""
     out = []
     for name in available_jobs():
         try:
@@ -78,8 +84,7 @@ def job_summaries() -> list:
             continue
         kinds = "/".join(k for k, ok in (("run", callable(getattr(module, "run", None))),
                                          ("sweep", is_sweep_job(module))) if ok)
-        doc = (module.__doc__ or "").strip().splitlines()
-        out.append((name, kinds, doc[0] if doc else ""))
+        out.append((name, kinds, summary(module.__doc__)))
     return out
 
 

@@ -27,6 +27,54 @@ def test_list_names_jobs_algorithms_and_environments(capsys):
     assert "[" not in rows["meanfield"]
 
 
+def _first_paragraph(doc: str) -> str:
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def test_list_and_show_config_print_whole_descriptions():
+    """`dsorl list` printed the first docstring line of each job and algorithm, cut
+    mid-sentence ("... their gradients against"); it prints the whole first paragraph, and
+    `--show-config` heads the keys with it. Through the real command."""
+    import importlib
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("dsorl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "dsorl.cli"]
+    done = subprocess.run(command + ["list"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    jobs, algorithms = done.stdout.split("\nalgorithms (")
+    algorithms = algorithms.split("\nenvironments (")[0]
+    job_rows = {line.split()[0]: line.split("] ", 1)[1] for line in jobs.splitlines()
+                if line.startswith("  ")}
+    assert set(job_rows) == set(config_lib.available_jobs())
+    for name, text in job_rows.items():
+        doc = importlib.import_module(f"dsorl.jobs.{name}").__doc__
+        assert text == _first_paragraph(doc), name
+        assert text.endswith("."), (name, text)  # a whole sentence, not a first line
+    algorithm_rows = {line.split()[0]: line.split(None, 1)[1] for line in algorithms.splitlines()
+                      if line.startswith("  ")}
+    assert {"dso", "dynpg", "lmdp", "meanfield", "nbw", "pg"} <= set(algorithm_rows)
+    for name, text in algorithm_rows.items():
+        doc = importlib.import_module(f"dsorl.algorithms.{name}").__doc__
+        assert text.split(" [")[0] == _first_paragraph(doc), name
+        assert text.split(" [")[0].endswith("."), (name, text)
+    # the first docstring lines that used to be cut, whole
+    assert job_rows["core_eval"].endswith("the γ-sweep path. Run with the BLAS record:"
+                                          " `nice python benchmarks/core_eval.py`.")
+    assert algorithm_rows["dso"].startswith("DSO optimisers of a parameterised chain: gradient"
+                                            " ascent, natural gradient, Chain Iteration and"
+                                            " Proximal Chain Optimisation (PCO).")
+
+    shown = subprocess.run(command + ["run", "dso_benchmark", "--show-config"],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    head = shown.stdout.splitlines()[0]
+    assert head == "# dso_benchmark: " + _first_paragraph(
+        importlib.import_module("dsorl.jobs.dso_benchmark").__doc__)
+    assert head.endswith("Run with plots: `nice python benchmarks/dso.py`."), head
+
+
 JOB_CONFIGS = [p for p in sorted((ROOT / "configs").glob("*.yaml"))
                if "job" in (yaml.safe_load(p.read_text()) or {})]  # not benchmark configs
 

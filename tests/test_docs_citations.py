@@ -5,8 +5,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([ROOT / "README.md", *(ROOT / "dsorl").rglob("*.py"), *(ROOT / "tests").rglob("*.py"),
-                  *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "configs").rglob("*.yaml")])
+SOURCES = sorted([ROOT / "README.md", *(ROOT / "dsorl").rglob("*.py"),
+                  *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),
+                  *(ROOT / "configs").rglob("*.yaml")])
 CITATION = re.compile(r"docs/([\w-]+\.md)(?: §(\d+(?:\.\d+)?))?")
 
 

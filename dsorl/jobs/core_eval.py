@@ -1,4 +1,4 @@
-"""Core benchmark (issue #2, item 10): exact chain quantities and their gradients against
+"""Core benchmark: exact chain quantities and their gradients against
 NumPy, value iteration against pymdptoolbox, the γ-sweep path. Run with the BLAS record:
 `nice python benchmarks/core_eval.py`.
 

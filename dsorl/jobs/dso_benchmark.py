@@ -1,4 +1,4 @@
-"""DSO benchmark (issue #4, item 7): optimisers on garnets, the sampled estimator's
+"""DSO benchmark: optimisers on garnets, the sampled estimator's
 variance, and an LMDP. Run with plots: `nice python benchmarks/dso.py`.
 
 `garnet`: `seeds` random garnet MDPs (`dsorl.envs.garnet`: S = 100, A = 4, gamma = 0.99),
