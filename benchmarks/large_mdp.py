@@ -1,4 +1,4 @@
-"""Large-MDP benchmark (issue 12): exact quantities on sparse MDPs, 10^3 to 10^6 states.
+"""Large-MDP benchmark: exact quantities on sparse MDPs, 10^3 to 10^6 states.
 
     nice python benchmarks/large_mdp.py [CONFIG] [--set key=value ...]
 

@@ -13,10 +13,11 @@ O(S) work an iteration with short recurrences, GMRES keeps and orthogonalises a 
 `jax.scipy.sparse.linalg.bicgstab` reports neither the residual nor the iteration count
 (`info` is a placeholder), hence this module's own loop, which does.
 
-No preconditioner by default: for `I - gamma P` the diagonal is `1 - gamma P[s, s]`, close
-to 1 on every sparse MDP we ship, so Jacobi scaling does nothing measurable; the iteration
-count is governed by the mixing of the chain (a few on garnets, tens to hundreds on
-gridworlds: see benchmarks/large_mdp.py).
+No preconditioner: Jacobi scaling by the diagonal `1 - gamma P[s, s]` was measured not to
+pay (gamma = 0.99, random reward, softmax policy of normal logits: 13 iterations with or
+without it on a sparse garnet S = 10^4; 146 without and 159 with it on a 100 x 100
+gridworld, whose diagonal spans 0.18-1). The iteration count follows the mixing of the
+chain: about 10-25 on garnets, hundreds on gridworlds (benchmarks/large_mdp.py reports it).
 
 Convergence is reported (`SolveInfo`): on concrete input the callers in `dsorl.markov`
 raise `ValueError` when the solve did not reach its tolerance; under `jit` the solution is

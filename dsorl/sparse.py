@@ -39,8 +39,9 @@ Array = jax.Array
 class SparseTransitions:
     """A transition kernel with `K` entries a row: `successors[..., K]` (int32) and
     `probs[..., K]`; dense shape `successors.shape[:-1] + (S,)` with `S =
-    successors.shape[0]`. Validated when built from concrete arrays (`validate_sparse`;
-    all-zero rows pass here, for masked actions, and are judged by `MDP` and `Chain`).
+    successors.shape[0]`. Built from concrete arrays, shapes and index dtype are checked
+    here; the values (indices in range, probabilities) by the `MDP` or `Chain` that takes
+    it (`validate_sparse`, which knows the action mask).
     `krylov`: the settings of the solves of the chains it induces (static).
     """
 
@@ -51,9 +52,10 @@ class SparseTransitions:
         successors = jnp.asarray(successors)
         probs = jnp.asarray(probs, dtype)
         if _checks.is_concrete(successors, probs):
-            # an all-zero row may be a masked action's: `MDP` checks it against its mask,
-            # `Chain` refuses it
-            validate_sparse(successors, probs, np.any(np.asarray(probs) != 0, axis=-1))
+            # the shapes and index type only: the values are checked once, by the `MDP` or
+            # `Chain` that takes the kernel (`validate_sparse`, which knows the action mask);
+            # a second pass over 10^7 entries here doubled the peak memory at S = 10^6
+            _check_structure(successors, probs)
             successors = successors.astype(jnp.int32)
         self.successors, self.probs, self.krylov = successors, probs, krylov
 
@@ -200,12 +202,8 @@ def validate_sparse(successors, probs, mask=None, *, name: str = "probs") -> Non
     Same shapes `[S, ..., K]`; integer successors in `[0, S)`; probabilities finite, >= 0,
     each row summing to 1 within sqrt(eps) where `mask[S, ...]` (available actions) holds.
     """
+    _check_structure(successors, probs, name)
     succ, p = np.asarray(successors), np.asarray(probs)
-    if succ.shape != p.shape or succ.ndim < 2:
-        raise ValueError(f"successors {succ.shape} and {name} {p.shape} must share one shape"
-                         " [S, ..., K].")
-    if not np.issubdtype(succ.dtype, np.integer):
-        raise ValueError(f"successors must hold integer state indices, got dtype {succ.dtype}.")
     S = succ.shape[0]
     bad = np.argwhere((succ < 0) | (succ >= S))
     if bad.size:
@@ -214,8 +212,24 @@ def validate_sparse(successors, probs, mask=None, *, name: str = "probs") -> Non
                          f" in [0, {S}).")
     _checks.check_finite(name, p)
     keep = None if mask is None else np.asarray(mask, bool)
-    _checks.check_nonnegative(name, p if keep is None else np.where(keep[..., None], p, 0))
+    negative = np.argwhere(p < 0)  # indices, not a masked copy of p (320 MB at S = 10^6)
+    if keep is not None and negative.size:
+        negative = negative[keep[tuple(negative[:, :-1].T)]]
+    if negative.size:
+        i = tuple(negative[0])
+        raise ValueError(f"{name}[{_checks._index(i)}] = {p[i]:.6g} is negative:"
+                         " probabilities must be >= 0.")
     _checks.check_rows_sum_to_one(name, p, keep, what="transition row")
+
+
+def _check_structure(successors, probs, name: str = "probs") -> None:
+    succ_shape, p_shape = np.shape(successors), np.shape(probs)
+    if succ_shape != p_shape or len(succ_shape) < 2:
+        raise ValueError(f"successors {succ_shape} and {name} {p_shape} must share one shape"
+                         " [S, ..., K].")
+    if not jnp.issubdtype(jnp.result_type(successors), jnp.integer):
+        raise ValueError("successors must hold integer state indices, got dtype"
+                         f" {jnp.result_type(successors)}.")
 
 
 def from_dense(P, *, krylov: Krylov = Krylov()) -> SparseTransitions:

@@ -86,7 +86,8 @@ def test_bad_sparse_kernels_are_refused_naming_the_entry(mutate, message):
     Ps = sparse.from_dense(P)
     succ, probs = mutate(Ps.successors, Ps.probs)
     with pytest.raises(ValueError, match=message):
-        sparse.SparseTransitions(np.asarray(succ), np.asarray(probs))
+        MDP(sparse.SparseTransitions(np.asarray(succ), np.asarray(probs)), R, rho)
+
 
 
 def test_sparse_chain_shape_and_mask_are_checked():
@@ -102,6 +103,11 @@ def test_sparse_chain_shape_and_mask_are_checked():
     probs = np.asarray(Ps.probs).copy()
     probs[3, 1] = 0
     MDP(sparse.SparseTransitions(Ps.successors, probs), R, rho, mask)
+    with pytest.raises(ValueError, match=r"probs\[3, 1, :\] sums to"):  # not masked
+        MDP(sparse.SparseTransitions(Ps.successors, probs), R, rho)
+    # a chain has no mask: an empty row is refused
+    with pytest.raises(ValueError, match=r"probs\[3, :\] sums to"):
+        markov.Chain(sparse.SparseTransitions(Ps.successors[:, 1], probs[:, 1]), R[:, 0])
 
 
 def test_krylov_settings_are_validated():

@@ -9,12 +9,13 @@ Every constructor is in the registry: `make(name, **kwargs)` builds environment 
 import functools
 import importlib
 
-from dsorl.envs.garnet import garnet
+from dsorl.envs.garnet import garnet, sparse_garnet
+from dsorl.envs.gridworld import large_gridworld
 from dsorl.envs.gymnasium_toytext import from_gymnasium, from_transition_table
 from dsorl.envs.nbw import NAMES as NBW_NAMES
 from dsorl.envs.nbw import nbw_env, nbw_reference
 
-__all__ = ["garnet", "from_gymnasium", "from_transition_table", "NBW_NAMES", "nbw_env",
+__all__ = ["garnet", "sparse_garnet", "large_gridworld", "from_gymnasium", "from_transition_table", "NBW_NAMES", "nbw_env",
            "nbw_reference", "make", "names", "registry"]
 
 # name -> "module:constructor" (imported when used), with keyword arguments bound first

@@ -1,4 +1,4 @@
-"""Large-MDP benchmark (issue 12): exact quantities on sparse MDPs from 10^3 to 10^6 states.
+"""Large-MDP benchmark: exact quantities on sparse MDPs from 10^3 to 10^6 states.
 
 Two MDP kinds, `A = 4` actions: a sparse garnet (`dsorl.envs.sparse_garnet`, `K =
 branching` successors a pair) and an `n x n` gridworld (`dsorl.envs.large_gridworld`, goal
@@ -44,7 +44,8 @@ Table `timings`, one row per (kind, S, quantity, method):
 Table `fits`: kind, quantity, method, exponent (least-squares slope of log median_s against
 log S over `n_states >= fit_min_states`), crossover_states (smallest S where sparse beats
 dense, NaN when it never does in the measured range), sparse_beats_dense_everywhere (bool).
-Table `goals`: goal, kind, value, target, met (the issue's goals, measured in this run).
+Table `goals`: goal, kind, value, target, met (the speed and memory goals set for the sparse
+path, measured in this run).
 Figure `scaling`: seconds against S (log-log), a panel per (kind, quantity), a line per method.
 """
 import math
