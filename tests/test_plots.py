@@ -238,6 +238,7 @@ def test_dsorl_run_writes_figures_and_dsorl_plot_takes_its_directory(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "1 figure(s) in" in done.stdout
+    assert "dsorl:" not in done.stderr  # stderr is a pipe, nobody asked: no progress lines
     assert (out / "plots" / "landscapes.png").read_bytes()[:8] == PNG
     again = subprocess.run(_dsorl() + ["plot", str(out), "--out", str(tmp_path / "png")],
                            capture_output=True, text=True, timeout=300, env=env)
