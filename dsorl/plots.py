@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["plot_results", "job_figures", "palette", "is_constant", "is_noise", "facets",
-           "legend_outside", "log_ticks", "plain_log_labels", "heatmap", "describe", "pyplot", "NOISE_RELATIVE",
-           "MAX_PANELS"]
+           "legend_outside", "log_ticks", "plain_log_labels", "heatmap", "describe", "pyplot",
+           "NOISE_RELATIVE", "MAX_PANELS"]
 
 MAX_PANELS = 24        # panels per file; more spill into name_2.png, ...
 NOISE_RELATIVE = 1e-9  # a spread below this fraction of the values' magnitude is rounding
@@ -336,7 +336,8 @@ def _curves(plt, out, stem, axes, every, trace, name, step_label, title) -> list
 
     panels = [(_label(by, k), idx) for k, idx in axes.groups(by).items()]
     return _paged(plt, out, stem, panels, draw, hue, hue_values,
-                  f"{title}\n{name} per {step_label}: median and 10–90% band over seeds and starts")
+                  f"{title}\n{name} per {step_label}: median and 10–90% band over seeds"
+                  " and starts")
 
 
 def _gamma_curves(plt, out, metric, table, axes, title, references=()) -> list:
@@ -433,8 +434,8 @@ def _generic(plt, tables, arrays, config) -> dict:
     of each non-constant number column against the table's first text column."""
     figures, head = {}, describe(config)
     curves = {k: np.asarray(v, float) for k, v in arrays.items()
-              if np.ndim(v) == 1 and np.size(v) > 2 and np.issubdtype(np.asarray(v).dtype, np.number)
-              and not is_constant(v)}
+              if np.ndim(v) == 1 and np.size(v) > 2
+              and np.issubdtype(np.asarray(v).dtype, np.number) and not is_constant(v)}
     by_length = {}
     for name, v in curves.items():
         by_length.setdefault(len(v), []).append(name)

@@ -198,7 +198,8 @@ def run_main(cfg, rng, log):
         theta, gamma = batch_inputs(rng, kind, S, A, B, cfg)
         fn = jax_case(quantity, mode, kind, S, A)
         args = (mdp, jnp.asarray(theta), jnp.asarray(gamma))
-        compiled, compile_s = timing.compile(fn, *args, what=f"{quantity} {mode} {kind} S={S} B={B}")
+        compiled, compile_s = timing.compile(fn, *args,
+                                             what=f"{quantity} {mode} {kind} S={S} B={B}")
         sweep_path = kind == "gamma" and "hessenberg" in str(jax.make_jaxpr(fn)(*args))
         expected = np.asarray(compiled(*args))
         solvers = [base.NumpySolve] + ([base.ScipyLU] if systems(quantity, mode) > 1 else [])

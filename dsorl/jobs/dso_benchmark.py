@@ -181,7 +181,8 @@ def garnet_part(config, log):
     rows.append({"method": "policy_iteration (ground truth)", "iterations": math.nan,
                  "seeds": g["seeds"], "seeds_reached": g["seeds"], "all_reached": True,
                  "median_iterations_to_target": math.nan,
-                 "max_iterations_to_target": math.nan, "median_final_gap": 0.0, "max_final_gap": 0.0,
+                 "max_iterations_to_target": math.nan, "median_final_gap": 0.0,
+                 "max_final_gap": 0.0,
                  "run_s": pi_run, "ms_per_iteration": math.nan, "s_to_target_all_seeds": pi_run,
                  "compile_s": pi_compile})
     # speed-up over vanilla gradient ascent in time to target (all seeds); when gradient

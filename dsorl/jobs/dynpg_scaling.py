@@ -176,7 +176,8 @@ def figures(tables, arrays, config, plt) -> dict:
 
     studies = [(name, axis, label) for name, axis, label in (
         ("horizon", "horizon", "effective horizon 1/(1-γ)"),
-        ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})")) if len(tables[name]["n"])]
+        ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})"))
+        if len(tables[name]["n"])]
     fig, axs = plots.facets(plt, len(studies), ncols=len(studies), width=5.0)
     for ax, (name, axis, label) in zip(axs, studies):
         t = tables[name]
