@@ -25,7 +25,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 from dsorl import config as config_lib  # noqa: E402
-from dsorl import envs  # noqa: E402
+from dsorl import envs, progress  # noqa: E402
 from dsorl.algorithms import nbw  # noqa: E402
 from dsorl.envs.nbw import paper_hyperparams  # noqa: E402
 from dsorl.jobs import nbw_reproduce  # noqa: E402
@@ -123,9 +123,8 @@ def speed_table(summary, grid, subset, iterations):
     torch.set_num_threads(1)
     rows = []
     rng = np.random.default_rng(0)
-    for row in summary:
-        if row["method"] != "nbw_exact":
-            continue
+    exact = [row for row in summary if row["method"] == "nbw_exact"]
+    for row in progress.track(exact, "PyTorch per-start loop", unit="environments"):
         name = row["env"]
         mdp = envs.nbw_env(name)
         hp = nbw.HParams(**paper_hyperparams(name))
