@@ -61,16 +61,21 @@ def plot_results(results_dir, out_dir=None, metrics: Optional[Sequence[str]] = N
 
 
 def job_figures(tables, arrays, config, out) -> list:
-    """The figures of a `dsorl run` job's results: its module's `figures`, else generic
-    ones (curves of its 1-D arrays, bars of its tables); returns the PNG paths."""
-    from dsorl import config as config_lib
-
-    job = config.get("job")
-    draw = getattr(config_lib.job_module(job), "figures", None) if job else None
+    """The figures of a `dsorl run` job's results: its module's `figures`, else (no such
+    function, a job module that cannot be imported, or a partial result it cannot draw)
+    generic ones: curves of its 1-D arrays, bars of its tables. Returns the PNG paths."""
+    draw = _job_attr(config, "figures", None)
     plt = pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = draw(tables, arrays, config, plt) if draw else _generic(plt, tables, arrays, config)
+    figures = None
+    if draw is not None:
+        try:
+            figures = draw(tables, arrays, config, plt)
+        except KeyError:  # a partial result (an interrupted run) lacks what the figure needs
+            plt.close("all")
+    if figures is None:
+        figures = _generic(plt, tables, arrays, config)
     return [_save(plt, fig, out / f"{_safe(name)}.png") for name, fig in figures.items()]
 
 

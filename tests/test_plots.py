@@ -256,3 +256,12 @@ def test_a_reference_metric_is_a_line_in_its_metric_figure_not_a_figure(tmp_path
     assert ref.get_linestyle() == "--"
     np.testing.assert_allclose(ref.get_ydata(), 20 * np.linspace(0.5, 0.99, 8))
     assert "optimal" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_partial_or_unknown_job_results_still_plot(tmp_path, drawn):
+    """An interrupted nbw_reproduce (no summary table yet) and a job module that is gone."""
+    arrays = {"A1/gain_landscape": np.linspace(0, 1, 9)}
+    paths = plots.job_figures({}, arrays, {"job": "nbw_reproduce", "envs": ["A1"]}, tmp_path)
+    assert [p.name for p in paths] == ["arrays.png"]
+    paths = plots.job_figures({}, arrays, {"job": "no_such_job_module"}, tmp_path / "gone")
+    assert [p.name for p in paths] == ["arrays.png"]
