@@ -145,7 +145,8 @@ def log_ticks(ax, values, axis="x"):
     if not values:
         return
     getattr(ax, f"set_{axis}scale")("log")
-    getattr(ax, f"set_{axis}ticks")(values, [f"{v:.3g}" for v in values])
+    labels = [f"{v:.0f}" if v == round(v) and v < 1e7 else f"{v:.3g}" for v in values]
+    getattr(ax, f"set_{axis}ticks")(values, labels)
     getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
 
 
