@@ -82,13 +82,16 @@ def bicgstab(matvec: Callable, b: Array, *, tol: float, max_iters: int,
              x0: Optional[Array] = None) -> tuple:
     """Solve `A x = b` by BiCGSTAB (van der Vorst 1992, Alg. 1); returns `(x, SolveInfo)`.
 
-    `matvec(x) = A x` on `[S]` vectors. Stops when the recurrence residual satisfies
-    `||r|| <= tol ||b||` or after `max_iters` iterations, then recomputes the true residual.
-    A breakdown (`rho = 0` or `omega = 0` before convergence) ends the loop; `converged`
-    then says False. `b = 0` returns `x = 0` in zero iterations.
+    `matvec(x) = A x` on `[S]` vectors. A cycle runs until its recurrence residual satisfies
+    `||r|| <= tol ||b||` (or a breakdown, `rho = 0` or `omega = 0`); then the true residual
+    `b - A x` is recomputed, and while it is still above the target, the budget lasts and the
+    last cycle reduced it, a new cycle starts from `x` (residual replacement: in floating
+    point the recurrence residual drifts from the true one, measured 1.02e-12 true against a
+    recurrence below 1e-12 on a gridworld). `max_iters` bounds the iterations of all cycles.
+    `converged` says whether the true residual met `tol`. `b = 0` returns `x = 0` in zero
+    iterations.
     """
     x = jnp.zeros_like(b) if x0 is None else x0
-    r = b - matvec(x)
     b_norm = jnp.linalg.norm(b)
     threshold = tol * b_norm
     zero = jnp.zeros((), b.dtype)
@@ -99,35 +102,51 @@ def bicgstab(matvec: Callable, b: Array, *, tol: float, max_iters: int,
     # keep r_hat . r_0 > 0 and break that symmetry, deterministically.
     # (behind an optimisation barrier: XLA would otherwise constant-fold the draw, seconds
     # of compile time at S = 10^6)
-    weights = lax.optimization_barrier(jax.random.uniform(jax.random.key(0), r.shape, r.dtype))
-    r_hat = r * (1 + weights)
+    weights = 1 + lax.optimization_barrier(jax.random.uniform(jax.random.key(0), b.shape, b.dtype))
 
-    def not_done(carry):
-        i, _, r, *_, alive = carry
-        return (i < max_iters) & (jnp.linalg.norm(r) > threshold) & alive
+    def cycle(x, i):
+        r = b - matvec(x)
+        r_hat = r * weights
 
-    def iterate(carry):
-        i, x, r, p, v, rho, alpha, omega, _ = carry
-        rho_new = jnp.vdot(r_hat, r)
-        beta = (rho_new / rho) * (alpha / omega)
-        p = r + beta * (p - omega * v)
-        v = matvec(p)
-        alpha = rho_new / jnp.vdot(r_hat, v)
-        s = r - alpha * v
-        t = matvec(s)
-        tt = jnp.vdot(t, t)
-        omega = jnp.where(tt > 0, jnp.vdot(t, s) / jnp.where(tt > 0, tt, 1), zero)
-        x = x + alpha * p + omega * s
-        r = s - omega * t
-        alive = (rho_new != 0) & (omega != 0) & jnp.isfinite(alpha)
-        return i + 1, x, r, p, v, rho_new, alpha, omega, alive
+        def not_done(carry):
+            i, _, r, *_, alive = carry
+            return (i < max_iters) & (jnp.linalg.norm(r) > threshold) & alive
 
-    init = (jnp.int32(0), x, r, jnp.zeros_like(b), jnp.zeros_like(b), one, one, one,
-            jnp.asarray(True))
-    i, x, *_ = lax.while_loop(not_done, iterate, init)
-    residual = jnp.linalg.norm(b - matvec(x)) / jnp.where(b_norm > 0, b_norm, 1)
-    converged = residual <= tol
-    return x, SolveInfo(residual=residual, iterations=i, converged=converged)
+        def iterate(carry):
+            i, x, r, p, v, rho, alpha, omega, _ = carry
+            rho_new = jnp.vdot(r_hat, r)
+            beta = (rho_new / rho) * (alpha / omega)
+            p = r + beta * (p - omega * v)
+            v = matvec(p)
+            alpha = rho_new / jnp.vdot(r_hat, v)
+            s = r - alpha * v
+            t = matvec(s)
+            tt = jnp.vdot(t, t)
+            omega = jnp.where(tt > 0, jnp.vdot(t, s) / jnp.where(tt > 0, tt, 1), zero)
+            x_new = x + alpha * p + omega * s
+            alive = (rho_new != 0) & (omega != 0) & jnp.isfinite(alpha)
+            # a breakdown keeps the last good iterate (the next cycle restarts from it)
+            x = jnp.where(jnp.isfinite(alpha), x_new, x)
+            return i + 1, x, s - omega * t, p, v, rho_new, alpha, omega, alive
+
+        init = (i, x, r, jnp.zeros_like(b), jnp.zeros_like(b), one, one, one, jnp.asarray(True))
+        i, x, *_ = lax.while_loop(not_done, iterate, init)
+        return x, i
+
+    def restart(carry):
+        i, x, residual, previous = carry
+        return (i < max_iters) & (residual > threshold) & (residual < previous)
+
+    def run_cycle(carry):
+        i, x, residual, _ = carry
+        x, i = cycle(x, i)
+        return i, x, jnp.linalg.norm(b - matvec(x)), residual
+
+    first = jnp.linalg.norm(b - matvec(x))
+    init = (jnp.int32(0), x, first, jnp.asarray(jnp.inf, b.dtype))
+    i, x, residual, _ = lax.while_loop(restart, run_cycle, init)
+    residual = residual / jnp.where(b_norm > 0, b_norm, 1)
+    return x, SolveInfo(residual=residual, iterations=i, converged=residual <= tol)
 
 
 def solve(matvec: Callable, rmatvec: Callable, b: Array, *, options: Krylov = Krylov(),
