@@ -1,0 +1,386 @@
+"""Policy gradients on sampled episodes of JAX control environments, with neural policies:
+REINFORCE with a baseline, DSO's Algorithm 1 and Proximal Chain Optimisation (PCO).
+
+Todorov, "Dynamical System Optimization" (arXiv 2506.08340); docs/design.md §9.1. The
+problem is a `dsorl.rollouts.ControlProblem` (a gymnax-style environment:
+`dsorl.envs.gymnax_control.make("CartPole-v1")`), the policy a `dsorl.networks` policy and
+the baseline a `dsorl.networks.ValueMLP` (or None: no baseline), all in the static
+`Config`. Each step collects one batch, `config.n_envs` copies of the environment for
+`config.n_rollout` steps (the copies run on across batches, `dsorl.rollouts.collect`), and
+accumulates returns backwards, `G_t = r_t + gamma (1 - done_t) G_{t+1}`, bootstrapped
+with the fitted value `v_hat` at the cut.
+
+**The marginal mapping.** DSO treats the closed loop as a chain `P_theta(x'|x)`. Take as
+chain state the pair `x_t = (s_t, a_t)`: then `P_theta(x_{t+1}|x_t) = P(s_{t+1}|s_t, a_t)
+pi_theta(a_{t+1}|s_{t+1})`, so `grad log P_theta(x_{t+1}|x_t) = grad log pi_theta(a_{t+1}|
+s_{t+1})` and the chain-transition ratio of a step is the policy ratio
+`pi_theta(a|s) / pi_alpha(a|s)`; rewards `r(s, a)` and the initial law do not depend on
+`theta` (their terms of Algorithm 1 vanish except the first action's, which is the `t = 0`
+score term). Algorithm 1 is then
+
+    g = (1/N) sum_n sum_t gamma^t grad log pi_theta(a_t|s_t) (G_t - v_hat(s_t)),
+
+unbiased for the gradient of `J = E sum_t gamma^t r_t` for every `v_hat` (up to the
+bootstrap at the cut, exact when `v_hat = v`); `v_hat` is refitted on each batch after
+the policy step (`config.value_epochs` optimiser steps on the squared error to `G_t`), so
+the baseline of batch `k` was fitted on batches before it.
+
+- `DSO` (`dso`): one optimiser step along Algorithm 1 per batch (`gamma^t` weights).
+- `REINFORCE` (`reinforce`): the plain reference, the same estimator with the weights
+  `gamma^t` dropped (`discount_weights=False`, the common practice: its expectation is
+  not the gradient of `J`, Nota & Thomas 2020, but it weighs late steps like early ones).
+- `PCO` (`pco`): `config.epochs` passes over the batch in `config.n_minibatches`
+  minibatches, each an optimiser step on the clipped surrogate
+  `(1/N) sum w_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)`, `rho_t` the policy
+  ratio to the anchor `alpha = theta_k` that sampled the batch, `A_t = G_t - v_hat(s_t)`,
+  `w_t = gamma^t`. At `theta = alpha` (no clip active) its gradient is Algorithm 1's.
+
+An optax optimiser (`config.optimizer(step_size)`, default Adam, with global-norm clipping
+at `config.max_grad_norm`) drives the policy and another (`config.value_optimizer`) the
+value; both states are carried across batches. Everything is one `lax.scan`
+(`dsorl.algorithms.base.run`), `jit`table end to end and `vmap`pable over `params0`,
+`hparams` (gamma, step sizes, clip) and keys: 16 seeds are one `vmap` over keys.
+
+Trace rows (after each batch): `episode_return` (mean undiscounted return of the training
+episodes that ended in the batch, NaN if none), `interactions` (environment steps so
+far), `grad_norm`, `value_loss` (before the refit), `clip_fraction` (PCO: share of the
+batch whose ratio left `[1 - eps, 1 + eps]` after the epochs; NaN otherwise), `params`.
+"""
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from dsorl import _checks
+from dsorl.algorithms import base
+from dsorl.optim import ascent
+from dsorl.rollouts import (ControlProblem, RolloutState, Transitions, collect,
+                            discounted_returns, episode_weights, start)
+
+Array = jax.Array
+
+__all__ = ["HParams", "PCOHParams", "Config", "ReinforceConfig", "PCOConfig", "State", "Trace",
+           "Batch", "prepare", "policy_gradient", "clipped_surrogate", "REINFORCE", "DSO",
+           "PCO", "reinforce", "dso", "pco"]
+
+
+class HParams(NamedTuple):
+    """Traced: discount `gamma`, policy `step_size`, `value_step_size`."""
+
+    gamma: Array
+    step_size: Array
+    value_step_size: Array = 1e-3
+
+
+class PCOHParams(NamedTuple):
+    """Traced: as `HParams`, and the ratio `clip` epsilon (`inf`: unclipped)."""
+
+    gamma: Array
+    step_size: Array
+    value_step_size: Array = 1e-3
+    clip: Array = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static: `n_steps` batches; `policy` (`dsorl.networks`) and `value` (a `ValueMLP`,
+    or None for no baseline); `n_envs` copies x `n_rollout` steps per batch; `optimizer`
+    and `value_optimizer` (`step_size -> optax transformation`); `max_grad_norm` (global
+    norm clipping of the policy gradient, `inf`: none); `value_epochs` (value fit steps per
+    batch); `discount_weights`: weigh step `t` by `gamma^t` (Algorithm 1)."""
+
+    n_steps: int
+    policy: Any
+    value: Any = None
+    n_envs: int = 8
+    n_rollout: int = 128
+    optimizer: Callable = optax.adam
+    value_optimizer: Callable = optax.adam
+    max_grad_norm: float = math.inf
+    value_epochs: int = 10
+    discount_weights: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceConfig(Config):
+    """`Config` with the plain reference's undiscounted weights by default."""
+
+    discount_weights: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PCOConfig(Config):
+    """`Config` and `epochs` passes over each batch in `n_minibatches` minibatches
+    (`n_envs * n_rollout` must divide by it)."""
+
+    epochs: int = 4
+    n_minibatches: int = 4
+
+
+class State(NamedTuple):
+    """`params` (policy), `value_params` (None without a baseline), both optimiser states,
+    the running environment copies and the `interactions` so far (int32)."""
+
+    params: Any
+    value_params: Any
+    opt_state: Any
+    value_opt_state: Any
+    rollout: RolloutState
+    interactions: Array
+
+
+class Trace(NamedTuple):
+    """Per batch, after its update (see the module docstring)."""
+
+    episode_return: Array
+    interactions: Array
+    grad_norm: Array
+    value_loss: Array
+    clip_fraction: Array
+    params: Any = None
+
+
+class Batch(NamedTuple):
+    """A collected batch prepared for the estimators: `transitions` (`[T, N, ...]`),
+    returns `G[T, N]`, `advantage = G - v_hat(s)`, weights `w[T, N]`."""
+
+    transitions: Transitions
+    returns: Array
+    advantage: Array
+    weight: Array
+
+
+# ----------------------------------------------------------------------------------------
+# Estimators (pure functions of a batch)
+
+
+def _value(config: Config, value_params, obs, batch_shape, dtype) -> Array:
+    if config.value is None:
+        return jnp.zeros(batch_shape, dtype)
+    return config.value(value_params, obs).astype(dtype)
+
+
+def prepare(transitions: Transitions, v: Array, v_last: Array, gamma, discount: bool) -> Batch:
+    """Backward accumulation of `transitions` with the baseline values `v[T, N]` at the
+    visited observations and `v_last[N]` at the cut (the bootstrap)."""
+    G = discounted_returns(transitions.reward, transitions.done, v_last, gamma)
+    return Batch(transitions, G, G - v, episode_weights(transitions.time, gamma, discount))
+
+
+def policy_gradient(policy, params, batch: Batch):
+    """Algorithm 1 under the marginal mapping (or REINFORCE, by the batch's weights):
+    `(1/N) sum_{n,t} w_t grad log pi(a_t|s_t) A_t`, a pytree like `params`."""
+    tr = batch.transitions
+    coef = lax.stop_gradient(batch.weight * batch.advantage)
+    n = tr.reward.shape[1]
+    return jax.grad(lambda th: jnp.sum(coef * policy.log_prob(th, tr.obs, tr.action)) / n)(params)
+
+
+def _pessimistic(log_ratio, coef, clip):
+    ratio = jnp.exp(log_ratio)
+    return jnp.minimum(ratio * coef, jnp.clip(ratio, 1 - clip, 1 + clip) * coef)
+
+
+def clipped_surrogate(policy, params, obs, action, log_prob_old, coef, clip, scale) -> Array:
+    """`scale * sum min(rho coef, clip(rho, 1 - eps, 1 + eps) coef)`, `rho = pi_theta(a|s) /
+    pi_alpha(a|s)` from the anchor's `log_prob_old`, `coef = w A` (`w >= 0`), `eps = clip`."""
+    log_ratio = policy.log_prob(params, obs, action) - log_prob_old
+    return scale * jnp.sum(_pessimistic(log_ratio, coef, clip))
+
+
+# ----------------------------------------------------------------------------------------
+# The contract
+
+
+def _counts(config: Config, **extra) -> None:
+    for name in ("n_envs", "n_rollout", "value_epochs") + tuple(extra):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"config.{name} = {value!r} must be an int >= 1.")
+
+
+def validate(problem, hparams, config: Config) -> None:
+    """`ValueError` naming the offending argument: a problem that is not a
+    `ControlProblem`, a policy that cannot act in its action space (a categorical policy on
+    real actions) or reads other observations, gamma outside [0, 1), non-positive step
+    sizes, clip, counts, `max_grad_norm`; PCO's batch not divisible into minibatches."""
+    if not isinstance(problem, ControlProblem):
+        raise ValueError(f"problem must be a dsorl.rollouts.ControlProblem (e.g."
+                         f" dsorl.envs.gymnax_control.make('CartPole-v1')), got"
+                         f" {type(problem).__name__}.")
+    policy = config.policy
+    if not callable(getattr(policy, "check_space", None)):
+        raise ValueError(f"config.policy must be a dsorl.networks policy, got {policy!r}.")
+    policy.check_space(problem.action_space)
+    for what, net in (("policy", policy), ("value", config.value)):
+        if net is not None and tuple(net.observation_shape) != problem.observation_shape:
+            raise ValueError(f"config.{what} reads observations of shape"
+                             f" {tuple(net.observation_shape)}, {problem.name} has"
+                             f" {problem.observation_shape}.")
+    base.check_discount(hparams.gamma)
+    base.check_positive("step_size", hparams.step_size)
+    base.check_positive("value_step_size", hparams.value_step_size)
+    if not config.max_grad_norm > 0:
+        raise ValueError(f"config.max_grad_norm = {config.max_grad_norm!r} must be > 0"
+                         " (inf: no clipping).")
+    if isinstance(config, PCOConfig):
+        _counts(config, epochs=None, n_minibatches=None)
+        if (config.n_envs * config.n_rollout) % config.n_minibatches:
+            raise ValueError(f"config.n_minibatches = {config.n_minibatches} must divide the"
+                             f" batch n_envs * n_rollout = {config.n_envs * config.n_rollout}.")
+        if _checks.is_concrete(hparams.clip) and not np.all(np.asarray(hparams.clip) > 0):
+            raise ValueError(f"clip = {hparams.clip} must be > 0 (inf: no clipping).")
+    else:
+        _counts(config)
+
+
+def expected_params(problem, config: Config):
+    """The shapes of `config.policy.init(key)`."""
+    shapes = jax.eval_shape(lambda: config.policy.init(jax.random.key(0)))
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), shapes)
+
+
+def _policy_tx(hparams, config: Config):
+    tx = config.optimizer(hparams.step_size)
+    if math.isfinite(config.max_grad_norm):
+        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
+    return ascent(tx)
+
+
+def _value_tx(hparams, config: Config):
+    return config.value_optimizer(hparams.value_step_size)
+
+
+def init(problem, params0, hparams, key, *, config: Config) -> State:
+    """Value parameters from `fold_in(key, 0)`, the environment copies from
+    `fold_in(key, 1)`; optimiser states."""
+    dtype = base.problem_dtype(None, params0)
+    value_params = (None if config.value is None
+                    else config.value.init(jax.random.fold_in(key, 0), dtype))
+    value_opt = None if value_params is None else _value_tx(hparams, config).init(value_params)
+    rollout = start(problem, jax.random.fold_in(key, 1), config.n_envs, dtype)
+    return State(params0, value_params, _policy_tx(hparams, config).init(params0), value_opt,
+                 rollout, jnp.int32(0))
+
+
+def _collect(problem, state: State, hparams, key, config: Config):
+    """One batch from the current policy, with its baseline values and returns."""
+    policy, params = config.policy, lax.stop_gradient(state.params)
+    dtype = state.rollout.episode_return.dtype
+    rollout, tr = collect(problem, lambda obs, k: policy.sample(params, obs, k),
+                          state.rollout, key, config.n_rollout)
+    v = _value(config, state.value_params, tr.obs, tr.reward.shape, dtype)
+    v_last = _value(config, state.value_params, tr.last_obs, tr.reward.shape[1:], dtype)
+    return rollout, prepare(tr, v, v_last, hparams.gamma, config.discount_weights), v
+
+
+def _fit_value(state: State, batch: Batch, hparams, config: Config):
+    """`value_epochs` full-batch steps on `mean (v(s_t) - G_t)^2`; `(params, opt_state)`."""
+    if config.value is None:
+        return None, None
+    obs, target = batch.transitions.obs, lax.stop_gradient(batch.returns)
+    tx = _value_tx(hparams, config)
+    loss = lambda phi: jnp.mean((config.value(phi, obs) - target) ** 2)
+
+    def one(carry, _):
+        phi, opt = carry
+        updates, opt = tx.update(jax.grad(loss)(phi), opt, phi)
+        return (optax.apply_updates(phi, updates), opt), None
+
+    (phi, opt), _ = lax.scan(one, (state.value_params, state.value_opt_state), None,
+                             length=config.value_epochs)
+    return phi, opt
+
+
+def _episode_return(tr: Transitions) -> Array:
+    count = jnp.sum(tr.done)
+    total = jnp.sum(tr.finished_return)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
+            grad_norm, clip_fraction):
+    value_loss = jnp.mean((v - batch.returns) ** 2)
+    phi, value_opt = _fit_value(state, batch, hparams, config)
+    used = state.interactions + config.n_envs * config.n_rollout
+    new = State(params, phi, opt_state, value_opt, rollout, jnp.asarray(used, jnp.int32))
+    dtype = batch.returns.dtype
+    return new, Trace(_episode_return(batch.transitions).astype(dtype), new.interactions,
+                      grad_norm.astype(dtype), value_loss, clip_fraction.astype(dtype))
+
+
+def gradient_step(problem, state: State, hparams, key, *, config: Config):
+    """One batch, one optimiser step along `policy_gradient` (DSO / REINFORCE)."""
+    rollout, batch, v = _collect(problem, state, hparams, key, config)
+    grad = policy_gradient(config.policy, state.params, batch)
+    updates, opt_state = _policy_tx(hparams, config).update(grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
+                   base.tree_norm(grad), base.nan_like(batch.returns.dtype))
+
+
+def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConfig):
+    """One batch from the anchor `alpha = theta_k`, then `epochs` x `n_minibatches`
+    optimiser steps on the clipped surrogate (permutations from `fold_in(key, 1)`)."""
+    k_collect, k_perm = jax.random.split(key)
+    rollout, batch, v = _collect(problem, state, hparams, k_collect, config)
+    tr = batch.transitions
+    T, N = tr.reward.shape
+    size, m = T * N, config.n_minibatches
+    flat = lambda x: x.reshape((size,) + x.shape[2:])
+    obs, action, logp_old = flat(tr.obs), flat(tr.action), flat(tr.log_prob)
+    coef = flat(lax.stop_gradient(batch.weight * batch.advantage))
+    scale = m / N  # a minibatch's sum, scaled to estimate (1/N) sum over the whole batch
+    tx = _policy_tx(hparams, config)
+
+    def minibatch(carry, idx):
+        theta, opt = carry
+        grad = jax.grad(clipped_surrogate, argnums=1)(
+            config.policy, theta, obs[idx], action[idx], logp_old[idx], coef[idx],
+            hparams.clip, scale)
+        updates, opt = tx.update(grad, opt, theta)
+        return (optax.apply_updates(theta, updates), opt), base.tree_norm(grad)
+
+    def epoch(carry, k):
+        order = jax.random.permutation(k, size).reshape(m, size // m)
+        return lax.scan(minibatch, carry, order)
+
+    (params, opt_state), norms = lax.scan(epoch, (state.params, state.opt_state),
+                                          jax.random.split(k_perm, config.epochs))
+    log_ratio = config.policy.log_prob(params, obs, action) - logp_old
+    clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_ratio) - 1) > hparams.clip)
+    return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
+                   norms[0, 0], clip_fraction)
+
+
+REINFORCE = base.Algorithm(
+    "reinforce", HParams=HParams, Config=ReinforceConfig, State=State, Trace=Trace,
+    init=init, step=gradient_step, validate=validate, expected_params=expected_params)
+DSO = base.Algorithm(
+    "dso", HParams=HParams, Config=Config, State=State, Trace=Trace, init=init,
+    step=gradient_step, validate=validate, expected_params=expected_params)
+PCO = base.Algorithm(
+    "pco", HParams=PCOHParams, Config=PCOConfig, State=State, Trace=Trace, init=init,
+    step=pco_step, validate=validate, expected_params=expected_params)
+
+
+def reinforce(problem, params0, hparams: HParams, key, *, config: ReinforceConfig,
+              keep_params: bool = False):
+    """REINFORCE with a baseline: `base.run(REINFORCE, ...)` -> `(State, Trace[n_steps])`."""
+    return REINFORCE.run(problem, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+def dso(problem, params0, hparams: HParams, key, *, config: Config, keep_params: bool = False):
+    """DSO Algorithm 1 with a fitted value baseline: `base.run(DSO, ...)`."""
+    return DSO.run(problem, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+def pco(problem, params0, hparams: PCOHParams, key, *, config: PCOConfig,
+        keep_params: bool = False):
+    """Proximal Chain Optimisation on sampled episodes: `base.run(PCO, ...)`."""
+    return PCO.run(problem, params0, hparams, key, config=config, keep_params=keep_params)

@@ -1,0 +1,301 @@
+"""Neural policies on sampled episodes of JAX control environments: the rollout pieces
+(dsorl.rollouts), the flax networks (dsorl.networks), the environments
+(dsorl.envs.gymnax_control) and REINFORCE / DSO Algorithm 1 / PCO
+(dsorl.algorithms.control).
+
+Unbiasedness is checked against exact gradients of a small tabular MDP written as a
+gymnax-style environment: the mean of M independent batch estimates must lie within
+5 standard errors (computed from the M estimates) of `jax.grad` of the exact
+finite-horizon return, in every coordinate."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy.stats import norm
+
+from dsorl import networks, rollouts
+from dsorl.algorithms import base
+from dsorl.algorithms import control as C
+from dsorl.envs import garnet
+from dsorl.envs import gymnax_control as gc
+
+GAMMA, HORIZON = 0.9, 5
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    mdp = garnet(jax.random.key(3), n_states=4, n_actions=2, branching=2)
+    problem = gc.tabular(mdp, HORIZON)
+    policy = networks.CategoricalPolicy(2, (8,), (4,))
+    value = networks.ValueMLP((8,), (4,))
+    params = policy.init(jax.random.key(1))
+    # bigger logits than the default init, so the gradient is not near the uniform policy's
+    params = jax.tree_util.tree_map(lambda x: 3 * x, params)
+    return mdp, problem, policy, value, params
+
+
+def _pi(policy, params, n_states):
+    return jnp.exp(policy.logits(params, jnp.eye(n_states)))
+
+
+def _batches(problem, policy, value, params, discount, n_batches, n_envs, key):
+    """`n_batches` independent estimates (each from `n_envs` whole episodes) of
+    `policy_gradient`, flattened: `[M, P]`; the baseline is a random value net."""
+    v_params = value.init(jax.random.key(7))
+
+    def one(k):
+        k_start, k_roll = jax.random.split(k)
+        state = rollouts.start(problem, k_start, n_envs)
+        _, tr = rollouts.collect(problem, lambda o, kk: policy.sample(params, o, kk), state,
+                                 k_roll, HORIZON)
+        batch = C.prepare(tr, value(v_params, tr.obs), value(v_params, tr.last_obs), GAMMA,
+                          discount)
+        return ravel_pytree(C.policy_gradient(policy, params, batch))[0], tr.done
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, n_batches))
+
+
+def _exact_reference(mdp, policy, params, discount):
+    """`sum_t c_t sum_s d_t(s) sum_a grad pi(a|s) Q_t(s, a)` with `d_t = rho P_pi^t`,
+    `Q_t = R + gamma P V_{t+1}` (`V_T = 0`) and `c_t = gamma^t` (the policy gradient
+    theorem for `J_T`) or 1 (REINFORCE's undiscounted weights)."""
+    S = mdp.n_states
+    pi = jax.lax.stop_gradient(_pi(policy, params, S))
+    P_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
+    r_pi = jnp.sum(pi * mdp.R, axis=-1)
+    V = [jnp.zeros(S)]
+    for _ in range(HORIZON):
+        V.insert(0, r_pi + GAMMA * P_pi @ V[0])
+    d = [mdp.rho]
+    for _ in range(HORIZON - 1):
+        d.append(d[-1] @ P_pi)
+
+    def surrogate(th):
+        pi_th = _pi(policy, th, S)
+        total = 0.0
+        for t in range(HORIZON):
+            Q = mdp.R + GAMMA * mdp.P @ V[t + 1]
+            total += (GAMMA ** t if discount else 1.0) * d[t] @ jnp.sum(pi_th * Q, axis=-1)
+        return total
+
+    return ravel_pytree(jax.grad(surrogate)(params))[0]
+
+
+def _within(estimates, reference, sigmas=5.0):
+    mean = estimates.mean(0)
+    se = estimates.std(0, ddof=1) / math.sqrt(estimates.shape[0])
+    z = np.abs(np.asarray(mean - reference)) / np.maximum(np.asarray(se), 1e-12)
+    return z, se
+
+
+def test_algorithm1_is_unbiased_for_the_exact_gradient(tabular):
+    mdp, problem, policy, value, params = tabular
+    exact = ravel_pytree(jax.grad(lambda th: gc.finite_horizon_return(
+        mdp, _pi(policy, th, mdp.n_states), GAMMA, HORIZON))(params))[0]
+    # the reference construction is the policy gradient theorem: it equals jax.grad of J_T
+    np.testing.assert_allclose(_exact_reference(mdp, policy, params, True), exact, atol=1e-12)
+    estimates, done = _batches(problem, policy, value, params, True, 100, 200,
+                               jax.random.key(11))
+    # every env ran exactly one whole episode of T steps: done at the last step only
+    assert bool(jnp.all(done[:, -1])) and not bool(jnp.any(done[:, :-1]))
+    z, se = _within(estimates, exact)
+    assert np.all(z < 5), (z.max(), se.max())
+    assert float(jnp.linalg.norm(exact)) > 20 * float(jnp.max(se))  # a test that can fail
+
+
+@pytest.mark.slow
+def test_reinforce_weights_estimate_their_own_expectation_not_the_gradient(tabular):
+    mdp, problem, policy, value, params = tabular
+    estimates, _ = _batches(problem, policy, value, params, False, 100, 200,
+                            jax.random.key(12))
+    reference = _exact_reference(mdp, policy, params, False)
+    z, se = _within(estimates, reference)
+    assert np.all(z < 5), z.max()
+    exact = _exact_reference(mdp, policy, params, True)
+    # dropping gamma^t estimates another vector, farther from the gradient than the noise
+    assert float(jnp.linalg.norm(reference - exact)) > 5 * float(se.max())
+
+
+def test_pco_surrogate_gradient_at_the_anchor_is_algorithm1(tabular):
+    mdp, problem, policy, value, params = tabular
+    state = rollouts.start(problem, jax.random.key(0), 16)
+    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
+                             jax.random.key(1), 12)  # episodes cut mid-way: bootstrapped
+    v_params = value.init(jax.random.key(2))
+    batch = C.prepare(tr, value(v_params, tr.obs), value(v_params, tr.last_obs), GAMMA, True)
+    g1 = ravel_pytree(C.policy_gradient(policy, params, batch))[0]
+    coef = batch.weight * batch.advantage
+    g2 = ravel_pytree(jax.grad(C.clipped_surrogate, argnums=1)(
+        policy, params, tr.obs, tr.action, tr.log_prob, coef, 0.2, 1 / 16))[0]
+    np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-12)
+
+
+def test_discounted_returns_match_a_loop():
+    rng = np.random.default_rng(0)
+    reward = rng.normal(size=(7, 3))
+    done = rng.random((7, 3)) < 0.3
+    boot = rng.normal(size=3)
+    G = np.zeros((7, 3))
+    for n in range(3):
+        g = boot[n]
+        for t in reversed(range(7)):
+            g = reward[t, n] + 0.95 * (0.0 if done[t, n] else g)
+            G[t, n] = g
+    np.testing.assert_allclose(rollouts.discounted_returns(jnp.asarray(reward),
+                                                           jnp.asarray(done), boot, 0.95), G)
+
+
+def test_rollout_time_and_returns_follow_episodes(tabular):
+    mdp, problem, policy, _, params = tabular
+    state = rollouts.start(problem, jax.random.key(0), 3)
+    state, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
+                                 jax.random.key(1), 2 * HORIZON + 2)
+    np.testing.assert_array_equal(tr.time[:, 0], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    ep = np.asarray(tr.reward[:HORIZON]).sum(0)
+    np.testing.assert_allclose(tr.finished_return[HORIZON - 1], ep)
+    # the reward of a step is R[s, a] of its one-hot observation and action
+    s = np.argmax(np.asarray(tr.obs), axis=-1)
+    np.testing.assert_allclose(tr.reward, np.asarray(mdp.R)[s, np.asarray(tr.action)])
+
+
+def test_gaussian_log_prob_is_the_normal_density():
+    policy = networks.GaussianPolicy(2, (4,), (3,), init_log_std=-0.5)
+    params = policy.init(jax.random.key(0))
+    obs = jax.random.normal(jax.random.key(1), (5, 3))
+    action, logp = policy.sample(params, obs, jax.random.key(2))
+    mu = policy._net.apply(params["mean"], obs)
+    expected = norm.logpdf(np.asarray(action), np.asarray(mu), np.exp(-0.5)).sum(-1)
+    np.testing.assert_allclose(logp, expected, rtol=1e-10)
+
+
+def test_make_reads_gymnax_spaces_and_overrides():
+    cart = gc.make("CartPole-v1", max_steps_in_episode=200)
+    assert cart.action_space == rollouts.Discrete(2) and cart.observation_shape == (4,)
+    assert cart.env_params.max_steps_in_episode == 200
+    pend = gc.make("Pendulum-v1")
+    assert pend.action_space == rollouts.Box((-2.0,), (2.0,), (1,))
+    assert isinstance(networks.policy_for(pend), networks.GaussianPolicy)
+    assert gc.make("Acrobot-v1").action_space == rollouts.Discrete(3)
+    assert "CartPole-v1" in gc.names()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "CartPool-v1"}, "unknown gymnax environment 'CartPool-v1'"),
+    ({"name": "CartPole-v1", "gravityy": 1.0}, "no parameter gravityy"),
+])
+def test_make_bad_names(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gc.make(**kwargs)
+
+
+def _cartpole_setup():
+    problem = gc.make("CartPole-v1")
+    policy = networks.policy_for(problem)
+    value = networks.ValueMLP(observation_shape=problem.observation_shape)
+    return problem, policy, value, policy.init(jax.random.key(0))
+
+
+def test_bad_inputs_are_named():
+    problem, policy, value, params = _cartpole_setup()
+    pend = gc.make("Pendulum-v1")
+    cfg = C.Config(n_steps=1, policy=policy, value=value)
+    hp = C.HParams(0.99, 1e-3)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="CategoricalPolicy needs a discrete action space"):
+        C.dso(pend, params, hp, key, config=cfg)
+    gauss = networks.policy_for(pend)
+    with pytest.raises(ValueError, match="GaussianPolicy needs a real"):
+        wrong = networks.GaussianPolicy(1, (8,), (4,))
+        C.dso(problem, wrong.init(key), hp, key, config=C.Config(n_steps=1, policy=wrong))
+    with pytest.raises(ValueError, match="CategoricalPolicy has n_actions = 3"):
+        three = networks.CategoricalPolicy(3, (64, 64), (4,))
+        C.dso(problem, three.init(key), hp, key, config=C.Config(n_steps=1, policy=three))
+    with pytest.raises(ValueError, match=r"config.value reads observations of shape \(3,\)"):
+        C.dso(problem, params, hp, key, config=C.Config(
+            n_steps=1, policy=policy, value=networks.ValueMLP(observation_shape=(3,))))
+    with pytest.raises(ValueError, match="gamma"):
+        C.dso(problem, params, C.HParams(1.0, 1e-3), key, config=cfg)
+    with pytest.raises(ValueError, match="step_size"):
+        C.dso(problem, params, C.HParams(0.99, -1.0), key, config=cfg)
+    with pytest.raises(ValueError, match="n_minibatches = 3 must divide"):
+        C.pco(problem, params, C.PCOHParams(0.99, 1e-3), key, config=C.PCOConfig(
+            n_steps=1, policy=policy, n_envs=4, n_rollout=8, n_minibatches=3))
+    with pytest.raises(ValueError, match="clip"):
+        C.pco(problem, params, C.PCOHParams(0.99, 1e-3, clip=0.0), key,
+              config=C.PCOConfig(n_steps=1, policy=policy))
+    with pytest.raises(ValueError, match="config.n_envs = 0"):
+        C.dso(problem, params, hp, key, config=C.Config(n_steps=1, policy=policy, n_envs=0))
+    with pytest.raises(ValueError, match="ControlProblem"):
+        C.dso("CartPole-v1", params, hp, key, config=cfg)
+    with pytest.raises(ValueError, match="params0 must have the structure"):
+        C.dso(problem, networks.CategoricalPolicy(2, (8,), (4,)).init(key), hp, key,
+              config=cfg)
+    with pytest.raises(ValueError, match="hidden layer sizes"):
+        networks.CategoricalPolicy(2, (0,), (4,))
+    with pytest.raises(ValueError, match="action masks"):
+        from dsorl.mdp import MDP
+        mdp = MDP(jnp.full((2, 2, 2), 0.5), jnp.zeros((2, 2)), jnp.full(2, 0.5),
+                  action_mask=jnp.array([[True, False], [True, True]]))
+        gc.tabular(mdp, 3)
+
+
+@pytest.mark.slow
+def test_vmap_over_step_sizes_equals_separate_runs(tabular):
+    mdp, problem, policy, value, params = tabular
+    cfg = C.PCOConfig(n_steps=2, policy=policy, value=value, n_envs=4, n_rollout=5,
+                      epochs=2, n_minibatches=2, value_epochs=2)
+    key = jax.random.key(5)
+    run = jax.jit(lambda eta: C.pco(problem, params, C.PCOHParams(GAMMA, eta), key,
+                                    config=cfg)[1])
+    both = jax.vmap(run)(jnp.array([1e-3, 1e-1]))
+    for i, eta in enumerate([1e-3, 1e-1]):
+        one = run(jnp.asarray(eta))
+        np.testing.assert_allclose(both.episode_return[i], one.episode_return, rtol=1e-9)
+        np.testing.assert_allclose(both.grad_norm[i], one.grad_norm, rtol=1e-7)
+    assert both.interactions[0, -1] == 2 * 4 * 5
+
+
+def _learns(algorithm, hparams, config, threshold):
+    problem, policy, value, params = _cartpole_setup()
+    config = config.__class__(**{**config.__dict__, "policy": policy, "value": value})
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
+    trace = jax.jit(jax.vmap(lambda k: algorithm.run(problem, params, hparams, k,
+                                                     config=config)[1]))(
+        jax.random.split(jax.random.key(0), 2))
+    late = np.nanmean(np.asarray(trace.episode_return)[:, -5:])
+    early = np.nanmean(np.asarray(trace.episode_return)[:, :2])
+    assert early < 40  # a random CartPole policy balances ~22 steps
+    assert late > threshold, (early, late)
+
+
+@pytest.mark.slow
+def test_dso_learns_cartpole():
+    _learns(C.DSO, C.HParams(0.99, 3e-3, 1e-3),
+            C.Config(n_steps=30, policy=None, n_envs=8, n_rollout=128), 120)
+
+
+@pytest.mark.slow
+def test_pco_learns_cartpole():
+    _learns(C.PCO, C.PCOHParams(0.99, 1e-3, 1e-3, 0.2),
+            C.PCOConfig(n_steps=30, policy=None, n_envs=8, n_rollout=128), 120)
+
+
+@pytest.mark.slow
+def test_reinforce_learns_cartpole():
+    _learns(C.REINFORCE, C.HParams(0.99, 3e-3, 1e-3),
+            C.ReinforceConfig(n_steps=30, policy=None, n_envs=8, n_rollout=128), 120)
+
+
+@pytest.mark.slow
+def test_pendulum_gaussian_runs_finite():
+    problem = gc.make("Pendulum-v1")
+    policy = networks.policy_for(problem, (16,))
+    cfg = C.PCOConfig(n_steps=2, policy=policy, value=networks.ValueMLP((16,), (3,)),
+                      n_envs=2, n_rollout=16, epochs=1, n_minibatches=2)
+    state, trace = C.pco(problem, policy.init(jax.random.key(0)), C.PCOHParams(0.99, 1e-3),
+                         jax.random.key(1), config=cfg)
+    assert np.all(np.isfinite(trace.grad_norm)) and np.all(np.isfinite(trace.value_loss))
+    assert base.tree_norm(state.params) > 0
