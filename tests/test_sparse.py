@@ -312,3 +312,16 @@ def test_natural_policy_gradient_is_the_fisher_preconditioned_gradient_on_both_f
     npg = np.asarray(objectives.natural_policy_gradient(dense, policy.probs(theta), gamma))
     np.testing.assert_allclose(w, npg - npg.mean(-1, keepdims=True), rtol=1e-7, atol=1e-9)
     _close(npg, objectives.natural_policy_gradient(sp, policy.probs(theta), gamma))
+
+
+@pytest.mark.slow
+def test_agreement_at_two_thousand_states():
+    """The issue's agreement goal at its largest size: values and gradients at S = 2000."""
+    P, R, rho = _random_mdp(13, 2000, 4, density=0.005)
+    dense, sp = MDP(P, R, rho), MDP(sparse.from_dense(P), R, rho)
+    theta = jax.random.normal(jax.random.key(5), (2000, 4))
+    for f in _objectives(lambda th: jax.nn.softmax(th, -1), 0).values():
+        value_and_grad = jax.jit(jax.value_and_grad(lambda th, m: f(m, th)))
+        (vd, gd), (vs, gs) = value_and_grad(theta, dense), value_and_grad(theta, sp)
+        _close(vd, vs)
+        _close(gd, gs)
