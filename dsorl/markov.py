@@ -43,7 +43,8 @@ from dsorl.graph import closed_classes
 from dsorl.sparse import SparseTransitions, is_sparse, validate_sparse
 
 __all__ = ["Chain", "validate_chain", "discounted_value", "occupancy", "stationary_distribution",
-           "gain", "bias", "deviation_matrix", "deviation_product", "mixing_time", "is_unichain"]
+           "gain", "bias", "deviation_matrix", "deviation_product", "mixing_time", "is_unichain",
+           "laurent_coefficients"]
 
 Array = jax.Array
 
@@ -297,6 +298,54 @@ def _is_unichain_traced(P: Array) -> Array:
 def _require_unichain(chain: Chain, what: str) -> None:
     _checks.check_unichain(chain.P, f"{what} needs a unichain chain, but this one",
                            "its average-reward quantities depend on the initial state")
+
+
+def laurent_coefficients(chain: Chain, n: int) -> Array:
+    """Coefficients `y[n + 2, S]` = `(y_{-1}, y_0, ..., y_n)` of the Laurent series of `v_gamma`.
+
+    Puterman (1994), §8.2, Thm 8.2.3: with the interest rate `rho = (1 - gamma) / gamma`
+    (so `gamma = 1 / (1 + rho)`) and `v_gamma = (I - gamma P)^{-1} r`,
+
+        v_gamma = (1 + rho) sum_{k >= -1} rho^k y_k,     0 < rho < 1 / sigma(H),
+
+    where `sigma(H)` is the spectral radius of the deviation matrix `H`, and
+
+        y_{-1} = P* r = g 1,    y_0 = H r = h,    y_k = (-1)^k H^{k+1} r = -H y_{k-1}  (k >= 1).
+
+    Row `k + 1` of the result holds `y_k`. Mind the factor `(1 + rho) = 1 / gamma`: the
+    truncation `(1 + rho) sum_{k=-1}^{n} rho^k y_k` misses `v_gamma` by
+    `(1 + rho) rho^{n+1} (-1)^{n+1} H^{n+2} (I + rho H)^{-1} r = O(rho^{n+1})`. The `y_k` are
+    the coefficients of Veinott's n-discount optimality (`dsorl.planning.n_discount_optimal`).
+
+    `n >= -1` is static (it sets the shape). One LU of `I - P` with its last column replaced
+    by ones serves every `H` product (`H x` is the bias of the reward `x`); gradients flow
+    through the solves implicitly. Unichain dense chains only (checked when concrete); batch
+    with `jax.vmap`.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < -1:
+        raise ValueError(f"laurent_coefficients needs an integer order n >= -1, got n = {n!r}.")
+    if is_sparse(chain.P):
+        raise ValueError("laurent_coefficients takes dense chains only; for a sparse chain"
+                         " apply deviation_product(chain, .) repeatedly: y_k = -H y_{k-1}.")
+    _require_unichain(chain, "laurent_coefficients")
+    return _laurent_coefficients(chain.P, chain.r, int(n))
+
+
+@partial(jax.jit, static_argnums=2)
+def _laurent_coefficients(P: Array, r: Array, n: int) -> Array:
+    solve, solve_t = _lu_solvers(_gain_matrix(P))
+    p = solve_t(_last_unit(P))
+
+    def deviation(x):  # H x: the bias of reward x (see `_centred_relative_values`)
+        w = solve(x).at[-1].set(0)
+        return w - p @ w
+
+    gain_row = jnp.full_like(r, p @ r)
+    if n == -1:
+        return gain_row[None]
+    h = deviation(r)
+    _, higher = lax.scan(lambda y, _: (-deviation(y),) * 2, h, None, length=n)
+    return jnp.concatenate([gain_row[None], h[None], higher])
 
 
 # Jitted kernels: the public functions validate concrete input, then call these (one
