@@ -264,6 +264,8 @@ def _algorithm_cases(S, A):
     return [
         ("pg exact", pg, lambda m: m, jnp.zeros((S, A)), pg.HParams(gamma=0.9, step_size=1.0),
          pg.Config(n_steps=3)),
+        ("pg natural", pg, lambda m: m, jnp.zeros((S, A)),
+         pg.HParams(gamma=0.9, step_size=0.5), pg.Config(n_steps=3, estimator="natural")),
         ("dynpg exact", dynpg, lambda m: m, jnp.zeros((S, A)),
          dynpg.HParams(gamma=0.9, step_size=1.0), dynpg.Config(n_steps=2)),
         ("dso gradient ascent", dso.GRADIENT_ASCENT, marginal, jnp.zeros((S, A)),
@@ -274,7 +276,7 @@ def _algorithm_cases(S, A):
     ]
 
 
-@pytest.mark.parametrize("case", range(4), ids=lambda k: _algorithm_cases(2, 2)[k][0])
+@pytest.mark.parametrize("case", range(5), ids=lambda k: _algorithm_cases(2, 2)[k][0])
 def test_algorithms_run_unchanged_on_a_sparse_mdp(case):
     S, A = 12, 3
     dense = dsorl.envs.garnet(jax.random.key(3), n_states=S, n_actions=A, branching=3)
@@ -325,3 +327,22 @@ def test_agreement_at_two_thousand_states():
         (vd, gd), (vs, gs) = value_and_grad(theta, dense), value_and_grad(theta, sp)
         _close(vd, vs)
         _close(gd, gs)
+
+
+def test_pg_natural_estimator_takes_the_npg_step():
+    """theta_1 = theta_0 + eta A / (1 - gamma), A from an independent NumPy solve."""
+    P, R, rho = _random_mdp(14, 12, 3, density=0.4)
+    theta0 = np.asarray(jax.random.normal(jax.random.key(6), (12, 3)))
+    gamma, eta = 0.9, 0.5
+    _, trace = base.run(pg, MDP(sparse.from_dense(P), R, rho), jnp.asarray(theta0),
+                        pg.HParams(gamma=gamma, step_size=eta),
+                        config=pg.Config(n_steps=1, estimator="natural"), keep_params=True)
+    pi = np.exp(theta0) / np.exp(theta0).sum(-1, keepdims=True)
+    v = np.linalg.solve(np.eye(12) - gamma * np.einsum("sa,sat->st", pi, P), (pi * R).sum(-1))
+    Q = R + gamma * P @ v
+    expected = theta0 + eta * (Q - (pi * Q).sum(-1, keepdims=True)) / (1 - gamma)
+    np.testing.assert_allclose(np.asarray(trace.params[0]), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="tabular softmax"):
+        base.run(pg, MDP(P, R, rho), jnp.zeros(4), pg.HParams(gamma=gamma, step_size=eta),
+                 config=pg.Config(n_steps=1, estimator="natural",
+                                  policy=linear_softmax(jnp.ones((12, 3, 4)))))

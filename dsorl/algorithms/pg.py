@@ -8,6 +8,9 @@ Maximises `J(theta) = rho . V^{pi_theta}` (discounted, rewards maximised) by
   `dJ/dtheta[s, a] = m(s) pi(a|s) A(s, a)`, `m = rho^T (I - gamma P_pi)^{-1}`
   (Agarwal, Kakade, Lee, Mahajan 2021, Lemma C.1), the softmax PG of Mei et al. (2020)
   and Li et al. (arXiv 2102.11270);
+- `estimator="natural"`: the exact natural gradient of the tabular softmax,
+  `A_pi(s, a) / (1 - gamma)` (`dsorl.objectives.natural_policy_gradient`; one value solve,
+  dense or sparse MDP);
 - `estimator="reinforce"`: the mean over `batch_size` episodes of
   `sum_t w_t grad log pi(a_t|s_t) G_t` (`dsorl.estimators.reinforce`), episodes cut at
   `min(ceil(1 / (1 - gamma)), episode_length)` steps. With `w_t = 1` this is the baseline
@@ -42,8 +45,8 @@ from dsorl.episodic import EpisodicMDP, check_reward_std, mdp_and_noise, problem
 from dsorl.estimators.reinforce import (absorbing_states, interactions, reinforce_gradient,
                                         returns_to_go)
 from dsorl.mdp import MDP
-from dsorl.objectives import (chain_objective, discounted_return, policy_objective,
-                              softmax_rows)
+from dsorl.objectives import (chain_objective, discounted_return, natural_policy_gradient,
+                              policy_objective, softmax_rows)
 from dsorl.optim import ascent
 from dsorl.policies import Policy, tabular_softmax
 from dsorl.sampling import draw, sample_episode
@@ -66,7 +69,9 @@ class HParams(NamedTuple):
 class Config:
     """Static choices. `n_steps`: gradient steps; `optimizer`: `step_size -> optax
     GradientTransformation` (wrapped in `dsorl.optim.ascent`, so it ascends); `estimator`:
-    "exact" or "reinforce"; `policy`: a `dsorl.policies.Policy` (default: tabular softmax
+    "exact", "natural" (the exact natural gradient of the default tabular softmax,
+    `A_pi / (1 - gamma)`: `dsorl.objectives.natural_policy_gradient`, Kakade 2002; with SGD
+    the NPG update of Agarwal et al. 2021, eq. 17) or "reinforce"; `policy`: a `dsorl.policies.Policy` (default: tabular softmax
     with the MDP's action mask); `evaluate`: trace `rho . V^pi` (by a solve, or by
     `evaluation_sweeps` Bellman sweeps from 0, exact for episodes shorter than that).
     REINFORCE only: `batch_size` episodes per step, `episode_length` (the static scan
@@ -123,8 +128,12 @@ def validate(problem, hparams: HParams, config: Config) -> None:
     base.check_discount(hparams.gamma)
     base.check_positive("step_size", hparams.step_size)
     check_reward_std(problem)
-    if config.estimator not in ("exact", "reinforce"):
-        raise ValueError(f"estimator must be 'exact' or 'reinforce', got {config.estimator!r}.")
+    if config.estimator not in ("exact", "natural", "reinforce"):
+        raise ValueError("estimator must be 'exact', 'natural' or 'reinforce', got"
+                         f" {config.estimator!r}.")
+    if config.estimator == "natural" and config.policy is not None:
+        raise ValueError("the natural estimator is the closed form A / (1 - gamma) of the"
+                         " tabular softmax: leave config.policy None (the default policy).")
     if config.estimator == "reinforce" and config.episode_length < 1:
         raise ValueError("REINFORCE needs a static episode_length >= 1 (the scan length;"
                          " the cap ceil(1/(1-gamma)) is applied within it).")
@@ -153,7 +162,7 @@ def expected_params(problem, config: Config):
 
 def uses_key(config: Config) -> bool:
     """Only sampled REINFORCE draws random numbers."""
-    return config.estimator != "exact"
+    return config.estimator == "reinforce"
 
 
 def _policy(mdp: MDP, config: Config) -> Policy:
@@ -177,6 +186,9 @@ def step(problem, state: State, hparams: HParams, key: Array, *, config: Config)
     gamma = hparams.gamma
     if config.estimator == "exact":
         grad = jax.grad(lambda p: discounted_return(mdp, policy.probs(p), gamma))(state.params)
+        used = jnp.int32(0)
+    elif config.estimator == "natural":
+        grad = natural_policy_gradient(mdp, policy.probs(state.params), gamma)
         used = jnp.int32(0)
     else:
         pi = policy.probs(state.params)
