@@ -1,8 +1,9 @@
-"""Ground-truth planners: discounted, entropy-regularised and nearly Blackwell optima.
+"""Ground-truth planners: discounted, entropy-regularised and sensitive-discount optima.
 
 The discounted and soft planners are jittable `lax.while_loop`s; their values are
-differentiable by the implicit function theorem (`dsorl.fixed_point`). The gain- and
-bias-optimal planner enumerates deterministic policies (small MDPs, host-side).
+differentiable by the implicit function theorem (`dsorl.fixed_point`). The n-discount,
+Blackwell and nearly Blackwell planners run Veinott's lexicographic policy iteration on
+the Laurent coefficients of unichain policies (host-side, exact up to a tie tolerance).
 """
 from functools import partial
 from typing import NamedTuple, Optional
@@ -16,13 +17,16 @@ from dsorl import _checks
 from dsorl.fixed_point import (bellman_optimality_operator, implicit_fixed_point, masked_q,
                                soft_bellman_operator)
 from dsorl._struct import unchecked
-from dsorl.markov import Chain, bias, discounted_value, gain, is_unichain
+from dsorl.graph import closed_classes
+from dsorl.markov import Chain, bias, discounted_value, laurent_coefficients
 from dsorl.mdp import MDP, induced_chain, reference_measure
 from dsorl.policies import deterministic
+from dsorl.sparse import is_sparse
 
 __all__ = ["Solution", "SoftSolution", "value_iteration", "policy_iteration",
            "soft_policy_iteration", "optimal_value", "soft_optimal_value",
-           "NearlyBlackwellSolution", "deterministic_policies", "nearly_blackwell_optimal"]
+           "NearlyBlackwellSolution", "deterministic_policies", "nearly_blackwell_optimal",
+           "SensitiveSolution", "n_discount_optimal", "blackwell_optimal", "blackwell_threshold"]
 
 Array = jax.Array
 
@@ -212,28 +216,234 @@ def _default_tol(dtype, tol):
 
 
 # ----------------------------------------------------------------------------------------
-# Nearly Blackwell optimality by enumeration
+# Sensitive discount optimality: Veinott's lexicographic policy iteration
+
+
+class SensitiveSolution(NamedTuple):
+    """An n-discount-optimal deterministic policy of a unichain MDP and its Laurent coefficients.
+
+    `actions[S]` (action indices) and `policy[S, A]` (one-hot); `y[n + 2, S]`: the optimal
+    Laurent coefficients `y*_{-1} = g* 1, y*_0 = h*, y*_1, ..., y*_n` (shared by every
+    n-discount-optimal policy, `dsorl.markov.laurent_coefficients` for the convention);
+    `conserving[S, A]`: the available actions whose advantage expansion vanishes through
+    order n + 1 (`psi_k(s, a) = 0`, k <= n + 1): any policy choosing only them is
+    n-discount optimal, and for `blackwell_optimal` they are exactly the Blackwell-optimal
+    policies; `iterations`: improvement steps taken.
+    """
+
+    actions: np.ndarray
+    policy: np.ndarray
+    y: np.ndarray
+    conserving: np.ndarray
+    iterations: int
+
+
+def n_discount_optimal(mdp: MDP, n: int, *, atol: Optional[float] = None,
+                       max_iter: int = 1_000) -> SensitiveSolution:
+    """An n-discount-optimal deterministic policy by Veinott's lexicographic policy iteration.
+
+    A policy d is n-discount optimal (Veinott 1969; Puterman 1994, §10.1) when
+    `liminf_{rho -> 0} rho^{-n} (v^d_gamma - v^e_gamma) >= 0` for every policy e,
+    `rho = (1 - gamma) / gamma`: n = -1 is gain optimality, n = 0 bias (nearly Blackwell)
+    optimality. With `v^d_gamma = (1 + rho) sum_k rho^k y_k` (`laurent_coefficients`) the
+    one-step advantage of action a in state s over d expands as
+
+        r(s, a) + gamma (P_a v^d)(s) - v^d(s) = sum_{k >= -1} rho^k psi_k(s, a),
+        psi_0 = r_a + P_a y_0 - y_0 - y_{-1},   psi_k = P_a y_k - y_k - y_{k-1}  (k >= 1),
+
+    and `psi_{-1} = P_a y_{-1} - y_{-1} = 0` for a unichain d (constant gain). Policy
+    iteration on the truncation (psi_0, ..., psi_{n+1}) compared lexicographically
+    (Puterman 1994, §10.3; Veinott 1969): evaluate d (one LU for all n + 3 coefficients),
+    then in every state keep d(s) unless some action is lexicographically better, and
+    switch to one of the lexicographically best (sequential argmax sets D_0, D_1, ...).
+    On termination no action improves the truncated expansion, so `v^e - v^d =
+    (I - gamma P_e)^{-1} A_e <= O(rho^{n+2}) / (1 - gamma) = O(rho^{n+1})` for every e:
+    d is n-discount optimal. Each iteration costs O(n S^3 + n S^2 A); iterations are few
+    in practice (finite, as for discounted policy iteration at a small fixed rho, but not
+    proven polynomial).
+
+    Unichain MDPs: every policy visited must induce a unichain chain, checked, else
+    `ValueError` ("multichain not supported"). The certificate above only needs the final
+    policy unichain, so other policies of the MDP may be multichain. `psi_k` within
+    `atol * max(1, |y_k|, |y_{k-1}|)` of zero (inf-norms; `atol` defaults to `1e6 * eps`)
+    counts as a tie. Dense MDPs, host-side (a Python loop over one jitted evaluation per
+    iteration); not differentiable.
+    """
+    _check_order(n)
+    if is_sparse(mdp.P):
+        raise ValueError("n_discount_optimal takes dense MDPs only (it forms Laurent"
+                         " coefficients by a dense LU per policy).")
+    atol = 1e6 * float(jnp.finfo(mdp.R.dtype).eps) if atol is None else atol
+    allowed = np.asarray(mdp.allowed)
+    P = np.asarray(mdp.P)
+    actions = np.asarray(jnp.argmax(masked_q(mdp, mdp.R), axis=-1))
+    for iteration in range(max_iter + 1):
+        _require_unichain_policy(P, actions, "n_discount_optimal")
+        y, psi = (np.array(x) for x in _laurent_advantages(mdp, jnp.asarray(actions), n + 1))
+        states = np.arange(len(actions))
+        psi[:, states, actions] = 0  # d's own advantage, zero but for rounding
+        best, conserving = _lexicographic_best(psi, y, allowed, atol)
+        improved = ~best[states, actions]
+        if not improved.any():
+            policy = np.asarray(deterministic(actions, mdp.n_actions, mdp.R.dtype))
+            return SensitiveSolution(actions, policy, y[:n + 2], conserving, iteration)
+        actions = np.where(improved, np.argmax(best, axis=-1), actions).astype(actions.dtype)
+    raise ValueError(f"n_discount_optimal did not terminate within max_iter = {max_iter}"
+                     " iterations (a cycle through ties: raise atol or max_iter).")
+
+
+def blackwell_optimal(mdp: MDP, *, atol: Optional[float] = None,
+                      max_iter: int = 1_000) -> SensitiveSolution:
+    """A Blackwell-optimal deterministic policy: gamma-discount optimal for all gamma near 1.
+
+    Lexicographic policy iteration (`n_discount_optimal`) with `n = S - 2`, i.e. on
+    `psi_0, ..., psi_{S-1}`, which decides Blackwell optimality (Veinott 1969; Puterman 1994,
+    §10.1.2 and §10.3): for k >= 1, `psi_k(s, a) = u^T (-H)^{k-1} h` with
+    `u^T = e_s^T (H - P_a H) - e_s^T` (`y_k = -H y_{k-1}`), a linear recurrence whose order
+    is at most `dim span{h, H h, ...} <= S - 1` (`h` lies in the range of `I - P*`, which
+    `H` maps into itself). If `psi_1, ..., psi_{S-1}` vanish, all later terms vanish, so the
+    truncation compares lexicographically exactly as the whole series does, and a policy
+    that no action improves on it has advantages `<= 0` for all gamma close enough to 1.
+    `y` holds `y*_{-1}, ..., y*_{S-2}`; `conserving[S, A]` marks the actions of the
+    Blackwell-optimal policies (the policies choosing only them, and no others).
+    """
+    return n_discount_optimal(mdp, mdp.n_states - 2, atol=atol, max_iter=max_iter)
+
+
+def blackwell_threshold(mdp: MDP, *, atol: Optional[float] = None) -> float:
+    """The smallest gamma* with every gamma-discount-optimal policy Blackwell optimal on (gamma*, 1).
+
+    Let d be Blackwell optimal (`blackwell_optimal`). A Blackwell-optimal policy e has
+    `v^e_gamma = v^d_gamma` near gamma = 1, hence for every gamma (both are rational in
+    gamma); so every gamma-optimal policy is Blackwell optimal exactly when d is
+    gamma-optimal and no other action ties with it: when every advantage
+    `f_{s,a}(gamma) = r(s, a) + gamma (P_a v^d_gamma)(s) - v^d_gamma(s)` of an action outside
+    `conserving` is < 0 (those inside have `f = 0` for all gamma). Each such f is negative
+    near 1, so gamma* is the largest root in [0, 1) of any of them (0 if none).
+
+    Exact method: with `rho = (1 - gamma) / gamma` and `Q = I - P_d`,
+    `v^d = (1 + rho) (rho I + Q)^{-1} r_d`, so `F(rho) = det(rho I + Q) f(rho)
+    = det(rho I + Q) [r(s, a) - r_d(s)] + ...` is a polynomial of degree <= S (Cramer's
+    rule on the resolvent). Its coefficients are read off exactly, up to rounding, by the
+    discrete Fourier transform of its values at `M = 4 (S + 1)` points `2.5 e^{2 pi i j / M}`
+    (a circle enclosing every eigenvalue of `-Q`, where each value is a well-conditioned
+    solve); the coefficients above degree S measure the rounding. `F` has a root of
+    multiplicity `j + 1` at rho = 0, j the first nonzero term of the action's expansion
+    (`psi_j`, see `n_discount_optimal`), which is divided out exactly by dropping the
+    coefficients below `j + 1`; `numpy.polynomial.polynomial.polyroots` finds the rest.
+    The smallest positive real root rho (imaginary part below `1e-6 max(1, |rho|)`: a
+    double root where f touches 0 counts) gives gamma* = 1 / (1 + rho).
+    """
+    solution = blackwell_optimal(mdp, atol=atol)
+    atol = 1e6 * float(jnp.finfo(mdp.R.dtype).eps) if atol is None else atol
+    S = mdp.n_states
+    P, R = np.asarray(mdp.P, np.float64), np.asarray(mdp.R, np.float64)
+    allowed = np.asarray(mdp.allowed)
+    states = np.arange(S)
+    P_d, r_d = P[states, solution.actions], R[states, solution.actions]
+    # the first nonzero order j of each deviation's expansion (the root's multiplicity - 1)
+    y, psi = (np.asarray(x) for x in _laurent_advantages(mdp, jnp.asarray(solution.actions), S - 1))
+    nonzero = np.abs(psi) > atol * _level_scales(y)[:, None, None]
+    first = np.argmax(nonzero, axis=0)
+    deviations = allowed & ~solution.conserving
+
+    M, radius = 4 * (S + 1), 2.5
+    rhos = radius * np.exp(2j * np.pi * np.arange(M) / M)
+    systems = rhos[:, None, None] * np.eye(S) + (np.eye(S) - P_d)
+    dets = np.linalg.det(systems)
+    u = np.linalg.solve(systems, np.broadcast_to(r_d, (M, S))[..., None])[..., 0]   # [M, S]
+    f = R[None] + np.einsum("sat,mt->msa", P, u) - (1 + rhos)[:, None, None] * u[:, :, None]
+    coefficients = np.fft.fft(dets[:, None, None] * f, axis=0) / M
+    coefficients /= radius ** np.arange(M)[:, None, None]
+    # rounding of the values, seen in the coefficients above degree S (zero in exact arithmetic)
+    powers = radius ** np.arange(M)[:, None, None]
+    noise = np.maximum(np.abs(coefficients[S + 1:] * powers[S + 1:]).max(axis=0),
+                       np.finfo(np.float64).eps * np.abs(dets[:, None, None] * f).max(axis=0))
+    gamma_star = 0.0
+    for s, a in zip(*np.nonzero(deviations)):
+        c = np.real(coefficients[:S + 1, s, a])
+        significant = np.flatnonzero(np.abs(c) * radius ** np.arange(S + 1) > 1e3 * noise[s, a])
+        if significant.size == 0 or significant.max() <= first[s, a] + 1:
+            continue  # a nonzero constant after dividing out rho^(j+1): no root
+        roots = np.polynomial.polynomial.polyroots(c[first[s, a] + 1:significant.max() + 1])
+        real = roots[(np.abs(roots.imag) <= 1e-6 * np.maximum(1, np.abs(roots)))
+                     & (roots.real > 0)].real
+        if real.size:
+            gamma_star = max(gamma_star, 1 / (1 + real.min()))
+    return gamma_star
+
+
+@partial(jax.jit, static_argnums=2)
+def _laurent_advantages(mdp: MDP, actions: Array, order: int):
+    """`y[order + 2, S]` (y_{-1..order}) of the policy `actions` and the expansion terms
+    `psi[order + 1, S, A]` (psi_0..psi_order) of every action's advantage over it."""
+    chain = induced_chain(mdp, deterministic(actions, mdp.n_actions, mdp.R.dtype))
+    y = laurent_coefficients(chain, order)
+    psi = jnp.einsum("sat,kt->ksa", mdp.P, y[1:]) - y[1:, :, None] - y[:-1, :, None]
+    return y, psi.at[0].add(mdp.R)
+
+
+def _level_scales(y):
+    """Tie tolerance scale of psi_k, k = 0..: `max(1, |y_k|, |y_{k-1}|)` (inf-norms)."""
+    norms = np.abs(y).max(axis=1)
+    return np.maximum(1, np.maximum(norms[1:], norms[:-1]))
+
+
+def _lexicographic_best(psi, y, allowed, atol):
+    """Per state, the actions lexicographically best on (psi_0, psi_1, ...) within ties, and
+    those with every psi_k tied with zero."""
+    tol = atol * _level_scales(y)
+    best = allowed.copy()
+    conserving = allowed.copy()
+    for k in range(psi.shape[0]):
+        top = np.max(np.where(best, psi[k], -np.inf), axis=-1, keepdims=True)
+        best &= psi[k] >= top - tol[k]
+        conserving &= np.abs(psi[k]) <= tol[k]
+    return best, conserving
+
+
+def _require_unichain_policy(P, actions, what: str) -> None:
+    chain_P = P[np.arange(len(actions)), actions]
+    classes = closed_classes(chain_P)
+    if len(classes) != 1:
+        raise ValueError(f"{what}: the deterministic policy {actions.tolist()} induces"
+                         f" {len(classes)} closed recurrent classes"
+                         f" ({'; '.join(str(c.tolist()) for c in classes[:4])}): multichain"
+                         " not supported (the unichain optimality equations assume one"
+                         " recurrent class per policy).")
+
+
+def _check_order(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < -1:
+        raise ValueError(f"the optimality order must be an integer n >= -1, got n = {n!r}.")
+
+
+# ----------------------------------------------------------------------------------------
+# Nearly Blackwell optimality
 
 
 class NearlyBlackwellSolution(NamedTuple):
-    """Gain- and bias-optimal deterministic policies of a small unichain MDP.
+    """Gain- and bias-optimal deterministic policies of a unichain MDP.
 
     `gain`: optimal gain g*; `bias[S]`: the largest bias among gain-optimal policies, state
-    by state (one policy attains it everywhere, Puterman 1994 §10.1); `gain_optimal[K1, S]`
-    and `nbw_optimal[K2, S]`: action indices of the gain-optimal policies and of those
-    among them whose bias equals `bias` in every state.
+    by state (one policy attains it everywhere, Puterman 1994 §10.1); `nbw_optimal[K, S]`:
+    action indices of every deterministic policy that is gain optimal with bias `bias` in
+    every state, in lexicographic order.
     """
 
     gain: float
     bias: np.ndarray
-    gain_optimal: np.ndarray
     nbw_optimal: np.ndarray
 
 
 def deterministic_policies(mdp: MDP, *, max_policies: int = 1 << 20) -> np.ndarray:
     """All deterministic policies of `mdp` as action indices, shape `[K, S]`."""
-    allowed = np.asarray(mdp.allowed)
-    choices = [np.flatnonzero(row) for row in allowed]
+    return _policies_of(np.asarray(mdp.allowed), max_policies)
+
+
+def _policies_of(choice_mask, max_policies: int) -> np.ndarray:
+    """Every policy choosing, in each state s, an action with `choice_mask[s, a]`: `[K, S]`."""
+    choices = [np.flatnonzero(row) for row in choice_mask]
     count = int(np.prod([len(c) for c in choices], dtype=float))
     if count > max_policies:
         raise ValueError(f"{count} deterministic policies exceed max_policies = {max_policies};"
@@ -244,33 +454,36 @@ def deterministic_policies(mdp: MDP, *, max_policies: int = 1 << 20) -> np.ndarr
 
 def nearly_blackwell_optimal(mdp: MDP, *, atol: Optional[float] = None,
                              max_policies: int = 1 << 20) -> NearlyBlackwellSolution:
-    """Gain-optimal, then bias-optimal (nearly Blackwell-optimal) policies by enumeration.
+    """Gain-optimal, then bias-optimal (nearly Blackwell-optimal) deterministic policies.
 
     A policy is nBw-optimal if it is gain-optimal and its bias is maximal among
     gain-optimal policies (Dewanto & Gallagher, arXiv 2105.13609, Def. 1.1; Puterman 1994,
-    §10.1: for unichain MDPs this is bias optimality). Every deterministic policy must
-    induce a unichain chain (checked). Values within `atol` (default `1e6 * eps`) tie.
-    Host-side: it returns arrays whose size depends on the data, so it does not jit.
+    §10.1: for unichain MDPs this is bias optimality, i.e. 0-discount optimality). `g*` and
+    `h*` come from lexicographic policy iteration (`n_discount_optimal(mdp, 0)`), polynomial
+    per iteration. Every bias-optimal d satisfies its bias equation with `h*`, so it chooses
+    only actions of `D_0(s) = argmax_a r(s, a) + (P_a h*)(s)` (Puterman 1994, §10.2); the
+    listed policies are those of the product of the D_0(s) whose bias is `h*` (each such
+    policy is gain optimal, with bias `h* - (p*_d . h*) 1`). Only ties make that product
+    large (`max_policies` caps it). Values within `atol` (default `1e6 * eps`, relative to
+    `max(1, |h*|)`) tie. Policies visited must be unichain (else `ValueError`,
+    "multichain not supported"). Host-side: the list's size depends on the data.
     """
-    policies = deterministic_policies(mdp, max_policies=max_policies)
+    atol = 1e6 * float(jnp.finfo(mdp.R.dtype).eps) if atol is None else atol
+    solution = n_discount_optimal(mdp, 0, atol=atol)
+    g_star, h_star = float(solution.y[0, 0]), solution.y[1]
+    _, psi = _laurent_advantages(mdp, jnp.asarray(solution.actions), 0)
+    tol = atol * _level_scales(solution.y)[0]
+    candidates = _policies_of(np.asarray(mdp.allowed) & (np.asarray(psi[0]) >= -tol),
+                              max_policies)
+    P = np.asarray(mdp.P)
+    for actions in candidates:
+        _require_unichain_policy(P, actions, "nearly_blackwell_optimal")
     dtype = mdp.R.dtype
-    atol = 1e6 * float(jnp.finfo(dtype).eps) if atol is None else atol
 
     @jax.jit
     def evaluate(actions):
-        chain = induced_chain(mdp, deterministic(actions, mdp.n_actions, dtype))
-        return is_unichain(chain), gain(chain), bias(chain)
+        return bias(induced_chain(mdp, deterministic(actions, mdp.n_actions, dtype)))
 
-    unichain, gains, biases = (np.asarray(x) for x in jax.lax.map(evaluate, jnp.asarray(policies),
-                                                                   batch_size=4096))
-    if not unichain.all():
-        bad = policies[np.flatnonzero(~unichain)[0]]
-        raise ValueError(f"the deterministic policy {bad.tolist()} induces a multichain chain:"
-                         " gain- and bias-optimality by enumeration need a unichain MDP.")
-    g_star = gains.max()
-    is_gain_opt = gains >= g_star - atol * max(1.0, abs(g_star))
-    h_star = biases[is_gain_opt].max(axis=0)
-    is_nbw = is_gain_opt & np.all(biases >= h_star - atol * max(1.0, np.abs(h_star).max()),
-                                  axis=1)
-    return NearlyBlackwellSolution(float(g_star), h_star, policies[is_gain_opt],
-                                   policies[is_nbw])
+    biases = np.asarray(jax.lax.map(evaluate, jnp.asarray(candidates), batch_size=4096))
+    is_nbw = np.all(biases >= h_star - atol * max(1.0, np.abs(h_star).max()), axis=1)
+    return NearlyBlackwellSolution(g_star, h_star, candidates[is_nbw])

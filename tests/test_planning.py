@@ -129,7 +129,7 @@ def test_enumeration_refuses_multichain_mdps_and_large_mdps():
     with pytest.raises(ValueError, match="multichain"):
         dsorl.nearly_blackwell_optimal(mdp)
     with pytest.raises(ValueError, match="exceed max_policies"):
-        dsorl.nearly_blackwell_optimal(random_mdp(0, 12, 4), max_policies=1000)
+        dsorl.deterministic_policies(random_mdp(0, 12, 4), max_policies=1000)
 
 
 @pytest.mark.parametrize("call", [
