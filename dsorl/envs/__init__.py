@@ -25,6 +25,8 @@ _REGISTRY = {
     "gridworld": ("dsorl.envs.gridworld:gridworld", {}),
     "large_gridworld": ("dsorl.envs.gridworld:large_gridworld", {}),
     "committal_chain": ("dsorl.envs.chains:committal_chain", {}),
+    "li_chain": ("dsorl.envs.hard_mdps:li_chain", {}),
+    "reset_chain": ("dsorl.envs.hard_mdps:reset_chain", {}),
     "linear_quadratic_regulator": ("dsorl.envs.control:linear_quadratic_regulator", {}),
     "soft_lqr": ("dsorl.envs.control:soft_lqr", {}),
     "sutton_extended": ("dsorl.envs.dynpg:sutton_extended", {}),
