@@ -44,7 +44,7 @@ from dsorl.sparse import SparseTransitions, is_sparse, validate_sparse
 
 __all__ = ["Chain", "validate_chain", "discounted_value", "occupancy", "stationary_distribution",
            "gain", "bias", "deviation_matrix", "deviation_product", "mixing_time", "is_unichain",
-           "laurent_coefficients"]
+           "laurent_coefficients", "kemeny_constant", "hitting_times"]
 
 Array = jax.Array
 
@@ -346,6 +346,65 @@ def _laurent_coefficients(P: Array, r: Array, n: int) -> Array:
     h = deviation(r)
     _, higher = lax.scan(lambda y, _: (-deviation(y),) * 2, h, None, length=n)
     return jnp.concatenate([gain_row[None], h[None], higher])
+
+
+def kemeny_constant(chain: Chain) -> Array:
+    """Kemeny's constant `K = tr(Z) = tr(H) + 1`, a scalar: a differentiable mixing measure.
+
+    `Z = (I - P + P*)^{-1} = H + P*` is the fundamental matrix (Kemeny & Snell 1960,
+    Finite Markov Chains, §4.4). `K = 1 + sum_{lambda != 1} 1 / (1 - lambda)` over the other
+    eigenvalues of `P`, so slow mixing (eigenvalues near 1) makes it large; for an
+    irreducible `P`, `K = sum_j p*_j m_ij` for every start i, the expected time to reach a
+    state drawn from `p*` (`hitting_times`, with the return time `m_ii = 1 / p*_i`). Morimura et al. (AAAI 2014) regularise the
+    average-reward policy gradient by such a mixing measure of the induced chain, to keep
+    sampled estimates reliable. One LU (the deviation matrix), implicit gradients. Unichain
+    dense chains only (checked when concrete); batch with `jax.vmap`.
+    """
+    if is_sparse(chain.P):
+        raise ValueError("kemeny_constant takes dense chains only (tr(H) needs all S columns"
+                         " of the deviation matrix).")
+    _require_unichain(chain, "kemeny_constant")
+    return _kemeny_constant(chain.P)
+
+
+def hitting_times(chain: Chain, state) -> Array:
+    """Expected hitting times `m[S]` of `state` j: `m_i = E[min{t >= 1: s_t = j} | s_0 = i]`.
+
+    For i != j it is the mean first passage time `m_ij = (h_jj - h_ij) / p*_j` with the
+    deviation matrix `H = (h_ij)` (Kemeny & Snell 1960, Thm 4.4.7, with `Z = H + P*`);
+    `m_j = 1 / p*_j` is the mean return time; together `m_i = 1 + sum_{k != j} P_ik m_k` for
+    every i. A mixing measure relative to a reference state (Morimura et al., AAAI 2014).
+    One LU, implicit gradients; unichain dense chains only. `state` must be recurrent
+    (checked when concrete: `p*_j > sqrt(eps)`): a transient j is never reached again once left.
+    """
+    if is_sparse(chain.P):
+        raise ValueError("hitting_times takes dense chains only.")
+    _require_unichain(chain, "hitting_times")
+    S = chain.n_states
+    if _checks.is_concrete(state):
+        if not (0 <= int(state) < S):
+            raise ValueError(f"state = {state} is not a state of this chain (0 <= state < {S}).")
+    if _checks.is_concrete(state, chain.P):
+        p = np.asarray(_stationary_distribution(chain.P))
+        if p[int(state)] <= np.sqrt(np.finfo(p.dtype).eps):
+            raise ValueError(f"state {int(state)} is transient (p*[{int(state)}] ="
+                             f" {p[int(state)]:.3g}): the recurrent class never reaches it.")
+    return _hitting_times(chain.P, state)
+
+
+@jax.jit
+def _kemeny_constant(P: Array) -> Array:
+    return jnp.trace(_centred_relative_values(P, _eye_like(P))) + 1
+
+
+@jax.jit
+def _hitting_times(P: Array, state) -> Array:
+    solve, solve_t = _lu_solvers(_gain_matrix(P))
+    p = solve_t(_last_unit(P))
+    w = solve(_unit(P.shape[-1], state, P.dtype)).at[-1].set(0)
+    column = w - p @ w  # H e_j: the bias of the reward e_j
+    m = (column[state] - column) / p[state]
+    return m.at[state].set(1 / p[state])
 
 
 # Jitted kernels: the public functions validate concrete input, then call these (one

@@ -124,3 +124,77 @@ def test_bad_inputs_raise_clear_errors():
                          np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="dense chains only"):
         markov.laurent_coefficients(sparse, 1)
+
+
+# --- mixing measures: Kemeny's constant and hitting times ------------------------------
+
+
+def np_hitting_times(P, j):
+    """m_i = 1 + sum_{k != j} P_ik m_k, solved directly (no deviation matrix)."""
+    S = len(P)
+    off = P.copy()
+    off[:, j] = 0
+    return np.linalg.solve(np.eye(S) - off, np.ones(S))
+
+
+@pytest.mark.parametrize("seed, density", [(0, 1.0), (3, 0.5)])
+def test_kemeny_constant_and_hitting_times_match_numpy(seed, density):
+    c = random_chain(seed, 6, density=density)
+    P = np.asarray(c.P)
+    eigenvalues = np.linalg.eigvals(P)
+    others = np.delete(eigenvalues, np.argmin(np.abs(eigenvalues - 1)))
+    K = float(markov.kemeny_constant(c))
+    np.testing.assert_allclose(K, 1 + np.real(np.sum(1 / (1 - others))), rtol=1e-10)
+    p = np.linalg.svd(np.eye(6) - P.T)[2][-1]
+    p /= p.sum()
+    recurrent = np.flatnonzero(p > 1e-12)
+    M = np.stack([np_hitting_times(P, j) for j in recurrent], axis=1)  # M[i, j] = m_ij
+    for col, j in enumerate(recurrent):
+        np.testing.assert_allclose(markov.hitting_times(c, j), M[:, col], rtol=1e-10)
+    if recurrent.size == 6:  # Kemeny: sum_j p_j m_ij = K from every start (irreducible P)
+        np.testing.assert_allclose(M @ p, K, rtol=1e-10)
+
+
+def lazy_ring(eps, n=6):
+    """A random walk on a ring with drift, moving w.p. eps: mixes more slowly as eps -> 0."""
+    Q = np.zeros((n, n))
+    for i in range(n):
+        Q[i, (i + 1) % n], Q[i, (i - 1) % n] = 0.7, 0.3
+    return dsorl.Chain((1 - eps) * np.eye(n) + eps * Q, np.zeros(n))
+
+
+def test_kemeny_constant_and_hitting_times_track_the_mixing_time():
+    epsilons = [0.02, 0.05, 0.1, 0.2, 0.5]
+    kemeny = [float(markov.kemeny_constant(lazy_ring(e))) for e in epsilons]
+    hitting = [float(markov.hitting_times(lazy_ring(e), 0)[3]) for e in epsilons]
+    mixing = [int(dsorl.mixing_time(lazy_ring(e), 1e-3)) for e in epsilons]
+    assert np.all(np.diff(mixing) < 0), mixing  # slower walks mix later ...
+    assert np.all(np.diff(kemeny) < 0), kemeny  # ... and have larger mixing measures
+    assert np.all(np.diff(hitting) < 0), hitting
+    # here both scale exactly like 1 / eps, the mixing time only roughly
+    np.testing.assert_allclose(np.array(kemeny[:-1]) - 1, (kemeny[-1] - 1) * 0.5 / np.array(epsilons[:-1]),
+                               rtol=1e-10)
+
+
+def test_mixing_measure_gradients_match_central_differences():
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(4, 4))
+    chain = lambda L: dsorl.Chain(jax.nn.softmax(L, axis=-1), jnp.zeros(4))
+    for f in (lambda L: markov.kemeny_constant(chain(L)),
+              lambda L: markov.hitting_times(chain(L), 2) @ jnp.arange(4.0)):
+        np.testing.assert_allclose(jax.jit(jax.grad(f))(logits),
+                                   central_difference(jax.jit(f), logits), rtol=1e-6, atol=1e-8)
+    batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
+                                   *[random_chain(s, 4, density=0.7) for s in range(3)])
+    check_variants(markov.kemeny_constant, (random_chain(0, 4, density=0.7),), (batch,), (0,))
+
+
+def test_mixing_measures_reject_bad_input():
+    P = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.5, 0]])
+    with pytest.raises(ValueError, match="kemeny_constant needs a unichain"):
+        markov.kemeny_constant(dsorl.Chain(P, np.zeros(3)))
+    transient = dsorl.Chain(np.array([[0.0, 1.0], [0.0, 1.0]]), np.zeros(2))
+    with pytest.raises(ValueError, match="state 0 is transient"):
+        markov.hitting_times(transient, 0)
+    with pytest.raises(ValueError, match="state = 5 is not a state"):
+        markov.hitting_times(transient, 5)
