@@ -33,6 +33,27 @@ Tables `horizon` and `chain`, one row per setting (a count not reached is NaN, w
   run_s, compile_s, seconds_to_eps  seconds (median run, compile, run up to steps_to_eps)
 Table `exponents`: study ("horizon" or "n"), method, setting, exponent (NaN with fewer
 than two points), points (settings that reached epsilon), unreached (settings that did not).
+
+Separation study (`hard_horizons`, empty by default; configs/dynpg_scaling.yaml runs it): on
+the hard MDPs of `dsorl.envs.hard_mdps`, for each effective horizon `h` (`gamma = 1 - 1/h`):
+`li_chain(H, gamma)` with `H = max(3, floor(hard_li_c_h h))` (the paper's `H = c_h/(1-gamma)`)
+and `reset_chain(n, hard_reset_actions)` with `n = max(2, round(hard_reset_per_horizon h))`,
+start law a point mass on state 0. Vanilla PG: exact gradients from the uniform policy, step
+sizes `hard_pg_step_sizes` and, if `hard_pg_li_step`, Li et al.'s bound `(1 - gamma)^2 / 5`
+(their theorem assumes `eta` below it), all in one vmapped program of `hard_pg_budget`
+steps. DynPG: the authors' schedule with `k` in `hard_dynpg_steps_coefficients`, `H + extra`
+epochs (`extra_epochs`); on the reset chain its context law is uniform over the chain states
+(DynPG needs full support) while the gap is measured under the point mass. Table `hard`,
+one row per environment, horizon and method/setting:
+  env, horizon, gamma, size, n_states, epsilon     the MDP (size: H or n) and the target
+  method, setting, k, step_size, budget_steps, skipped, reached, steps_to_eps, epochs_to_eps,
+  run_s, compile_s                                 as in `horizon`
+  final_gap                                        rho . (V* - V^pi) after the budget
+Table `hard_fits`, one row per environment, method and setting, over the horizons that
+reached epsilon: exp_slope, exp_r2 (least squares of ln steps against h: exponential growth
+is a straight line here) and poly_exponent, poly_r2 (ln steps against ln h), points,
+unreached, and lower_bound: the largest budget among the unreached horizons (NaN if none):
+the count there is at least that.
 """
 import jax
 import jax.numpy as jnp
@@ -41,6 +62,10 @@ import numpy as np
 from dsorl import progress, timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.chains import committal_chain, committal_chain_optimum
+from dsorl.envs.hard_mdps import li_chain, li_chain_optimum, reset_chain, reset_chain_optimum
+from dsorl.mdp import MDP
+from dsorl.objectives import policy_objective
+from dsorl.policies import tabular_softmax
 
 DEFAULTS = {
     "horizons": [10, 20, 50, 100, 200, 500],
@@ -56,6 +81,15 @@ DEFAULTS = {
     "pg_budget": 100000,
     "repeats": 3,
     "output_dir": "benchmarks/results/dynpg_scaling",
+    "hard_horizons": [],
+    "hard_envs": ["li_chain", "reset_chain"],
+    "hard_li_c_h": 0.4,
+    "hard_reset_per_horizon": 0.5,
+    "hard_reset_actions": 3,
+    "hard_pg_step_sizes": [1.0, 10.0, 100.0],
+    "hard_pg_li_step": True,
+    "hard_pg_budget": 100000,
+    "hard_dynpg_steps_coefficients": [45.0, 450.0, 4500.0],
 }
 
 
@@ -118,6 +152,122 @@ def measure(n: int, gamma: float, config: dict) -> list:
     return rows
 
 
+def hard_problem(env: str, horizon: float, config: dict):
+    """`(mdp, context mdp for DynPG, V*, size)` of environment `env` at `gamma = 1 - 1/h`."""
+    gamma = 1 - 1 / horizon
+    if env == "li_chain":
+        size = max(3, int(np.floor(config["hard_li_c_h"] * horizon)))
+        mdp = li_chain(size, gamma).mdp
+        return mdp, mdp, li_chain_optimum(size, gamma), size
+    if env == "reset_chain":
+        size = max(2, int(round(config["hard_reset_per_horizon"] * horizon)))
+        mdp = reset_chain(size, config["hard_reset_actions"]).mdp
+        context = np.r_[np.full(size, 1 / size), 0.0]
+        return (mdp, MDP(mdp.P, mdp.R, context, action_mask=mdp.action_mask),
+                reset_chain_optimum(size, gamma), size)
+    raise ValueError(f"hard_envs: unknown environment {env!r} (li_chain, reset_chain).")
+
+
+def measure_hard(env: str, horizon: float, config: dict) -> list:
+    """Rows of table `hard` for one environment and horizon (see the module docstring)."""
+    gamma = 1 - 1 / horizon
+    mdp, context, v_star, size = hard_problem(env, horizon, config)
+    rho = np.asarray(mdp.rho)
+    j_star = float(rho @ v_star)
+    eps = config["epsilon"]
+    zeros = jnp.zeros(mdp.R.shape)
+    nan = float("nan")
+    base = {"env": env, "horizon": float(horizon), "gamma": gamma, "size": size,
+            "n_states": int(mdp.R.shape[0]), "epsilon": eps}
+    rows = []
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+    cfg = dynpg.Config(n_steps=size + config["extra_epochs"])
+    for k in config["hard_dynpg_steps_coefficients"]:
+        hp = dynpg.HParams(gamma, 1.0, float(k))
+        planned = int(np.sum(dynpg.epoch_schedule(np.arange(cfg.n_steps), hp, xp=np)[1]))
+        row = dict(base, method="dynpg", setting=f"k={k:g}", k=float(k), step_size=nan,
+                   budget_steps=planned, skipped=planned > config["dynpg_budget"],
+                   reached=False, steps_to_eps=nan, epochs_to_eps=nan, run_s=nan,
+                   compile_s=nan, final_gap=nan)
+        if row["skipped"]:
+            rows.append(row)
+            continue
+
+        def dyn_objectives():
+            _, trace = dynpg.run(context, zeros, hp, config=cfg, keep_params=True)
+            # the epoch's newest policy, evaluated under the MDP's own initial law
+            objective = jax.vmap(lambda th: policy_objective(mdp, policy.probs(th), gamma))
+            return objective(trace.params), trace.steps
+
+        tm = timing.timed(jax.jit(dyn_objectives), repeats=config["repeats"], warmup=0,
+                          what=f"dynpg {env} h={horizon:g} k={k:g}")
+        objectives, steps = (np.asarray(x) for x in tm.result)
+        gaps = j_star - objectives
+        hit = np.flatnonzero(gaps <= eps)
+        rows.append(dict(row, reached=bool(hit.size),
+                         steps_to_eps=float(steps[hit[0]]) if hit.size else nan,
+                         epochs_to_eps=float(hit[0] + 1) if hit.size else nan,
+                         run_s=tm.median_seconds, compile_s=tm.compile_seconds,
+                         final_gap=float(gaps[-1])))
+
+    step_sizes = list(config["hard_pg_step_sizes"]) + (
+        [(1 - gamma) ** 2 / 5] if config["hard_pg_li_step"] else [])
+    etas = jnp.asarray(step_sizes, jnp.float64)
+    budget = config["hard_pg_budget"]
+    pcfg = pg.Config(n_steps=budget)
+
+    def pg_runs():
+        return jax.vmap(lambda eta: pg.run(mdp, zeros, pg.HParams(gamma, eta),
+                                           config=pcfg)[1].objective)(etas)
+
+    tm = timing.timed(pg_runs, repeats=config["repeats"], warmup=0,
+                      what=f"pg {env} h={horizon:g} ({len(etas)} step sizes)")
+    li_step = len(step_sizes) - 1 if config["hard_pg_li_step"] else None
+    for i, (eta, obj) in enumerate(zip(step_sizes, np.asarray(tm.result))):
+        hit = np.flatnonzero(j_star - obj <= eps)  # obj[i]: after step i + 1
+        rows.append(dict(base, method="pg",
+                         setting="(1-g)^2/5" if i == li_step else f"eta={eta:g}", k=nan,
+                         step_size=float(eta), budget_steps=budget, skipped=False,
+                         reached=bool(hit.size),
+                         steps_to_eps=float(hit[0] + 1) if hit.size else nan,
+                         epochs_to_eps=nan, run_s=tm.median_seconds / len(etas),
+                         compile_s=tm.compile_seconds, final_gap=float(j_star - obj[-1])))
+    return rows
+
+
+def growth_fits(x, y) -> dict:
+    """Least squares of `ln y` against `x` (exponential growth: `exp_slope`, `exp_r2`) and
+    against `ln x` (polynomial: `poly_exponent`, `poly_r2`); NaN with fewer than 3 points
+    (two points fit both lines exactly and tell nothing apart)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = {"exp_slope": float("nan"), "exp_r2": float("nan"),
+           "poly_exponent": float("nan"), "poly_r2": float("nan")}
+    if x.size < 3:
+        return out
+    ly = np.log(y)
+    for name, r2, u in (("exp_slope", "exp_r2", x), ("poly_exponent", "poly_r2", np.log(x))):
+        coef = np.polyfit(u, ly, 1)
+        resid = ly - np.polyval(coef, u)
+        total = np.sum((ly - ly.mean()) ** 2)
+        out[name] = float(coef[0])
+        out[r2] = float(1 - np.sum(resid ** 2) / total) if total > 0 else float("nan")
+    return out
+
+
+def hard_fits(rows: list) -> list:
+    """Table `hard_fits` (module docstring) from the rows of table `hard`."""
+    out = []
+    for env, method, setting in sorted({(r["env"], r["method"], r["setting"]) for r in rows}):
+        sel = [r for r in rows if (r["env"], r["method"], r["setting"]) == (env, method, setting)]
+        ok = [r for r in sel if r["reached"] and r["steps_to_eps"] > 0]
+        missed = [r["budget_steps"] for r in sel if not r["reached"] and not r["skipped"]]
+        out.append({"env": env, "method": method, "setting": setting,
+                    **growth_fits([r["horizon"] for r in ok], [r["steps_to_eps"] for r in ok]),
+                    "points": len(ok), "unreached": len(sel) - len(ok),
+                    "lower_bound": float(max(missed)) if missed else float("nan")})
+    return out
+
+
 def fit_exponent(x, y) -> float:
     """Least-squares slope of log y against log x (NaN with fewer than two points)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -152,8 +302,19 @@ def run(config: dict) -> dict:
         chain_rows += measure(n, config["chain_gamma"], config)
         _report(chain_rows[-_per_setting(config):])
     table = exponents(horizon_rows, "horizon") + exponents(chain_rows, "n")
-    return {"tables": {"horizon": horizon_rows, "chain": chain_rows, "exponents": table},
-            "arrays": {}, "seeds": [0]}
+    tables = {"horizon": horizon_rows, "chain": chain_rows, "exponents": table}
+    if config["hard_horizons"]:
+        hard_rows = []
+        for env in config["hard_envs"]:
+            hard_problem(env, 10.0, config)  # an unknown name fails before any run
+        for h in progress.track(config["hard_horizons"], "dynpg_scaling hard MDPs",
+                                unit="horizons"):
+            for env in config["hard_envs"]:
+                new = measure_hard(env, float(h), config)
+                hard_rows += new
+                _report(new)
+        tables.update(hard=hard_rows, hard_fits=hard_fits(hard_rows))
+    return {"tables": tables, "arrays": {}, "seeds": [0]}
 
 
 def _per_setting(config):
@@ -163,7 +324,8 @@ def _per_setting(config):
 
 def _report(rows):
     for r in rows:
-        progress.note(f"horizon {r['horizon']:g} n {r['n']} {r['method']} {r['setting']}:"
+        where = f"{r['env']} size {r['size']}" if "env" in r else f"n {r['n']}"
+        progress.note(f"horizon {r['horizon']:g} {where} {r['method']} {r['setting']}:"
                       f" steps {r['steps_to_eps']:g} (reached: {r['reached']}),"
                       f" run {r['run_s']:.3g} s")
 
@@ -174,10 +336,15 @@ def figures(tables, arrays, config, plt) -> dict:
     epsilon are left out of the lines and counted in the legend."""
     from dsorl import plots
 
+    figs = {}
+    if "hard" in tables and len(tables["hard"]["env"]):
+        figs["separation"] = _separation_figure(tables["hard"], config, plt)
     studies = [(name, axis, label) for name, axis, label in (
         ("horizon", "horizon", "effective horizon 1/(1-γ)"),
         ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})"))
         if len(tables[name]["n"])]
+    if not studies:
+        return figs
     fig, axs = plots.facets(plt, len(studies), ncols=len(studies), width=5.0)
     for ax, (name, axis, label) in zip(axs, studies):
         t = tables[name]
@@ -198,4 +365,35 @@ def figures(tables, arrays, config, plt) -> dict:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("dynpg_scaling: DynPG vs vanilla softmax PG on committal chains", fontsize=10)
     fig.tight_layout()
-    return {"scaling": fig}
+    return {"scaling": fig, **figs}
+
+
+def _separation_figure(t, config, plt):
+    """Steps to epsilon against the horizon on a linear x-axis and a log y-axis (exponential
+    growth is a straight line), one panel per hard MDP; a run that did not reach epsilon is
+    an open marker at its budget (a lower bound)."""
+    from dsorl import plots
+
+    envs = list(dict.fromkeys(t["env"].tolist()))
+    fig, axs = plots.facets(plt, len(envs), ncols=len(envs), width=5.0)
+    for ax, env in zip(axs, envs):
+        on = t["env"] == env
+        keys = sorted(set(zip(t["method"][on].tolist(), t["setting"][on].tolist())))
+        for (method, setting), colour in zip(keys, plots.palette(len(keys))):
+            sel = on & (t["method"] == method) & (t["setting"] == setting)
+            ok, miss = sel & t["reached"], sel & ~t["reached"] & ~t["skipped"]
+            order = np.argsort(t["horizon"][ok])
+            ax.plot(t["horizon"][ok][order], t["steps_to_eps"][ok][order],
+                    "o-" if method == "dynpg" else "s--", color=colour,
+                    label=f"{method} {setting}")
+            ax.plot(t["horizon"][miss], t["budget_steps"][miss], "^", color=colour,
+                    markerfacecolor="none", linestyle="none")
+        ax.set_yscale("log")
+        ax.set_xlabel("effective horizon 1/(1-γ)")
+        ax.set_ylabel(f"gradient steps to ε = {config['epsilon']:g} (open ▲: budget, not reached)")
+        ax.set_title(env, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("dynpg_scaling: separation on the hard MDPs (exact gradients)", fontsize=10)
+    fig.tight_layout()
+    return fig
