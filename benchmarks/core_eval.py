@@ -28,6 +28,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+from dsorl import compilation  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import core_eval  # noqa: E402
 from dsorl.plots import plot_results  # noqa: E402
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=list(core_eval.PARTS), action="append",
                         help="run only these parts (repeatable; sets `parts`)")
     args = parser.parse_args(argv)
+    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
     overrides = args.set + ([f"parts=[{', '.join(args.only)}]"] if args.only else [])
     cfg = config_lib.load_config(args.config, overrides)
     log = lambda msg: print(msg, flush=True)

@@ -22,6 +22,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+from dsorl import compilation  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import dso_benchmark  # noqa: E402
 from dsorl.plots import plot_results  # noqa: E402
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (dotted keys for nesting)")
     args = parser.parse_args(argv)
+    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
     cfg = config_lib.load_config(args.config, args.set)
     log = lambda msg: print(msg, flush=True)
     log(f"device: {jax.devices()[0]} | OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"

@@ -13,6 +13,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from dsorl import compilation  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import dynpg_scaling  # noqa: E402
 from dsorl.plots import plot_results  # noqa: E402
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (dotted keys for nesting)")
     args = parser.parse_args(argv)
+    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
     cfg = config_lib.load_config(args.config, args.set)
     print("devices:", jax.devices())
     result = dynpg_scaling.run(cfg)

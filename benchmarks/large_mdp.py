@@ -18,6 +18,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from dsorl import compilation  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import large_mdp  # noqa: E402
 from dsorl.plots import plot_results  # noqa: E402
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs/large_mdp.yaml"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
     cfg = config_lib.load_config(args.config, args.set)
     result = large_mdp.run(cfg)
     out = write_results(ROOT / cfg["output_dir"], cfg, tables=result["tables"],

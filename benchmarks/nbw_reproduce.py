@@ -24,6 +24,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
+from dsorl import compilation  # noqa: E402
 from dsorl import config as config_lib  # noqa: E402
 from dsorl import envs, progress  # noqa: E402
 from dsorl.algorithms import nbw  # noqa: E402
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--speed-subset", type=int, default=4,
                         help="starts per environment for the PyTorch loop (0: skip)")
     args = parser.parse_args(argv)
+    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
     cfg = config_lib.load_config(args.config, args.set)
     print("devices:", jax.devices())
     result = nbw_reproduce.run(cfg)

@@ -12,6 +12,9 @@ checked before a job runs: a directory holding another job's results is refused 
 exits with code 130, a `run` job leaving what it finished (meta.json status
 "interrupted"), a sweep its finished chunks (the same command resumes).
 
+Compiled programs are kept in a cache directory (see --cache-dir, --no-cache), so a rerun
+of a command loads them instead of compiling again; meta.json records what compiling cost.
+
 Several processes run one sweep together when each is started with the same command plus
 `--coordinator HOST:PORT --num-processes N --process-id I` (jax.distributed).
 """
@@ -40,6 +43,11 @@ def main(argv=None) -> int:
         p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="compile lines and progress bars on stderr (default: when stderr"
                             " is a terminal, or DSORL_PROGRESS=1)")
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help="persistent compilation cache (default: $DSORL_CACHE_DIR, else"
+                            " $XDG_CACHE_HOME/dsorl/jax or ~/.cache/dsorl/jax)")
+        p.add_argument("--no-cache", action="store_true",
+                       help="compile without the persistent cache (also DSORL_CACHE=0)")
     sweep_p = sub.choices["sweep"]
     sweep_p.add_argument("--overwrite", action="store_true",
                          help="discard results of a different sweep in the output directory")
@@ -58,10 +66,12 @@ def main(argv=None) -> int:
 
     progress.configure(getattr(args, "progress", None))  # for this command only
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "sweep":
-            return _sweep(args)
+        if args.command in ("run", "sweep"):
+            from dsorl import compilation
+
+            # a rerun loads what an earlier command compiled (meta.json: "compilation")
+            with compilation.session(args.cache_dir, enabled=False if args.no_cache else None):
+                return _run(args) if args.command == "run" else _sweep(args)
         if args.command == "plot":
             return _plot(args)
         return _list()

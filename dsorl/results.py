@@ -4,7 +4,9 @@ Every result directory holds `meta.json` with the config, the package versions, 
 seeds, the devices, where the package is installed, the commit and dirty-tree flag of the
 package's own git checkout (if it is one), the time and the status (`complete`, or
 `interrupted` for a job stopped by Ctrl-C), so a number can be traced back to what
-produced it. Files are created with the user's umask. A table is always written as `<name>.csv` (floats written exactly,
+produced it; inside `dsorl run`/`sweep` or a benchmark script also `compilation`, what
+compiling cost and the persistent cache's hits and misses (`dsorl.compilation.report`).
+Files are created with the user's umask. A table is always written as `<name>.csv` (floats written exactly,
 loadable with `pandas.read_csv`) and also as `<name>.parquet` when pyarrow is installed;
 `read_results` reads a directory back.
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from dsorl import compilation
 
 __all__ = ["Table", "Interrupted", "environment_record", "check_output_dir", "write_results",
            "read_results", "format_table"]
@@ -129,6 +133,9 @@ def write_results(out_dir, config: Mapping, *, tables: Optional[Mapping[str, Tab
         "arrays": sorted(arrays or {}),
         **dict(extra or {}),
     }
+    compiled = compilation.report()  # within dsorl run/sweep or a benchmark script
+    if compiled is not None:
+        meta["compilation"] = compiled
     _atomic_write(out / "meta.json", json.dumps(meta, indent=1, default=_jsonable))
     return out
 
