@@ -342,7 +342,7 @@ def figures(tables, arrays, config, plt) -> dict:
     studies = [(name, axis, label) for name, axis, label in (
         ("horizon", "horizon", "effective horizon 1/(1-γ)"),
         ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})"))
-        if len(tables[name]["n"])]
+        if len(tables.get(name, {}).get("n", ()))]  # an empty table has no columns
     if not studies:
         return figs
     fig, axs = plots.facets(plt, len(studies), ncols=len(studies), width=5.0)
@@ -390,8 +390,8 @@ def _separation_figure(t, config, plt):
                     markerfacecolor="none", linestyle="none")
         ax.set_yscale("log")
         ax.set_xlabel("effective horizon 1/(1-γ)")
-        ax.set_ylabel(f"gradient steps to ε = {config['epsilon']:g} (open ▲: budget, not reached)")
-        ax.set_title(env, fontsize=9)
+        ax.set_ylabel(f"gradient steps to ε = {config['epsilon']:g}")
+        ax.set_title(f"{env} (open ▲: budget, not reached)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("dynpg_scaling: separation on the hard MDPs (exact gradients)", fontsize=10)
