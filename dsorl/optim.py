@@ -108,8 +108,10 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
     (a non-ascent direction, possible with sampled gradients). The search also gives up
     (step 0) once the first-order increase `alpha g.d` falls below the rounding level of
     `f`, `4 eps max(1, |f|)`: past it the test compares rounding errors (at a converged point it
-    would otherwise always run `max_tries` evaluations, and a `vmap` of the search runs as
-    long as its slowest member). `g` and `d` are flat vectors; `value_fn` is any jittable
+    would otherwise always run `max_tries` evaluations). Under `vmap` the members do not wait
+    for the slowest: after the first trial, those still searching are evaluated in waves of
+    an eighth of the batch (`_while_unsynchronised`), each member with the same trials, in the
+    same order, as alone. `g` and `d` are flat vectors; `value_fn` is any jittable
     scalar function of the flat parameters.
 
     For objectives estimated from coupled samples (`dsorl.algorithms.nbw.run_sampled`),
@@ -123,8 +125,7 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
 
     The state keeps the last `step_size` and the number of `evaluations`. The numbers may be
     traced. (`optax.scale_by_backtracking_linesearch` minimises, returns its last tiny trial
-    instead of 0 on failure, and has no rounding-level stop, which is what keeps a vmapped
-    grid of searches short.)
+    instead of 0 on failure, and has no rounding-level stop.)
     """
 
     def init(params):
@@ -156,8 +157,81 @@ def armijo_backtracking(*, alpha0=1.0, c=1e-4, shrink=0.5, max_tries: int = 100,
 
         start = (jnp.int32(0), jnp.asarray(alpha0, x.dtype), jnp.asarray(False),
                  jnp.asarray(False), jnp.int32(0))
-        k, alpha, accepted, _, _ = lax.while_loop(searching, trial, start)
+        k, alpha, accepted, _, _ = _while_unsynchronised(searching, trial, start)
         alpha = jnp.where(accepted, alpha, 0)
         return ravel_pytree(updates)[1](alpha * d), ArmijoState(alpha, k)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _while_unsynchronised(cond, body, start, *, wave_fraction: int = 8):
+    """`lax.while_loop(cond, body, start)` for one instance; under `vmap`, members that are
+    still searching advance in waves of `ceil(B / wave_fraction)` instead of all `B` together.
+
+    `vmap` of a `while_loop` runs the body for every member until the slowest is done (the
+    finished ones compute and discard): with a line search, each of the slowest member's
+    trials costs an objective evaluation for the whole batch. Here the first iteration runs
+    for the whole batch (nearly every member searches once); after it, each iteration
+    gathers the first `ceil(B / wave_fraction)` members still searching, runs `body` on them
+    and scatters the results back, so a trial costs an evaluation of a wave, not of the
+    batch. Every member goes through the same `body` calls in the same order as alone, so
+    its result is the sequential loop's (to the rounding of batched evaluation). The closed-
+    over values of `cond` and `body` become explicit operands (`jax.make_jaxpr`), so the
+    batching rule (`jax.custom_batching.custom_vmap`) knows which are batched. Nested `vmap`s
+    apply the rule to the innermost axis; the outer ones run in lock-step as before.
+    """
+    from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
+
+    leaves, treedef = jax.tree_util.tree_flatten(start)
+
+    def explicit(fn):
+        # fn(carry) as (jaxpr, consts): what it closes over becomes explicit operands
+        closed = jax.make_jaxpr(lambda *c: fn(treedef.unflatten(c)))(*leaves)
+        return closed.jaxpr, closed.consts
+
+    cond_jaxpr, cond_consts = explicit(cond)
+    body_jaxpr, body_consts = explicit(body)
+
+    def call(jaxpr, consts, carry):
+        return jaxpr_as_fun(ClosedJaxpr(jaxpr, list(consts)))(*carry)
+
+    def searching(consts, carry):
+        return call(cond_jaxpr, consts, carry)[0]
+
+    def trial(consts, carry):
+        return list(call(body_jaxpr, consts, carry))
+
+    @jax.custom_batching.custom_vmap
+    def loop(cond_c, body_c, carry):
+        out = lax.while_loop(lambda c: searching(cond_c, c), lambda c: trial(body_c, c),
+                             list(carry))
+        return list(out)
+
+    @loop.def_vmap
+    def loop_batched(axis_size, in_batched, cond_c, body_c, carry):
+        cond_b, body_b, carry_b = in_batched
+        carry = [c if b else jnp.broadcast_to(c, (axis_size,) + jnp.shape(c))
+                 for c, b in zip(carry, carry_b)]
+        axes = lambda flags: [0 if b else None for b in flags]
+        active = jax.vmap(searching, (axes(cond_b), 0))
+        run = jax.vmap(trial, (axes(body_b), 0))
+        # first iteration: the whole batch (members that are not searching keep their carry)
+        moved = run(body_c, carry)
+        going = active(cond_c, carry)
+        carry = [jnp.where(going.reshape((-1,) + (1,) * (c.ndim - 1)), m, c)
+                 for m, c in zip(moved, carry)]
+        wave = -(-axis_size // wave_fraction)
+
+        def wave_step(carry):
+            # the first `wave` members still searching; the fill index (axis_size) is
+            # clipped when gathering and dropped when scattering back
+            idx = jnp.nonzero(active(cond_c, carry), size=wave, fill_value=axis_size)[0]
+            take = lambda a: jnp.take(a, idx, axis=0, mode="clip")
+            sub_consts = [take(c) if b else c for c, b in zip(body_c, body_b)]
+            moved = run(sub_consts, [take(c) for c in carry])
+            return [c.at[idx].set(m, mode="drop") for c, m in zip(carry, moved)]
+
+        carry = lax.while_loop(lambda c: jnp.any(active(cond_c, c)), wave_step, carry)
+        return carry, [True] * len(carry)
+
+    return treedef.unflatten(loop(list(cond_consts), list(body_consts), leaves))
