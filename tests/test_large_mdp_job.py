@@ -14,7 +14,7 @@ def _config(**over):
     cfg = dict(large_mdp.DEFAULTS, sizes=[40, 90], kinds=["garnet"], dense_max_states=40,
                quantities=["value_grad", "gain_bias"], methods=["sparse", "dense", "scipy_gmres",
                                                                "scipy_spsolve"],
-               repeats=1, fit_min_states=40)
+               repeats=1, fit_min_states=40, memory_probe=False)
     cfg.update(over)
     return cfg
 
@@ -52,15 +52,21 @@ def test_bad_settings_are_refused():
 
 
 def test_goal_table_reads_the_measured_rows():
-    rows = [dict(kind="garnet", n_states=S, quantity=q, method=m, median_s=t, peak_rss_mb=900.0)
+    rows = [dict(kind="garnet", n_states=S, quantity=q, method=m, median_s=t, peak_rss_mb=3000.0)
             for S, q, m, t in ((100000, "value_grad", "sparse", 0.5),
                                (100000, "gain_bias", "sparse", 1.0),
                                (100000, "bias_grad", "sparse", 2.5),
                                (100000, "value_grad", "scipy_gmres", 0.9),
                                (1000000, "value_grad", "sparse", 6.0))]
-    goals = {g["goal"]: g for g in large_mdp._goals(rows, [])}
+    memory = [dict(kind="garnet", n_states=1000000, quantity="value_grad", peak_rss_mb=900.0)]
+    goals = {g["goal"]: g for g in large_mdp._goals(rows, [], memory)}
     assert goals["value+gradient at S=1e5 (s)"]["met"]
     assert not goals["gain+bias+bias gradient at S=1e5 (s)"]["met"]  # 3.5 s > 3 s
     assert np.isclose(goals["speed-up over SciPy, value+gradient, S=100000"]["value"], 1.8)
     assert not goals["speed-up over SciPy, value+gradient, S=100000"]["met"]
-    assert goals["peak memory at S=1e6 (MB)"]["met"]
+    assert goals["peak memory at S=1e6, value+gradient, fresh process (MB)"]["met"]
+
+
+def test_memory_probe_runs_in_a_fresh_process():
+    row = large_mdp._memory_probe("garnet", 50, _config())
+    assert row["n_states"] == 50 and 50 < row["peak_rss_mb"] < 4000  # MB: Python + JAX + MDP
