@@ -5,9 +5,12 @@ os.environ.setdefault("JAX_ENABLE_X64", "1")
 # commands run by the tests keep their compilation cache in a directory of this session,
 # never the user's ~/.cache/dsorl (set before dsorl is imported anywhere)
 if "DSORL_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["DSORL_CACHE_DIR"] = tempfile.mkdtemp(prefix="dsorl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DSORL_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
