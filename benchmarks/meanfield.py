@@ -9,7 +9,6 @@ meta.json (config, versions, devices, git commit) and two PNG plots to the confi
 output_dir. The machine is shared: run it with `nice`, compare only ratios measured in one
 run, and repeat it to see the spread.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,34 +16,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from dsorl import compilation  # noqa: E402
-from dsorl import config as config_lib  # noqa: E402
 from dsorl.jobs import meanfield_benchmark  # noqa: E402
-from dsorl.plots import plot_results  # noqa: E402
-from dsorl.results import format_table, write_results  # noqa: E402
+from dsorl.jobs._script import script_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", default=str(ROOT / "configs/meanfield_benchmark.yaml"),
-                        help="YAML config file (default: configs/meanfield_benchmark.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (dotted keys for nesting)")
-    args = parser.parse_args(argv)
-    compilation.configure()  # persistent cache (DSORL_CACHE_DIR, DSORL_CACHE=0), meta record
-    cfg = config_lib.load_config(args.config, args.set)
-    print("devices:", jax.devices())
-    result = meanfield_benchmark.run(cfg)
-    for name, rows in result["tables"].items():
-        print(f"\n== {name} ==\n{format_table(rows, '.4g')}")
-    out = write_results(ROOT / cfg["output_dir"], cfg, tables=result["tables"],
-                        arrays=result["arrays"], seeds=result["seeds"])
-    plot_results(out, out_dir=out)  # the job's `figures`
-    print(f"\nresults written to {out}/")
-    return 0
+    return script_main(meanfield_benchmark, "configs/meanfield_benchmark.yaml", __doc__, argv, root=ROOT)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,34 @@ def test_script_answers_help(helps, script):
     summary = ast.get_docstring(ast.parse(script.read_text())).splitlines()[0]
     assert " ".join(summary.split()) in " ".join(text.split()), text
     assert "--set KEY=VALUE" in text and "show this help message and exit" in text
+
+
+def test_script_main_writes_results_before_printing(tmp_path, capsys):
+    """The shared `main` of the thin scripts: results on disk before the first printed line,
+    only the asked tables printed, a relative output_dir under the given root."""
+    import types
+
+    from dsorl.jobs._script import script_main
+
+    config = tmp_path / "job.yaml"
+    config.write_text("job: dynpg_scaling\noutput_dir: out\n")
+    seen = {}
+
+    def run(cfg):
+        return {"tables": {"shown": [{"a": 1.0}], "hidden": [{"b": 2.0}]}, "seeds": [0]}
+
+    def print_spy(*args, **kwargs):
+        seen.setdefault("files_at_first_print", sorted(p.name for p in (tmp_path / "out").iterdir()))
+        builtins_print(*args, **kwargs)
+
+    import builtins
+    builtins_print = builtins.print
+    builtins.print = print_spy
+    try:
+        assert script_main(types.SimpleNamespace(run=run), "job.yaml", "doc", [str(config)],
+                           root=tmp_path, printed=["shown"]) == 0
+    finally:
+        builtins.print = builtins_print
+    assert {"meta.json", "shown.csv", "hidden.csv"} <= set(seen["files_at_first_print"])
+    out = capsys.readouterr().out
+    assert "== shown ==" in out and "== hidden ==" not in out
