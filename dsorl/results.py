@@ -10,6 +10,7 @@ Files are created with the user's umask. A table is always written as `<name>.cs
 loadable with `pandas.read_csv`) and also as `<name>.parquet` when pyarrow is installed;
 `read_results` reads a directory back.
 """
+import contextlib
 import csv
 import datetime
 import json
@@ -18,13 +19,13 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from dsorl import compilation
 
-__all__ = ["Table", "Interrupted", "environment_record", "check_output_dir", "write_results",
+__all__ = ["Table", "Interrupted", "keep_on_interrupt", "environment_record", "check_output_dir", "write_results",
            "read_results", "format_table"]
 
 Table = Union[Sequence[Mapping], Mapping[str, Sequence]]  # rows, or columns of equal length
@@ -38,6 +39,19 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, partial: Mapping):
         super().__init__("interrupted")
         self.partial = dict(partial)
+
+
+@contextlib.contextmanager
+def keep_on_interrupt(partial: Callable[[], Mapping]):
+    """Turn a Ctrl-C inside the block into `Interrupted(partial())`: a job wraps its outer
+    loop with a function returning what it has finished (a `run` result), and `dsorl run`
+    writes that with the status "interrupted" instead of losing it."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(partial()) from None
 
 
 def environment_record() -> dict:

@@ -55,3 +55,44 @@ def test_format_table_rows_columns_and_ellipsis():
     assert lines[-1] == "(3 more rows)"
     assert format_table([{"a": 1.23456789}]).splitlines()[-1].strip() == "1.23457"
     assert format_table([]) == "(empty)"
+
+
+def test_keep_on_interrupt_hands_over_what_was_finished():
+    from dsorl.results import Interrupted, keep_on_interrupt
+
+    rows = []
+    with pytest.raises(Interrupted) as stop:
+        with keep_on_interrupt(lambda: {"tables": {"rows": list(rows)}}):
+            rows.append({"done": 1})
+            raise KeyboardInterrupt
+    assert stop.value.partial == {"tables": {"rows": [{"done": 1}]}}
+    # an Interrupted raised inside passes through untouched
+    with pytest.raises(Interrupted) as inner:
+        with keep_on_interrupt(lambda: {"tables": {}}):
+            raise Interrupted({"tables": {"inner": []}})
+    assert inner.value.partial == {"tables": {"inner": []}}
+
+
+def test_an_interrupted_nbw_reproduction_keeps_its_finished_methods(monkeypatch):
+    import numpy as np
+
+    from dsorl import config as config_lib
+    from dsorl.jobs import nbw_reproduce
+    from dsorl.results import Interrupted
+
+    cfg = config_lib.load_config("configs/nbw_reproduce_quick.yaml", ["envs=[A1]"])
+    calls = []
+
+    def timed_runs(fn, grid, n_seeds, seed, repeats, what):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(what)
+        finals = np.zeros((n_seeds, len(grid)))
+        return (finals, finals + 12.0), 0.0, 0.0
+
+    monkeypatch.setattr(nbw_reproduce, "_timed_runs", timed_runs)
+    with pytest.raises(Interrupted) as stop:
+        nbw_reproduce.run(cfg)
+    rows = stop.value.partial["tables"]["summary"]
+    assert [r["method"] for r in rows] == [calls[0].split("/")[1]]
+    assert "A1/gain_landscape" in stop.value.partial["arrays"]

@@ -73,6 +73,7 @@ from dsorl.krylov import Krylov
 from dsorl.envs.garnet import sparse_garnet
 from dsorl.envs.gridworld import large_gridworld
 from dsorl.mdp import MDP, induced_chain
+from dsorl.results import keep_on_interrupt
 
 __all__ = ["DEFAULTS", "QUANTITIES", "run", "build", "figures"]
 
@@ -488,14 +489,17 @@ def _goals(rows, fits, memory=()) -> list:
 
 
 def run(config: dict, log: Optional[object] = None) -> dict:
-    """Returns the tables `timings`, `fits` and `goals` (see the module docstring)."""
+    """Returns the tables `timings`, `fits`, `goals` and `memory` (see the module
+    docstring); Ctrl-C keeps the sizes already measured (`timings` only)."""
     del log
     jax.config.update("jax_enable_x64", True)
     _validate(config)
     rows = []
     settings = [(kind, size) for size in sorted(config["sizes"]) for kind in config["kinds"]]
-    for kind, size in progress.track(settings, "large_mdp sizes", unit="MDPs"):
-        rows += _measure_size(kind, size, config)
+    with keep_on_interrupt(lambda: {"tables": {"timings": rows}, "arrays": {},
+                                    "seeds": [config["seed"]]}):
+        for kind, size in progress.track(settings, "large_mdp sizes", unit="MDPs"):
+            rows += _measure_size(kind, size, config)
     fits = _fits(rows, config)
     memory = []
     if config["memory_probe"]:

@@ -33,6 +33,7 @@ from dsorl.algorithms import nbw
 from dsorl.envs.nbw import PAPER_SETTINGS, paper_hyperparams
 from dsorl.markov import bias, gain
 from dsorl.mdp import induced_chain
+from dsorl.results import keep_on_interrupt
 
 # Mean absolute bias errors of the authors' code (Fig. 6 of arXiv 2105.13609, the numbers
 # printed on its error maps), as quoted in this project's issue #3; B1 sampled not given.
@@ -60,10 +61,20 @@ DEFAULTS = {
 
 
 def run(config: dict) -> dict:
-    """`{"tables": {"summary": rows}, "arrays": final values and landscapes, "seeds": ...}`."""
+    """`{"tables": {"summary": rows}, "arrays": final values and landscapes, "seeds": ...}`.
+    Ctrl-C keeps the methods already finished (`dsorl run` writes them, "interrupted")."""
     grid = policies.sigmoid_grid(**config["grid"], dtype=jnp.float64)
     arrays = {"grid": np.asarray(grid)}
     rows = []
+    seeds = {"base": config["seed"], "sampled": config["sampling"]["seeds"]}
+    with keep_on_interrupt(lambda: {"tables": {"summary": rows}, "arrays": arrays,
+                                    "seeds": seeds}):
+        _run_envs(config, grid, arrays, rows)
+    return {"tables": {"summary": rows}, "arrays": arrays, "seeds": seeds}
+
+
+def _run_envs(config, grid, arrays, rows) -> None:
+    """Every environment and method: fills `arrays` and `rows` as each method finishes."""
     for name in progress.track(config["envs"], "nbw_reproduce", unit="environments"):
         mdp, ref = envs.nbw_env(name), envs.nbw_reference(name)
         policy = policies.sigmoid(mdp.n_states)
@@ -85,8 +96,6 @@ def run(config: dict) -> dict:
                 "nonfinite": int(np.sum(~np.isfinite(h))),
                 "compile_s": compile_s, "run_s": run_s,
             })
-    return {"tables": {"summary": rows}, "arrays": arrays,
-            "seeds": {"base": config["seed"], "sampled": config["sampling"]["seeds"]}}
 
 
 def _methods(name, mdp, policy, config):
