@@ -2,8 +2,12 @@
 import os
 
 os.environ.setdefault("JAX_ENABLE_X64", "1")
-# commands run by the tests keep their compilation cache in a directory of this session,
-# never the user's ~/.cache/dsorl (set before dsorl is imported anywhere)
+# No persistent compilation cache in the tests (tests/test_compilation.py turns it on where
+# it is the subject): a test run compiles hundreds of one-off programs, and one CI run
+# segfaulted inside XLA's compile on the cache-writing path after a test had left the cache
+# on in-process (not reproduced in isolation). A cache directory of this session, never the
+# user's ~/.cache/dsorl, in case a test asks for it. Set before dsorl is imported anywhere.
+os.environ.setdefault("DSORL_CACHE", "0")
 if "DSORL_CACHE_DIR" not in os.environ:
     import atexit
     import shutil

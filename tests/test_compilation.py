@@ -133,6 +133,7 @@ def test_bad_settings_are_named(tmp_path, monkeypatch):
 
 
 def test_the_default_directory_and_an_unusable_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("DSORL_CACHE", raising=False)  # conftest turns it off for the tests
     monkeypatch.delenv("DSORL_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compilation.default_cache_dir() == tmp_path / "xdg" / "dsorl" / "jax"
