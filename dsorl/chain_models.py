@@ -48,6 +48,7 @@ from dsorl._struct import unchecked
 from dsorl.markov import Chain
 from dsorl.mdp import MDP, entropy_regularised_chain, induced_chain
 from dsorl.policies import Policy
+from dsorl.sparse import is_sparse, merger
 
 __all__ = ["ChainModel", "marginal", "augmented", "kl_regularised", "maximum_entropy",
            "lmdp_chain", "chain_at", "check_chain", "check_model", "evaluate", "not_terminal",
@@ -124,9 +125,17 @@ def marginal(mdp: MDP, policy: Callable) -> ChainModel:
 
     `P(s'|s, theta) = sum_a pi(a|s) P[s, a, s']`, `r(s, theta) = sum_a pi(a|s) R[s, a]`,
     `P0 = mdp.rho`; `X = S`. Its Thm-1 gradient is the policy-gradient theorem
-    `sum_s m(s) sum_a grad pi(a|s) Q(s, a)`.
+    `sum_s m(s) sum_a grad pi(a|s) Q(s, a)`. A sparse MDP gives a sparse chain whose rows
+    list each successor once (`dsorl.sparse.Merger`), so that `P log P` terms are the
+    chain's.
     """
-    return ChainModel(transition=lambda th: induced_chain(mdp, policy(th)).P,
+    if is_sparse(mdp.P):  # each successor once per row: the chain KL and Fisher need it
+        S, A, K = mdp.P.successors.shape
+        merge = merger(mdp.P.successors.reshape(S, A * K))
+        transition = lambda th: merge(induced_chain(mdp, policy(th)).P)  # noqa: E731
+    else:
+        transition = lambda th: induced_chain(mdp, policy(th)).P  # noqa: E731
+    return ChainModel(transition=transition,
                       reward=lambda th: induced_chain(mdp, policy(th)).r,
                       initial=mdp.rho, params_shape=_params_shape(policy), dtype=mdp.P.dtype)
 
@@ -343,11 +352,15 @@ def not_terminal(model: ChainModel, n: int, dtype) -> Array:
 
 def _absorbed(model: ChainModel, P: Array) -> Array:
     """`P~`: the rows of terminal states zeroed (the episode stops there)."""
+    if model.terminal is None:
+        return P
     return _continues(model.terminal, P.shape[0], P.dtype)[:, None] * P
 
 
 def safe_log(x: Array) -> Array:
-    """`log x` with `log 0 = -inf` and a zero (not NaN) gradient at 0."""
+    """`log x` with `log 0 = -inf` and a zero (not NaN) gradient at 0; of a sparse kernel,
+    the log of its entries `[X, K]`."""
+    x = _entries(x)
     positive = x > 0
     return jnp.where(positive, jnp.log(jnp.where(positive, x, 1)), -jnp.inf)
 
@@ -531,8 +544,16 @@ def _fisher(model, theta, rows, *, initial: bool) -> Array:
 
 
 def _weighted_log(p, log_q):
-    """`p log q` with `0 log q = 0` (also where `q = 0`)."""
+    """`p log q` with `0 log q = 0` (also where `q = 0`); a sparse `p` by its entries, with
+    `log_q` of the same structure (`safe_log` of a kernel of the same model)."""
+    p = _entries(p)
     return jnp.where(p > 0, p * jnp.where(p > 0, log_q, 0), 0)
+
+
+def _entries(P):
+    """A dense kernel as it is; a sparse one's entries `probs[X, K]` (row by row, as `log`
+    and `p log q` need them)."""
+    return P.probs if is_sparse(P) else P
 
 
 # ----------------------------------------------------------------------------------------

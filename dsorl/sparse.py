@@ -31,7 +31,7 @@ from dsorl import _checks
 from dsorl.krylov import Krylov
 
 __all__ = ["SparseTransitions", "validate_sparse", "from_dense", "from_scipy", "is_sparse",
-           "self_loops"]
+           "self_loops", "Merger", "merger"]
 
 Array = jax.Array
 
@@ -181,6 +181,42 @@ jax.tree_util.register_pytree_with_keys(SparseTransitions, _flatten, _unflatten)
 def is_sparse(P) -> bool:
     """True for a `SparseTransitions` kernel (False for a dense array)."""
     return isinstance(P, SparseTransitions)
+
+
+class Merger:
+    """Sums the repeated successors of each row of a fixed sparse structure: `merge(P)` is
+    the same kernel with every successor of a row listed once (the rest of the row padding:
+    the row's own state, probability 0). The plan (`merger`) is made once from the
+    structure, on the host; `merge` is then a gather and a segment sum, jittable and
+    differentiable. Quantities of the chain's rows, such as `sum_x' P log P` (the chain KL
+    and Fisher of DSO), need it: an induced chain `[S, A K]` lists a successor once per
+    action that reaches it, and a log of such a split entry is not `log P(x'|x)`."""
+
+    def __init__(self, successors):
+        succ = np.asarray(successors)
+        S, K = succ.shape
+        order = np.argsort(succ, axis=1, kind="stable")
+        ordered = np.take_along_axis(succ, order, axis=1)
+        first = np.ones_like(ordered, bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        group = np.cumsum(first, axis=1) - 1                   # slot of each entry's successor
+        merged = np.repeat(np.arange(S)[:, None], K, axis=1)   # padding: the row's own state
+        rows = np.repeat(np.arange(S)[:, None], K, axis=1)
+        merged[rows[first], group[first]] = ordered[first]
+        self.order = jnp.asarray((np.arange(S)[:, None] * K + order).reshape(-1), jnp.int32)
+        self.target = jnp.asarray((np.arange(S)[:, None] * K + group).reshape(-1), jnp.int32)
+        self.successors = jnp.asarray(merged, jnp.int32)
+
+    def __call__(self, P: SparseTransitions) -> SparseTransitions:
+        S, K = self.successors.shape
+        probs = jax.ops.segment_sum(P.probs.reshape(-1)[self.order], self.target,
+                                    num_segments=S * K, indices_are_sorted=True)
+        return _unchecked(self.successors, probs.reshape(S, K), P.krylov)
+
+
+def merger(successors) -> Merger:
+    """The `Merger` of a chain structure `successors[S, K]` (concrete)."""
+    return Merger(successors)
 
 
 def self_loops(P) -> Array:

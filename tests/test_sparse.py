@@ -288,18 +288,32 @@ def test_algorithms_run_unchanged_on_a_sparse_mdp(case):
     _close(traces[0].params, traces[1].params)
 
 
-def test_dso_methods_needing_the_chain_kl_refuse_sparse_chains():
-    S, A = 6, 2
-    dense = dsorl.envs.garnet(jax.random.key(3), n_states=S, n_actions=A, branching=3)
-    model = cm.marginal(MDP(sparse.from_dense(dense.P), dense.R, dense.rho),
-                        tabular_softmax(S, A))
+def test_dso_natural_gradient_and_chain_iteration_agree_with_the_dense_path():
+    """The chain KL and Fisher of a sparse marginal chain are the dense chain's: the rows
+    list each successor once (merged), so whole runs agree to rounding."""
+    S, A = 8, 3
+    dense = dsorl.envs.garnet(jax.random.key(3), n_states=S, n_actions=A, branching=4)
+    sp = MDP(sparse.from_dense(dense.P), dense.R, dense.rho)
+    # successors shared by several actions: the merge is what makes the KL the chain's
+    assert int(np.max(np.sum(np.asarray(dense.P) > 0, axis=1))) > 1
+    theta = jax.random.normal(jax.random.key(7), (S, A))
+    models = [cm.marginal(m, tabular_softmax(S, A)) for m in (dense, sp)]
+    _close(cm.fisher(models[0], theta, 0.9), cm.fisher(models[1], theta, 0.9))
+    terms = [cm.surrogate_terms(m, theta, 0.9) for m in models]
+    other = theta + 0.3 * jax.random.normal(jax.random.key(8), (S, A))
+    _close(cm.divergence_at(models[0], other, terms[0]), cm.divergence_at(models[1], other, terms[1]))
+    merged = models[1].transition(theta)
+    np.testing.assert_allclose(np.asarray(merged.to_dense()),
+                               np.asarray(models[0].transition(theta)), atol=1e-15)
     runs = [(dso.GRADIENT_ASCENT, dso.GRADIENT_ASCENT.HParams(gamma=0.9, step_size=1.0),
-             dso.GRADIENT_ASCENT.Config(n_steps=1, natural=True)),
+             dso.GRADIENT_ASCENT.Config(n_steps=2, natural=True)),
             (dso.CHAIN_ITERATION, dso.CHAIN_ITERATION.HParams(gamma=0.9, step_size=0.5),
-             dso.CHAIN_ITERATION.Config(n_steps=1, inner_steps=2))]
+             dso.CHAIN_ITERATION.Config(n_steps=2, inner_steps=3))]
     for algorithm, hparams, config in runs:
-        with pytest.raises(ValueError, match="needs a dense chain"):
-            base.run(algorithm, model, jnp.zeros((S, A)), hparams, config=config)
+        traces = [base.run(algorithm, m, jnp.zeros((S, A)), hparams, config=config,
+                           keep_params=True)[1] for m in models]
+        _close(traces[0].objective, traces[1].objective)
+        _close(traces[0].params, traces[1].params)
 
 
 def test_natural_policy_gradient_is_the_fisher_preconditioned_gradient_on_both_forms():

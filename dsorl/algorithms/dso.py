@@ -51,7 +51,6 @@ from dsorl.algorithms import base
 from dsorl.estimators import dso as est
 from dsorl.markov import validate_chain
 from dsorl.optim import ascent, maximise, natural_direction
-from dsorl.sparse import is_sparse
 
 Array = jax.Array
 
@@ -78,19 +77,6 @@ def _validate(model, hparams, **counts) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"config.{name} = {value!r} must be an int >= 1.")
-
-
-def _check_dense_chain(model, what: str) -> None:
-    """The chain Fisher and the chain KL need `log P(x'|x)` of merged successors; a sparse
-    induced chain keeps one entry per (action, successor) pair, whose KL is the joint
-    (action, state) divergence, not the chain's. Refuse rather than return another number."""
-    shape = getattr(model, "params_shape", None)
-    if shape is None:  # a model that does not declare its parameters: checked when it runs
-        return
-    if is_sparse(jax.eval_shape(model.transition, jnp.zeros(shape, model.dtype))):
-        raise ValueError(f"{what} needs a dense chain: this model's transitions are sparse"
-                         " (dsorl.sparse). Use exact gradient ascent (natural=False), or build"
-                         " the MDP dense (SparseTransitions.to_dense()) for small problems.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,12 +131,9 @@ def _ascent_transform(hparams: AscentHParams, config: AscentConfig):
 
 
 def gradient_ascent_validate(model, hparams: AscentHParams, config: AscentConfig) -> None:
-    """gamma, `step_size > 0`, `damping >= 0` (concrete values only); the natural gradient
-    needs a dense chain (see `_check_dense_chain`)."""
+    """gamma, `step_size > 0`, `damping >= 0` (concrete values only)."""
     _validate(model, hparams)
     _checks.check_positive("damping", hparams.damping, allow_zero=True)
-    if config.natural:
-        _check_dense_chain(model, "the natural DSO gradient (its chain Fisher)")
 
 
 def gradient_ascent_init(model, params0, hparams: AscentHParams, key=None, *,
@@ -240,10 +223,9 @@ class ChainIterationTrace(NamedTuple):
 
 def chain_iteration_validate(model, hparams: ChainIterationHParams,
                              config: ChainIterationConfig) -> None:
-    """gamma, `step_size > 0`, `proximal >= 0`, `inner_steps >= 1`; a dense chain."""
+    """gamma, `step_size > 0`, `proximal >= 0`, `inner_steps >= 1`."""
     _validate(model, hparams, inner_steps=config.inner_steps)
     _checks.check_positive("proximal", hparams.proximal, allow_zero=True)
-    _check_dense_chain(model, "Chain Iteration (its KL proximal term)")
 
 
 def chain_iteration_init(model, params0, hparams: ChainIterationHParams, key=None, *,
