@@ -300,7 +300,7 @@ def _scipy_programs(host: _SciPyMDP, gamma, method, config):
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return _high_water_mb()
 
 
 def _rel_diff(x, reference) -> float:
@@ -389,15 +389,28 @@ def _measure_size(kind, size, config) -> list:
 
 
 _PROBE = """
-import resource, sys
 import jax
 jax.config.update("jax_enable_x64", True)
 from dsorl.jobs import large_mdp
 config = dict(large_mdp.DEFAULTS, **{config!r})
 mdp, theta = large_mdp.build({kind!r}, {size}, config)
 jax.block_until_ready(jax.jit(large_mdp._programs(config["gamma"], config)["value_grad"])(theta, mdp))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(large_mdp._high_water_mb())
 """
+
+
+def _high_water_mb() -> float:
+    """This process's peak resident memory (MB): `VmHWM` of /proc/self/status, which starts
+    afresh at exec (`getrusage`'s `ru_maxrss` keeps the forking parent's peak on Linux, so a
+    child started from a 4 GB test process reported 4 GB); `ru_maxrss` elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _memory_probe(kind, size, config) -> dict:
