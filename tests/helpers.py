@@ -19,6 +19,18 @@ def random_mdp(seed: int, n_states: int, n_actions: int, *, density: float = 1.0
     return dsorl.MDP(P, R, rho / rho.sum())
 
 
+def random_chain(seed: int, n: int, *, density: float = 1.0) -> dsorl.Chain:
+    """A random chain `Chain(P[n, n], r[n])`; with `density < 1` sparse, state 0 reachable
+    from every state (unichain)."""
+    rng = np.random.default_rng(seed)
+    P = rng.random((n, n)) + 0.01
+    if density < 1:
+        P *= rng.random((n, n)) < density
+        P[:, 0] += 0.05  # state 0 reachable from everywhere: unichain
+    P /= P.sum(1, keepdims=True)
+    return dsorl.Chain(P, rng.normal(size=n))
+
+
 def random_policy(seed: int, n_states: int, n_actions: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pi = rng.random((n_states, n_actions)) + 0.05

@@ -165,9 +165,13 @@ def test_meta_records_the_package_checkout_not_the_working_directory(tmp_path):
     done = dsorl("run", _config(tmp_path), "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     env = json.loads((tmp_path / "out" / "meta.json").read_text())["environment"]
-    import dsorl as package
-
-    location = Path(package.__file__).resolve().parent
+    # the package the command imported (site-packages after `pip install .`, the checkout
+    # after an editable install), asked of the same interpreter in the same directory
+    where = subprocess.run([sys.executable, "-c", "import dsorl, pathlib;"
+                            " print(pathlib.Path(dsorl.__file__).resolve().parent)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(TESTS)})
+    location = Path(where.stdout.strip())
     assert env["package_location"] == str(location)
     git = lambda *a: subprocess.run(["git", *a], cwd=location, capture_output=True, text=True)
     if git("ls-files", "--error-unmatch", "__init__.py").returncode == 0:

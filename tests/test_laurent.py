@@ -7,17 +7,7 @@ import pytest
 import dsorl
 from dsorl import markov
 from dsorl.sparse import SparseTransitions
-from helpers import central_difference, check_variants
-
-
-def random_chain(seed, n, *, density=1.0):
-    rng = np.random.default_rng(seed)
-    P = rng.random((n, n)) + 0.01
-    if density < 1:
-        P *= rng.random((n, n)) < density
-        P[:, 0] += 0.05  # state 0 reachable from everywhere: unichain
-    P /= P.sum(1, keepdims=True)
-    return dsorl.Chain(P, rng.normal(size=n))
+from helpers import central_difference, check_variants, random_chain
 
 
 def np_laurent(P, r, n):
