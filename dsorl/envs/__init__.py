@@ -27,6 +27,7 @@ _REGISTRY = {
     "committal_chain": ("dsorl.envs.chains:committal_chain", {}),
     "li_chain": ("dsorl.envs.hard_mdps:li_chain", {}),
     "reset_chain": ("dsorl.envs.hard_mdps:reset_chain", {}),
+    "blackwell_tie": ("dsorl.envs.blackwell:blackwell_tie", {}),
     "linear_quadratic_regulator": ("dsorl.envs.control:linear_quadratic_regulator", {}),
     "soft_lqr": ("dsorl.envs.control:soft_lqr", {}),
     "sutton_extended": ("dsorl.envs.dynpg:sutton_extended", {}),
