@@ -70,6 +70,21 @@ Three algorithms with the contract of `dsorl.algorithms.base` (`HParams`, `Confi
 * `DISCOUNTED` / `discounted_run`: the baseline, natural gradient ascent on
   `(1 - gamma) v_gamma(s0)` with the discounted Fisher (eq. 33).
 
+Mixing-time regularisation (Morimura, Osogami & Shirai, AAAI 2014; issue 14 item 4), in
+Algorithms 1 and 2: with `config.mixing_measure` set (one of `dsorl.mixing.MEASURES`:
+Kemeny's constant, the stationary hitting time of `config.mixing_state`, or `||H||_F`) and
+`hparams.mixing_weight` lambda >= 0, every phase's objective loses `lambda M(theta)`, `M`
+the measure of the induced chain: the gain phase ascends `g - lambda M` (and ends when
+`||grad (g - lambda M)|| < eps`), the barrier phase `B(theta) - lambda M`. The
+preconditioners are unchanged. `M` and its gradient are exact (implicit, one LU) in **both**
+algorithms: no unbiased estimator of `grad M` from episodes is at hand, so Algorithm 2
+samples only the gain and bias terms (and the penalty enters its sampled line search as an
+exact, deterministic term). The point of the regulariser is the estimator of `grad h(s0)`:
+at a fixed episode length its bias shrinks with `||P^T(s0, .) - p*||`, i.e. with mixing
+(`dsorl.jobs.mixing_study`). `config.mixing_measure = None` (default) leaves the code path
+of the unregularised method untouched; a measure with lambda = 0 gives the same iterates bit
+for bit.
+
 Every trace row records the values **after** its step. Cost per step as before: the state
 carries the evaluation of its parameters (exact: gain, bias, gradients and Fishers; sampled:
 the exact critic; discounted: value, gradient, Hessian test and Fisher), computed in `init`
@@ -92,6 +107,8 @@ from dsorl.estimators.average_reward import (check_mixing, common_uniforms, coup
 from dsorl.fisher import barrier_preconditioner, bias_fisher, discounted_fisher, gain_fisher
 from dsorl.markov import bias, discounted_value, gain
 from dsorl.mdp import MDP, induced_chain
+from dsorl.mixing import (MEASURES, check_measure, check_reference_recurrent,
+                          policy_mixing_measure)
 from dsorl.optim import ArmijoState, armijo_backtracking, natural_direction
 
 Array = jax.Array
@@ -110,6 +127,8 @@ class HParams(NamedTuple):
     starts in the barrier phase at once, and then needs a strictly feasible start,
     `g(params0) - gain_reference + slack > 0` (concrete input without one: `ValueError`).
     The paper's settings: `HParams(**dsorl.envs.nbw.paper_hyperparams(name))`.
+    `mixing_weight` lambda >= 0: the weight of the mixing measure `config.mixing_measure`
+    subtracted from every phase's objective (module docstring; nonzero needs a measure).
     """
 
     barrier_init: Any = 100.0
@@ -118,6 +137,7 @@ class HParams(NamedTuple):
     gain_tolerance: Any = 1e-4
     confidence: Any = 2.0
     gain_reference: Any = math.nan
+    mixing_weight: Any = 0.0
 
 
 class Config(NamedTuple):
@@ -134,7 +154,9 @@ class Config(NamedTuple):
     "sampled" (objective values from coupled episodes) or "critic" (from the exact critic,
     as the paper's experiments); for "sampled", `line_search_episodes` episodes of
     `T + gain_window` steps (`gain_window` None: T) and at most `max_expansions` doublings
-    of the step while the estimate is unresolved.
+    of the step while the estimate is unresolved. `mixing_measure`: None (no regulariser)
+    or one of `dsorl.mixing.MEASURES`, weighted by `hparams.mixing_weight`; `mixing_state`:
+    the reference state of "hitting_time" (recurrent under full-support policies).
     """
 
     policy: Any
@@ -157,6 +179,8 @@ class Config(NamedTuple):
     line_search_episodes: int = 16
     max_expansions: int = 10
     gain_window: Optional[int] = None
+    mixing_measure: Optional[str] = None
+    mixing_state: Optional[int] = None
 
 
 class Evaluation(NamedTuple):
@@ -209,7 +233,10 @@ def expected_params(mdp: MDP, config: Config):
 def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
     """Algorithm 1's checks on concrete input: the MDP's randomised policies unichain
     (`check_mixing`, periodicity allowed), `barrier_init`, `barrier_divisor`, `slack`,
-    `gain_tolerance` > 0, a finite or NaN `gain_reference`, the policy and `score_clip`."""
+    `gain_tolerance` > 0, a finite or NaN `gain_reference`, the policy and `score_clip`,
+    and the mixing regulariser: `mixing_weight` finite and >= 0, nonzero only with a
+    `mixing_measure`, which must be known (with a recurrent `mixing_state` for
+    "hitting_time")."""
     _check_policy(config)
     check_mixing(mdp, aperiodic=False)
     for name in ("barrier_init", "barrier_divisor", "slack", "gain_tolerance"):
@@ -219,6 +246,7 @@ def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
         if bool(jnp.any(jnp.isinf(ref))):
             raise ValueError(f"gain_reference = {ref} must be finite (or NaN: none).")
     _check_config(config)
+    _check_mixing_regulariser(mdp, hparams, config)
 
 
 def validate_sampled(mdp: MDP, hparams: HParams, config: Config) -> None:
@@ -316,7 +344,10 @@ def run_sampled(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config
     `||grad_hat g|| < eps` uses the sampled gain gradient. The traced `gain` and `bias` are
     the iterates' exact values (from the critic the next iteration uses; the algorithm does
     not use them). `line_search="critic"`: objective values from the exact critic (the
-    paper's setting). Concrete input is checked (`validate_sampled`).
+    paper's setting). A mixing regulariser (`config.mixing_measure`, `hparams.mixing_weight`)
+    enters with its exact value and exact gradient: no unbiased sampled estimator of the
+    measure's gradient is at hand, so only the gain and bias terms are sampled. Concrete
+    input is checked (`validate_sampled`).
     """
     return SAMPLED.run(mdp, params0, hparams, key, config=config, keep_params=keep_params)
 
@@ -349,7 +380,13 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         g_now, h_now = base_values.gain.mean(), base_values.bias.mean()
     else:
         g_now, h_now = ev.gain, ev.bias
-    switch = ~state.in_barrier & (jnp.linalg.norm(ev.grad_gain) < hparams.gain_tolerance)
+    penalty = _mixing_penalty(mdp, unravel, hparams, config)
+    if penalty is None:
+        gain_ascent = ev.grad_gain
+    else:  # exact lambda M and its gradient, in the exact and the sampled algorithm alike
+        penalty_now, grad_penalty = jax.value_and_grad(penalty)(flat)
+        gain_ascent = ev.grad_gain - grad_penalty
+    switch = ~state.in_barrier & (jnp.linalg.norm(gain_ascent) < hparams.gain_tolerance)
     in_barrier = state.in_barrier | switch
     gain_ref = jnp.where(switch, g_now, state.gain_ref)
     beta = jnp.where(switch, jnp.asarray(hparams.barrier_init, flat.dtype), state.beta)
@@ -369,13 +406,17 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
                                                safe_beta, safe_gap),
                         ev.gain_fisher)
     objective = jnp.where(barrier_step, h_now + beta * jnp.log(safe_gap), g_now)
+    if penalty is not None:
+        grad = grad - grad_penalty
+        objective = objective - penalty_now
 
-    def objective_at(g, h):
-        return jnp.where(barrier_step, h + beta * jnp.log(g - gain_ref + hparams.slack), g)
+    def objective_at(g, h, theta):
+        f = jnp.where(barrier_step, h + beta * jnp.log(g - gain_ref + hparams.slack), g)
+        return f if penalty is None else f - penalty(theta)
 
     def exact_value(theta):
         chain = induced_chain(mdp, config.policy.probs(unravel(theta)))
-        return objective_at(gain(chain), bias(chain)[s0])
+        return objective_at(gain(chain), bias(chain)[s0], theta)
 
     def sampled_value(theta):
         # The estimate at theta minus `confidence` standard errors of the paired difference
@@ -390,7 +431,7 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
 
         paired = influence(samples, g) - influence(base_values, g_now)
         se = jnp.std(paired, ddof=1) / jnp.sqrt(paired.shape[0])
-        f = objective_at(g, h)
+        f = objective_at(g, h, theta)
         # unresolved: no episode changed, or a positive increase not yet significant
         resolved = changed & ~((f > objective) & (f - hparams.confidence * se < objective))
         return f - hparams.confidence * se, resolved
@@ -408,9 +449,9 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         g_new, h_new = evaluation.gain, evaluation.bias
     if from_samples:  # the estimate at the new parameters, on the line search's uniforms
         samples, _ = trial(new_flat)
-        objective_new = objective_at(samples.gain.mean(), samples.bias.mean())
+        objective_new = objective_at(samples.gain.mean(), samples.bias.mean(), new_flat)
     else:
-        objective_new = objective_at(g_new, h_new)
+        objective_new = objective_at(g_new, h_new, new_flat)
     new = State(params, in_barrier, gain_ref, beta, line_search, evaluation)
     row = Trace(objective_new, g_new, h_new, jnp.linalg.norm(grad), line_search.step_size,
                 line_search.evaluations, in_barrier)
@@ -613,6 +654,35 @@ def _check_config(config) -> None:
                          " (0, 1/2).")
     if config.absorption_time < 0:
         raise ValueError(f"config.absorption_time = {config.absorption_time} must be >= 0.")
+
+
+def _mixing_penalty(mdp, unravel, hparams, config):
+    """`theta -> lambda M(theta)` (the regulariser of the module docstring), or None when
+    `config.mixing_measure` is None. Read with defaults, so parameter records of other
+    modules that reuse the barrier step without these fields keep working."""
+    measure = getattr(config, "mixing_measure", None)
+    if measure is None:
+        return None
+    weight = getattr(hparams, "mixing_weight", 0.0)
+
+    def penalty(theta):
+        pi = config.policy.probs(unravel(theta))
+        return weight * policy_mixing_measure(mdp, pi, measure, state=config.mixing_state)
+    return penalty
+
+
+def _check_mixing_regulariser(mdp, hparams, config) -> None:
+    weight = getattr(hparams, "mixing_weight", 0.0)
+    _checks.check_positive("mixing_weight", weight, allow_zero=True)
+    measure = getattr(config, "mixing_measure", None)
+    if measure is None:
+        if _checks.is_concrete(weight) and bool(jnp.any(jnp.asarray(weight) != 0)):
+            raise ValueError(f"mixing_weight = {weight} needs config.mixing_measure (one of"
+                             f" {MEASURES}); it is None.")
+        return
+    check_measure(measure, config.mixing_state, mdp.n_states)
+    if measure == "hitting_time":
+        check_reference_recurrent(mdp, config.mixing_state)
 
 
 def _check_line_search(config) -> None:

@@ -25,6 +25,7 @@ _REGISTRY = {
     "gridworld": ("dsorl.envs.gridworld:gridworld", {}),
     "large_gridworld": ("dsorl.envs.gridworld:large_gridworld", {}),
     "committal_chain": ("dsorl.envs.chains:committal_chain", {}),
+    "coupled_clusters": ("dsorl.envs.chains:coupled_clusters", {}),
     "li_chain": ("dsorl.envs.hard_mdps:li_chain", {}),
     "reset_chain": ("dsorl.envs.hard_mdps:reset_chain", {}),
     "blackwell_tie": ("dsorl.envs.blackwell:blackwell_tie", {}),

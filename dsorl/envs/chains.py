@@ -16,6 +16,10 @@ Advancing is optimal everywhere (`V*(s) = gamma^(s-1)`, action gap
 better than advancing (under the uniform policy, in every state `s >= 3`): softmax PG first drives `pi(advance|s)` down and must later climb
 back from a small probability, and each state waits for the one below it. Backward
 induction (and DynPG) needs `n` epochs. The initial law is uniform on 1..n.
+
+`coupled_clusters` is a slowly mixing family for the average-reward criterion: two clusters
+joined by a weak coupling, whose gain- and bias-optimal policy induces the slowly mixing
+chain (for mixing-time regularisation, `dsorl.mixing`).
 """
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +27,7 @@ import numpy as np
 from dsorl.episodic import EpisodicMDP
 from dsorl.mdp import MDP
 
-__all__ = ["committal_chain", "committal_chain_optimum"]
+__all__ = ["committal_chain", "committal_chain_optimum", "coupled_clusters"]
 
 EXIT, ADVANCE = 0, 1
 
@@ -59,3 +63,37 @@ def committal_chain_optimum(n: int, gamma) -> tuple:
     s = np.arange(1, n + 1)
     v = np.concatenate([[0.0], gamma ** (s - 1.0)])
     return v, float(np.min(gamma ** (s - 1.0) / (s + 1)))
+
+
+STAY, MIX = 0, 1
+
+
+def coupled_clusters(n: int = 3, coupling=0.02, dtype=np.float64) -> MDP:
+    """Two weakly coupled clusters: a slowly mixing average-reward MDP whose optimum mixes slowly.
+
+    `S = 2n` states, cluster A = {0..n-1} (reward +1, the start state 0 and the choice),
+    cluster B = {n..2n-1} (reward -1, no choice: both actions are "stay"). Two actions:
+    stay (a = 0): the next state is uniform on the own cluster with probability
+    `1 - coupling`, uniform on the other cluster with probability `coupling`; mix (a = 1,
+    A only): uniform on all `2n` states. Staying everywhere is the unique gain- and
+    bias-optimal deterministic policy: gain 0, second eigenvalue `1 - 2 coupling` (the
+    relaxation time `1 / (2 coupling)` and Kemeny's constant grow like `1 / coupling`), and
+    bias at state 0 `h(0) = 1 / (2 coupling)` (closed form: the cluster indicator
+    difference decays by `1 - 2 coupling` a step). Mixing in A speeds mixing up and costs
+    gain (it sends the chain to B, which only leaves at rate `coupling`): the trade-off of
+    mixing-time regularisation. Every policy's chain is unichain and aperiodic (self-loops).
+    `coupling` in (0, 1/2]; `rho = e_0`.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n = {n!r} must be a positive integer.")
+    if not 0 < float(coupling) <= 0.5:
+        raise ValueError(f"coupling = {coupling!r} must lie in (0, 1/2].")
+    n, S, c = int(n), 2 * int(n), float(coupling)
+    cluster = np.arange(S) >= n
+    same = (cluster[:, None] == cluster[None, :]) / n
+    stay = (1 - c) * same + c * (1 - same * n) / n
+    P = np.stack([stay, np.where(cluster[:, None], stay, 1 / S)], axis=1).astype(dtype)
+    R = np.repeat(np.where(cluster, -1.0, 1.0)[:, None], 2, axis=1).astype(dtype)
+    rho = np.zeros(S, dtype)
+    rho[0] = 1
+    return MDP(P, R, rho)
