@@ -27,6 +27,7 @@ def test_bootstrap_interval_brackets_the_statistic_and_shrinks_with_agreement():
     ({"total_steps": 7000}, "multiple of eval_every"),
     ({"eval_every": 1500, "total_steps": 3000}, "dsorl n_envs \\* n_rollout = 1000"),
     ({"seeds": 1}, "seeds = 1"),
+    ({"timing_repeats": 0}, "timing_repeats = 0"),
 ])
 def test_bad_configs_are_named(overrides, match):
     cfg = config_lib.resolve({"job": "control", **overrides})

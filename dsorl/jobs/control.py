@@ -7,9 +7,11 @@ Every method trains `seeds` policies (one `vmap` over seed keys, one compiled pr
 (`rejax.evaluate.evaluate_single`, the one PPO's curves use), so every method is scored
 alike; a seed's score is its mean evaluation return. Over seeds: mean and IQM (mean of
 the middle half) with percentile-bootstrap 95% intervals (`bootstrap` resamples of the
-seeds). Wall-clock: a second, training-only run of each method (PPO with its evaluation
-callback replaced by a no-op; dsorl without `keep_params`), compile timed apart
-(`dsorl.timing.timed`), reported per million environment steps and relative to PPO.
+seeds). Wall-clock: training-only runs of each method (PPO with its evaluation callback
+replaced by a no-op; dsorl without `keep_params`), all compiled first (compile timed
+apart), then `timing_repeats` rounds of one run per method (`dsorl.timing.compare`,
+round-robin, so drifting load on the shared machine hits every method alike), the median
+reported per million environment steps and relative to PPO.
 
 PPO's hyperparameters are rejax's published CartPole config (`ppo:` in the config, from
 rejax's configs/gymnax/cartpole.yaml); the job sets only its `total_timesteps` and
@@ -23,7 +25,7 @@ Tables:
           lo/hi the 95% bootstrap interval), solved (seeds whose score >= `solved_at`)
   scores: method, steps, seed, score (each seed's mean evaluation return)
   final:  method, steps, mean, mean_lo, mean_hi, iqm, iqm_lo, iqm_hi, solved, seeds,
-          train_s (training-only run of all seeds), compile_s, s_per_msteps (train_s per
+          train_s (median training-only run of all seeds), compile_s, s_per_msteps (train_s per
           million environment steps of each seed, all seeds running together), vs_ppo
           (s_per_msteps over PPO's; NaN without PPO)
   hyperparameters: method, name, value (as text)
@@ -41,6 +43,7 @@ DEFAULTS = {
     "eval_episodes": 128,
     "bootstrap": 2000,
     "solved_at": 475.0,
+    "timing_repeats": 3,
     "dsorl": {"hidden": [64, 64], "n_envs": 10, "n_rollout": 100, "value_epochs": 10,
               "max_grad_norm": 0.5},
     "pco": {"gamma": 0.99, "step_size": 1e-3, "value_step_size": 1e-3, "clip": 0.2,
@@ -73,37 +76,48 @@ def _check(config) -> None:
             raise ValueError(f"eval_every = {every} must be a multiple of the {name} = {size}.")
     if int(config["seeds"]) < 2:
         raise ValueError(f"seeds = {config['seeds']} must be >= 2 (intervals over seeds).")
+    if int(config["timing_repeats"]) < 1:
+        raise ValueError(f"timing_repeats = {config['timing_repeats']} must be >= 1.")
+
+
+def static_config(method: str, shared: dict, own: dict, total_steps: int, problem):
+    """`(Algorithm, static Config, policy)` of dsorl method `method` (pco, dso, reinforce)
+    on `problem`: the `shared` settings (`dsorl:` of the config: hidden sizes, batch shape,
+    value fit, gradient clipping) and the method's `own` (PCO's `epochs`, `n_minibatches`),
+    `total_steps // (n_envs * n_rollout)` batches."""
+    from dsorl import networks
+    from dsorl.algorithms import control as C
+
+    hidden = tuple(shared["hidden"])
+    policy = networks.policy_for(problem, hidden)
+    value = networks.ValueMLP(hidden, problem.observation_shape)
+    common = dict(n_steps=int(total_steps) // (shared["n_envs"] * shared["n_rollout"]),
+                  policy=policy, value=value, n_envs=shared["n_envs"],
+                  n_rollout=shared["n_rollout"], value_epochs=shared["value_epochs"],
+                  max_grad_norm=float(shared["max_grad_norm"]))
+    if method == "pco":
+        return C.PCO, C.PCOConfig(**common, epochs=own["epochs"],
+                                  n_minibatches=own["n_minibatches"]), policy
+    if method == "dso":
+        return C.DSO, C.Config(**common), policy
+    if method == "reinforce":
+        return C.REINFORCE, C.ReinforceConfig(**common), policy
+    raise ValueError(f"unknown dsorl method {method!r} (known: {', '.join(DSORL_METHODS)}).")
 
 
 def _dsorl_setup(method, config, problem):
     import jax.numpy as jnp
 
-    from dsorl import networks
-    from dsorl.algorithms import control as C
-
-    shared = config["dsorl"]
-    hidden = tuple(shared["hidden"])
-    policy = networks.policy_for(problem, hidden)
-    value = networks.ValueMLP(hidden, problem.observation_shape)
     own = dict(config[method])
-    common = dict(n_steps=int(config["total_steps"]) // (shared["n_envs"] * shared["n_rollout"]),
-                  policy=policy, value=value, n_envs=shared["n_envs"],
-                  n_rollout=shared["n_rollout"], value_epochs=shared["value_epochs"],
-                  max_grad_norm=float(shared["max_grad_norm"]))
-    f32 = lambda x: jnp.float32(x)
-    if method == "pco":
-        hp = C.PCOHParams(f32(own["gamma"]), f32(own["step_size"]), f32(own["value_step_size"]),
-                          f32(own["clip"]))
-        cfg = C.PCOConfig(**common, epochs=own["epochs"], n_minibatches=own["n_minibatches"])
-        return C.PCO, hp, cfg, policy
-    hp = C.HParams(f32(own["gamma"]), f32(own["step_size"]), f32(own["value_step_size"]))
-    if method == "dso":
-        return C.DSO, hp, C.Config(**common), policy
-    return C.REINFORCE, hp, C.ReinforceConfig(**common), policy
+    alg, cfg, policy = static_config(method, config["dsorl"], own, config["total_steps"],
+                                     problem)
+    fields = {k: jnp.float32(v) for k, v in own.items() if k in alg.HParams._fields}
+    return alg, alg.HParams(**fields), cfg, policy
 
 
 def _train_dsorl(method, config, problem, keys):
-    """`(eval_params [seeds, points], steps_per_batch, timing)`."""
+    """`(params at the evaluation points [seeds, points], policy, training-only function
+    of the seed keys)`."""
     import jax
     import jax.numpy as jnp
 
@@ -122,37 +136,40 @@ def _train_dsorl(method, config, problem, keys):
         return stacked
 
     curves = jax.jit(jax.vmap(lambda k: train(k, True)))(keys)
-    timed = timing.timed(jax.vmap(lambda k: train(k, False)), keys, repeats=1, warmup=0,
-                         what=f"{method} x {keys.shape[0]} seeds (training only)")
-    return curves, policy, timed
+    return curves, policy, jax.vmap(lambda k: train(k, False))
 
 
-def _evaluate(problem, policy, params, keys, config):
-    """Scores `[seeds, points]`: mean return of `eval_episodes` stochastic episodes."""
+def evaluation_return(problem, policy, params, key, episodes: int):
+    """Mean return of `episodes` episodes of the stochastic policy `params`, each run to
+    its end by rejax's evaluator (`evaluate_single`, the one PPO's curves use); traceable."""
     import jax
     import jax.numpy as jnp
     from rejax.evaluate import evaluate_single
 
     env, env_params = problem.env, problem.env_params
-    max_steps = int(env_params.max_steps_in_episode)
-    n = int(config["eval_episodes"])
+    max_steps = env_params.max_steps_in_episode  # may be traced (a sweep's argument)
+    act = lambda obs, rng: policy.sample(params, obs, rng)[0]
+    _, returns = jax.vmap(lambda k: evaluate_single(act, env, env_params, k, max_steps))(
+        jax.random.split(key, int(episodes)))
+    return jnp.mean(returns)
 
-    def point(p, k):
-        act = lambda obs, rng: policy.sample(p, obs, rng)[0]
-        _, returns = jax.vmap(lambda kk: evaluate_single(act, env, env_params, kk, max_steps))(
-            jax.random.split(k, n))
-        return jnp.mean(returns)
+
+def _evaluate(problem, policy, params, keys, config):
+    """Scores `[seeds, points]`: mean return of `eval_episodes` stochastic episodes."""
+    import jax
 
     def seed(ps, k):
         n_points = jax.tree_util.tree_leaves(ps)[0].shape[0]
         ks = jax.random.split(k, n_points)
-        return jax.lax.map(lambda a: point(*a), (ps, ks))
+        return jax.lax.map(lambda a: evaluation_return(problem, policy, a[0], a[1],
+                                                       config["eval_episodes"]), (ps, ks))
 
     return np.asarray(jax.jit(jax.vmap(seed))(params, keys))
 
 
 def _train_ppo(config, keys):
-    """`(scores [seeds, points], timing)` of rejax's PPO with the published config."""
+    """`(scores [seeds, points], training-only function of the seed keys)` of rejax's PPO
+    with the published config."""
     import jax
     import jax.numpy as jnp
     from rejax import PPO
@@ -164,10 +181,7 @@ def _train_ppo(config, keys):
     scores = np.asarray(jnp.mean(returns, axis=-1))  # [seeds, 1 + total / eval_every]
     quiet = algo.replace(eval_callback=lambda a, ts, rng: jnp.zeros(()))
     # return the trained parameters: returning less lets XLA drop the training as dead code
-    timed = timing.timed(jax.vmap(lambda k: quiet.train(k)[0].actor_ts.params), keys,
-                         repeats=1, warmup=0,
-                         what=f"ppo x {keys.shape[0]} seeds (training only)")
-    return scores, timed
+    return scores, jax.vmap(lambda k: quiet.train(k)[0].actor_ts.params)
 
 
 def iqm(x, axis=-1):
@@ -214,30 +228,37 @@ def run(config: dict) -> dict:
     keys = jax.random.split(jax.random.key(0), int(config["seeds"]))
     steps = np.arange(0, int(config["total_steps"]) + 1, int(config["eval_every"]))
     curves, score_rows, final, hyper = [], [], [], []
-    timings = {}
+    trainers = {}
     for method in progress.track(config["methods"], "control methods", unit="methods"):
         if method == "ppo":
-            scores, tm = _train_ppo(config, keys)
+            scores, trainers[method] = _train_ppo(config, keys)
             hyper += [{"method": "ppo", "name": k, "value": str(v)}
                       for k, v in _flat(config["ppo"]).items()]
         else:
-            params, policy, tm = _train_dsorl(method, config, problem, keys)
+            params, policy, trainers[method] = _train_dsorl(method, config, problem, keys)
             scores = _evaluate(problem, policy, params, keys, config)
             hyper += [{"method": method, "name": k, "value": str(v)}
                       for k, v in {**_flat(config["dsorl"]), **_flat(config[method])}.items()]
-        timings[method] = tm
         for j, s in enumerate(steps):
             curves.append({"method": method, "steps": int(s), **_summary(scores[:, j], config)})
             score_rows += [{"method": method, "steps": int(s), "seed": i,
                             "score": float(scores[i, j])} for i in range(scores.shape[0])]
-        per_m = tm.median_seconds / (int(config["total_steps"]) / 1e6)
         final.append({"method": method, "steps": int(steps[-1]),
-                      **_summary(scores[:, -1], config), "seeds": int(scores.shape[0]),
-                      "train_s": tm.median_seconds, "compile_s": tm.compile_seconds,
-                      "s_per_msteps": per_m})
+                      **_summary(scores[:, -1], config), "seeds": int(scores.shape[0])})
         progress.note(f"{method}: final mean {final[-1]['mean']:.1f}, IQM {final[-1]['iqm']:.1f},"
-                      f" solved {final[-1]['solved']}/{scores.shape[0]}, train"
-                      f" {tm.median_seconds:.1f} s (compile {tm.compile_seconds:.1f} s)")
+                      f" solved {final[-1]['solved']}/{scores.shape[0]}")
+    # training only (no evaluation), every method compiled first, then timed round-robin
+    # so that drifting load on a shared machine hits every method alike
+    compiled, compile_s = {}, {}
+    for method, fn in trainers.items():
+        compiled[method], compile_s[method] = timing.compile(
+            fn, keys, what=f"{method} x {keys.shape[0]} seeds (training only)")
+    times = timing.compare({m: (lambda c=c: c(keys)) for m, c in compiled.items()},
+                           repeats=int(config["timing_repeats"]), warmup=0)
+    for r in final:
+        tm = times[r["method"]]
+        r.update(train_s=tm.median_seconds, compile_s=compile_s[r["method"]],
+                 s_per_msteps=tm.median_seconds / (int(config["total_steps"]) / 1e6))
     ppo = [r["s_per_msteps"] for r in final if r["method"] == "ppo"]
     for r in final:
         r["vs_ppo"] = r["s_per_msteps"] / ppo[0] if ppo else float("nan")
