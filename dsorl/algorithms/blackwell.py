@@ -38,7 +38,7 @@ and `beta` not too small (nBw's `delta = 1`, made for the gain, would let `y_1` 
 differences below 1). Defaults: `delta = 0.01`, `beta = 0.1`, no division (on
 `blackwell_tie` from `theta = 0`, tabular softmax: `beta = 1` leaves `y_1(s0)` at -1.27 after
 200 iterations, the large curvature terms `beta / Delta^2` shortening the steps; `beta =
-0.1` reaches -1.005 in 80, the gain held at 0.998 = 1 - delta / 5).
+0.1` reaches -1.005 in 80, the gain held at 0.998).
 
 Two algorithms with the contract of `dsorl.algorithms.base`:
 
