@@ -111,8 +111,10 @@ def check_reference_recurrent(mdp: MDP, state) -> None:
     softmax) induces a chain with the same recurrent states. Skipped on traced MDPs."""
     if not _checks.is_concrete(mdp.P, mdp.action_mask):
         return
-    mask = np.asarray(mdp.action_mask, float)
+    P = np.asarray(mdp.P)
+    mask = (np.ones(P.shape[:2]) if mdp.action_mask is None
+            else np.asarray(mdp.action_mask, float))
     pi = mask / mask.sum(-1, keepdims=True)
-    if not _is_recurrent(np.einsum("sa,sat->st", pi, np.asarray(mdp.P)), state):
+    if not _is_recurrent(np.einsum("sa,sat->st", pi, P), state):
         raise ValueError(f"reference state {int(state)} is transient under full-support"
                          " policies: its hitting time from stationarity is infinite.")

@@ -84,10 +84,11 @@ __all__ = ["DEFAULTS", "mixing_tables", "plot_tradeoff", "estimator_bias",
            "sampled_estimator_bias", "correlation_table", "tradeoff_tables"]
 
 DEFAULTS = {
-    "envs": [*envs.NBW_NAMES, {"name": "coupled_clusters", "n": 3, "coupling": 0.02}],
+    "envs": [*envs.NBW_NAMES, {"name": "coupled_clusters", "n": 3, "coupling": 0.02},
+             {"name": "coupled_clusters", "n": 3, "coupling": 0.1}],
     "measure": "kemeny",
     "mixing_state": None,
-    "lambdas": [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+    "lambdas": [0.0, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3, 1.0, 3.0],
     "starts": [[0.0, 0.0], [1.0, -2.0], [-1.0, 2.0], [-0.5, -0.5]],
     "seeds": 2,
     "seed": 0,
@@ -97,7 +98,7 @@ DEFAULTS = {
     "line_search": "critic",
     "state": 0,
     "hparams": {},
-    "estimate_episodes": 2000,
+    "estimate_episodes": 500,
     "correlation": {"chains": 200, "n_states": 6, "mixing_eps": 1e-3,
                     "couplings": [0.002, 0.5], "seed": 0},
 }
@@ -304,7 +305,8 @@ def _study_env(name, mdp, label, config, lam):
             norm_se = jnp.sqrt(diff @ cov @ diff) / jnp.maximum(norm, 1e-300)
             exact_norm = jnp.linalg.norm(estimator_bias(mdp, policy, w, s0, T))
             return exact_norm, norm, norm_se, jnp.sqrt(jnp.sum(se ** 2))
-        return jax.vmap(one)(ks, ws)
+        # batches of 64 iterates bound the memory of the per-episode estimates
+        return jax.lax.map(lambda kw: one(*kw), (ks, ws), batch_size=64)
 
     per_iterate = [np.asarray(x).reshape(-1, n_steps) for x in along_path(mc_keys, flat_path)]
     path_exact, mc, mc_se, noise = per_iterate
