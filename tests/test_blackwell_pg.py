@@ -307,5 +307,5 @@ def test_job_policy_gradient_table():
     rows = {r["method"]: r for r in out["tables"]["policy_gradient"]}
     assert not rows["nbw"]["blackwell_at_s0"] and rows["nbw"]["share_blackwell"] < 1
     assert rows["blackwell_n1"]["blackwell_at_s0"] and rows["blackwell_n1"]["share_blackwell"] == 1
-    np.testing.assert_allclose(rows["nbw"]["bias_s0"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(rows["nbw"]["bias_s0"], 1.0, atol=1e-4)  # nBw-optimal: bias 1
     assert out["arrays"]["blackwell_tie_blackwell_n1_values"].shape == (60, 3)
