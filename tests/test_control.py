@@ -226,6 +226,13 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="clip"):
         C.pco(problem, params, C.PCOHParams(0.99, 1e-3, clip=0.0), key,
               config=C.PCOConfig(n_steps=1, policy=policy))
+    nat = C.NaturalConfig(n_steps=1, policy=policy)
+    with pytest.raises(ValueError, match="damping = 0.0 must be > 0"):
+        C.natural_dso(problem, params, C.NaturalHParams(0.99, 0.1, damping=0.0), key,
+                      config=nat)
+    with pytest.raises(ValueError, match="config.cg_iters = 0"):
+        C.natural_dso(problem, params, C.NaturalHParams(0.99, 0.1), key,
+                      config=C.NaturalConfig(n_steps=1, policy=policy, cg_iters=0))
     with pytest.raises(ValueError, match="config.n_envs = 0"):
         C.dso(problem, params, hp, key, config=C.Config(n_steps=1, policy=policy, n_envs=0))
     with pytest.raises(ValueError, match="ControlProblem"):
@@ -284,6 +291,12 @@ def test_pco_learns_cartpole():
 
 
 @pytest.mark.slow
+def test_natural_dso_learns_cartpole():
+    _learns(C.NATURAL_DSO, C.NaturalHParams(0.99, 0.01, 1e-3, 0.1),
+            C.NaturalConfig(n_steps=30, policy=None, n_envs=8, n_rollout=128), 120)
+
+
+@pytest.mark.slow
 def test_reinforce_learns_cartpole():
     _learns(C.REINFORCE, C.HParams(0.99, 3e-3, 1e-3),
             C.ReinforceConfig(n_steps=30, policy=None, n_envs=8, n_rollout=128), 120)
@@ -299,3 +312,94 @@ def test_pendulum_gaussian_runs_finite():
                          jax.random.key(1), config=cfg)
     assert np.all(np.isfinite(trace.grad_norm)) and np.all(np.isfinite(trace.value_loss))
     assert base.tree_norm(state.params) > 0
+
+
+def _exact_fisher(mdp, policy, params):
+    """`F = sum_t c_t sum_s d_t(s) sum_a pi(a|s) psi psi^T`, `d_t = rho P_pi^t`, `c_0 = 1`,
+    `c_t = gamma^{t-1}` (the chain Fisher of the marginal mapping over the episode's T
+    steps), from the score table of the one-hot states (jacrev of log pi)."""
+    S = mdp.n_states
+    flat, unravel = ravel_pytree(params)
+    psi = jax.jacrev(lambda th: policy.logits(unravel(th), jnp.eye(S)))(flat)  # [S, A, d]
+    pi = _pi(policy, params, S)
+    P_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
+    d, occupancy = mdp.rho, jnp.zeros(S)
+    for t in range(HORIZON):
+        occupancy = occupancy + (1.0 if t == 0 else GAMMA ** (t - 1)) * d
+        d = d @ P_pi
+    return jnp.einsum("s,sa,sai,saj->ij", occupancy, pi, psi, psi)
+
+
+def _episode_batches(problem, policy, value, params, n, key):
+    """`n` one-episode batches (`[T, 1]` each, whole episodes), stacked on a leading axis."""
+    v_params = value.init(jax.random.key(7))
+
+    def one(k):
+        k_start, k_roll = jax.random.split(k)
+        state = rollouts.start(problem, k_start, 1)
+        _, tr = rollouts.collect(problem, lambda o, kk: policy.sample(params, o, kk), state,
+                                 k_roll, HORIZON)
+        return C.prepare(tr, value(v_params, tr.obs), value(v_params, tr.last_obs), GAMMA, True)
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, n))
+
+
+@pytest.fixture(scope="module")
+def episodes(tabular):
+    """8000 one-episode batches of the tabular fixture's policy (shared by the tests)."""
+    mdp, problem, policy, value, params = tabular
+    return _episode_batches(problem, policy, value, params, 8000, jax.random.key(17))
+
+
+def test_fisher_weights_follow_the_chain_occupancy():
+    t = jnp.arange(5)
+    np.testing.assert_allclose(C.fisher_weights(t, 0.5), [1, 1, 0.5, 0.25, 0.125])
+
+
+def test_sampled_fisher_vector_product_is_unbiased(tabular, episodes):
+    mdp, problem, policy, value, params = tabular
+    flat, unravel = ravel_pytree(params)
+    v = jax.random.normal(jax.random.key(4), flat.shape)
+    exact = _exact_fisher(mdp, policy, params) @ v
+    fv = jax.vmap(lambda b: ravel_pytree(C.fisher_vector_product(
+        policy, params, b.transitions, C.fisher_weights(b.transitions.time, GAMMA),
+        unravel(v)))[0])(episodes)
+    z, se = _within(fv, exact)
+    assert np.all(z < 5), (z.max(), se.max())
+    assert float(jnp.linalg.norm(exact)) > 20 * float(jnp.max(se))
+
+
+@pytest.mark.slow
+def test_natural_gradient_converges_to_the_exact_natural_gradient(tabular, episodes):
+    """With N whole episodes the sampled system `(F_hat + l I) x = g_hat` holds at the
+    exact natural gradient `x* = (F + l I)^{-1} g` up to a mean of N i.i.d. zero-mean
+    per-episode terms `z_n = F_n x* + l x* - g_n` (so within 5 standard errors), and CG
+    solves the sampled system; hence `|x_hat - x*| <= |r| / l` with `r` the mean of `z_n`,
+    and to first order `x_hat - x* = -(F + l I)^{-1} r`, whose standard errors come from
+    the sample: every coordinate within 5 of them, which are far below `|x*|`."""
+    mdp, problem, policy, value, params = tabular
+    damping = 0.1
+    flat, unravel = ravel_pytree(params)
+    g = ravel_pytree(jax.grad(lambda th: gc.finite_horizon_return(
+        mdp, _pi(policy, th, mdp.n_states), GAMMA, HORIZON))(params))[0]
+    F = _exact_fisher(mdp, policy, params)
+    x_star = jnp.linalg.solve(F + damping * jnp.eye(flat.size), g)
+    per, n = episodes, episodes.returns.shape[0]
+    fw = lambda b: C.fisher_weights(b.transitions.time, GAMMA)
+    z = jax.vmap(lambda b: ravel_pytree(C.fisher_vector_product(
+        policy, params, b.transitions, fw(b), unravel(x_star)))[0] + damping * x_star
+        - ravel_pytree(C.policy_gradient(policy, params, b))[0])(per)
+    zs, se = _within(z, jnp.zeros(flat.size))
+    assert np.all(zs < 5), zs.max()
+    # the N one-episode batches side by side form one batch of N episodes
+    per = per._replace(transitions=per.transitions._replace(last_obs=None))
+    batch = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x[:, :, 0], 0, 1), per)  # [T, n]
+    x_hat = ravel_pytree(jax.jit(lambda b: C.natural_gradient(
+        policy, params, b, fw(b), damping, flat.size))(batch))[0]
+    r = jnp.mean(z, axis=0)
+    assert float(jnp.linalg.norm(x_hat - x_star)) <= float(jnp.linalg.norm(r)) / damping * (1 + 1e-6)
+    # to first order x_hat - x* = -(F + l I)^{-1} r: standard errors of x_hat from the sample
+    A = jnp.linalg.inv(F + damping * jnp.eye(flat.size))
+    se_x = jnp.sqrt(jnp.diag(A @ jnp.cov(z.T) @ A.T) / n)
+    assert np.all(np.abs(np.asarray(x_hat - x_star)) < 5 * np.asarray(se_x))
+    assert float(jnp.linalg.norm(x_star)) > 20 * float(jnp.max(se_x))  # a test that can fail

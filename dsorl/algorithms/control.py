@@ -29,6 +29,20 @@ the baseline of batch `k` was fitted on batches before it.
 - `REINFORCE` (`reinforce`): the plain reference, the same estimator with the weights
   `gamma^t` dropped (`discount_weights=False`, the common practice: its expectation is
   not the gradient of `J`, Nota & Thomas 2020, but it weighs late steps like early ones).
+- `NATURAL_DSO` (`natural_dso`): one step along the natural gradient `(F + lambda I)^{-1}
+  g`, `g` Algorithm 1's estimate and `F` the chain Fisher estimated from the same batch.
+  Under the marginal mapping the chain Fisher (`dsorl.chain_models.fisher`)
+  `F = E_P0[grad log P0 grad log P0^T] + sum_x m(x) E_{x'|x}[grad log P grad log P^T]`,
+  `m` the discounted occupancy of the non-terminal chain states, weighs the score
+  outer product `psi_t psi_t^T` (`psi_t = grad log pi(a_t|s_t)`) of step `t` by `1` at
+  `t = 0` and by `gamma^{t-1}` after (the transition into `x_t` leaves `x_{t-1}`, whose
+  occupancy weight is `gamma^{t-1}`): `F_hat = (1/N) sum_{n,t} c_t psi_t psi_t^T`
+  (`fisher_weights`). `F_hat` is never formed: `config.cg_iters` conjugate-gradient
+  iterations solve the damped system (`hparams.damping` = lambda > 0) with
+  Fisher-vector products `F_hat v = (1/N) sum c_t psi_t (psi_t . v)`, one `jvp` and one
+  `vjp` of the batch's log-probabilities (`fisher_vector_product`). The solve of the
+  sampled system is consistent, not unbiased (a ratio of estimates); the default
+  optimiser is plain SGD along the direction.
 - `PCO` (`pco`): `config.epochs` passes over the batch in `config.n_minibatches`
   minibatches, each an optimiser step on the clipped surrogate
   `(1/N) sum w_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)`, `rho_t` the policy
@@ -43,7 +57,8 @@ value; both states are carried across batches. Everything is one `lax.scan`
 
 Trace rows (after each batch): `episode_return` (mean undiscounted return of the training
 episodes that ended in the batch, NaN if none), `interactions` (environment steps so
-far), `grad_norm`, `value_loss` (before the refit), `clip_fraction` (PCO: share of the
+far), `grad_norm` (of the step's direction: Algorithm 1's estimate, the natural direction, or
+PCO's first minibatch gradient), `value_loss` (before the refit), `clip_fraction` (PCO: share of the
 batch whose ratio left `[1 - eps, 1 + eps]` after the epochs; NaN otherwise), `params`.
 """
 import dataclasses
@@ -64,9 +79,11 @@ from dsorl.rollouts import (ControlProblem, RolloutState, Transitions, collect,
 
 Array = jax.Array
 
-__all__ = ["HParams", "PCOHParams", "Config", "ReinforceConfig", "PCOConfig", "State", "Trace",
-           "Batch", "prepare", "policy_gradient", "clipped_surrogate", "REINFORCE", "DSO",
-           "PCO", "reinforce", "dso", "pco"]
+__all__ = ["HParams", "NaturalHParams", "PCOHParams", "Config", "ReinforceConfig",
+           "NaturalConfig", "PCOConfig", "State", "Trace", "Batch", "prepare",
+           "policy_gradient", "fisher_weights", "fisher_vector_product", "natural_gradient",
+           "clipped_surrogate", "REINFORCE", "DSO", "NATURAL_DSO", "PCO", "reinforce", "dso",
+           "natural_dso", "pco"]
 
 
 class HParams(NamedTuple):
@@ -75,6 +92,15 @@ class HParams(NamedTuple):
     gamma: Array
     step_size: Array
     value_step_size: Array = 1e-3
+
+
+class NaturalHParams(NamedTuple):
+    """Traced: as `HParams`, and the Fisher `damping` lambda (> 0)."""
+
+    gamma: Array
+    step_size: Array
+    value_step_size: Array = 1e-3
+    damping: Array = 0.1
 
 
 class PCOHParams(NamedTuple):
@@ -111,6 +137,15 @@ class ReinforceConfig(Config):
     """`Config` with the plain reference's undiscounted weights by default."""
 
     discount_weights: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalConfig(Config):
+    """`Config` with `cg_iters` conjugate-gradient iterations per natural direction and
+    plain SGD along it by default."""
+
+    optimizer: Callable = optax.sgd
+    cg_iters: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +216,38 @@ def policy_gradient(policy, params, batch: Batch):
     return jax.grad(lambda th: jnp.sum(coef * policy.log_prob(th, tr.obs, tr.action)) / n)(params)
 
 
+def fisher_weights(time: Array, gamma) -> Array:
+    """The chain Fisher's weight of step `t`'s score outer product under the marginal
+    mapping: `1` at `t = 0` (the initial law), `gamma^{t-1}` after."""
+    gamma = jnp.asarray(gamma)
+    t = time.astype(gamma.dtype)
+    return jnp.where(time == 0, jnp.ones_like(t), gamma ** jnp.maximum(t - 1, 0))
+
+
+def fisher_vector_product(policy, params, transitions: Transitions, weight: Array, v):
+    """`F_hat v = (1/N) sum_{n,t} weight_t psi_t (psi_t . v)`, `psi_t = grad log
+    pi(a_t|s_t)` over the batch's `transitions` (`[T, N]`), `v` a pytree like `params`:
+    one `jvp` (the projections `psi . v`) and one `vjp`, no Fisher matrix."""
+    log_pi = lambda th: policy.log_prob(th, transitions.obs, transitions.action)
+    _, proj = jax.jvp(log_pi, (params,), (v,))
+    _, back = jax.vjp(log_pi, params)
+    n = transitions.reward.shape[1]
+    return back((lax.stop_gradient(weight) * proj / n).astype(proj.dtype))[0]
+
+
+def natural_gradient(policy, params, batch: Batch, fisher_weight: Array, damping,
+                     cg_iters: int):
+    """`(F_hat + damping I)^{-1} g` by `cg_iters` conjugate-gradient iterations (from 0),
+    `g = policy_gradient(policy, params, batch)` and `F_hat` the sampled chain Fisher
+    with per-step weights `fisher_weight[T, N]` (`fisher_weights`)."""
+    g = policy_gradient(policy, params, batch)
+    matvec = lambda v: jax.tree_util.tree_map(
+        lambda f, x: f + damping * x,
+        fisher_vector_product(policy, params, batch.transitions, fisher_weight, v), v)
+    x, _ = jax.scipy.sparse.linalg.cg(matvec, g, tol=0.0, atol=0.0, maxiter=cg_iters)
+    return x
+
+
 def _pessimistic(log_ratio, coef, clip):
     ratio = jnp.exp(log_ratio)
     return jnp.minimum(ratio * coef, jnp.clip(ratio, 1 - clip, 1 + clip) * coef)
@@ -228,7 +295,12 @@ def validate(problem, hparams, config: Config) -> None:
     if not config.max_grad_norm > 0:
         raise ValueError(f"config.max_grad_norm = {config.max_grad_norm!r} must be > 0"
                          " (inf: no clipping).")
-    if isinstance(config, PCOConfig):
+    if isinstance(config, NaturalConfig):
+        _counts(config, cg_iters=None)
+        if _checks.is_concrete(hparams.damping) and not np.all(np.asarray(hparams.damping) > 0):
+            raise ValueError(f"damping = {hparams.damping} must be > 0 (the sampled Fisher"
+                             " is singular whenever the batch has fewer steps than parameters).")
+    elif isinstance(config, PCOConfig):
         _counts(config, epochs=None, n_minibatches=None)
         if (config.n_envs * config.n_rollout) % config.n_minibatches:
             raise ValueError(f"config.n_minibatches = {config.n_minibatches} must divide the"
@@ -324,6 +396,20 @@ def gradient_step(problem, state: State, hparams, key, *, config: Config):
                    base.tree_norm(grad), base.nan_like(batch.returns.dtype))
 
 
+def natural_step(problem, state: State, hparams: NaturalHParams, key, *,
+                 config: NaturalConfig):
+    """One batch, one optimiser step along `natural_gradient` (natural DSO)."""
+    rollout, batch, v = _collect(problem, state, hparams, key, config)
+    weight = fisher_weights(batch.transitions.time, hparams.gamma)
+    direction = natural_gradient(config.policy, state.params, batch, weight, hparams.damping,
+                                 config.cg_iters)
+    updates, opt_state = _policy_tx(hparams, config).update(direction, state.opt_state,
+                                                            state.params)
+    params = optax.apply_updates(state.params, updates)
+    return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
+                   base.tree_norm(direction), base.nan_like(batch.returns.dtype))
+
+
 def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConfig):
     """One batch from the anchor `alpha = theta_k`, then `epochs` x `n_minibatches`
     optimiser steps on the clipped surrogate (permutations from `fold_in(key, 1)`)."""
@@ -364,6 +450,9 @@ REINFORCE = base.Algorithm(
 DSO = base.Algorithm(
     "dso", HParams=HParams, Config=Config, State=State, Trace=Trace, init=init,
     step=gradient_step, validate=validate, expected_params=expected_params)
+NATURAL_DSO = base.Algorithm(
+    "natural_dso", HParams=NaturalHParams, Config=NaturalConfig, State=State, Trace=Trace,
+    init=init, step=natural_step, validate=validate, expected_params=expected_params)
 PCO = base.Algorithm(
     "pco", HParams=PCOHParams, Config=PCOConfig, State=State, Trace=Trace, init=init,
     step=pco_step, validate=validate, expected_params=expected_params)
@@ -378,6 +467,14 @@ def reinforce(problem, params0, hparams: HParams, key, *, config: ReinforceConfi
 def dso(problem, params0, hparams: HParams, key, *, config: Config, keep_params: bool = False):
     """DSO Algorithm 1 with a fitted value baseline: `base.run(DSO, ...)`."""
     return DSO.run(problem, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+def natural_dso(problem, params0, hparams: NaturalHParams, key, *, config: NaturalConfig,
+                keep_params: bool = False):
+    """Natural DSO: Algorithm 1 preconditioned by the sampled chain Fisher,
+    `base.run(NATURAL_DSO, ...)`."""
+    return NATURAL_DSO.run(problem, params0, hparams, key, config=config,
+                           keep_params=keep_params)
 
 
 def pco(problem, params0, hparams: PCOHParams, key, *, config: PCOConfig,
