@@ -387,7 +387,8 @@ def plot_tradeoff(tables: dict, path):
     plt = plots.pyplot()
     t = tables["tradeoff"]
     labels = list(dict.fromkeys(t["env"]))
-    fig, axs = plots.facets(plt, len(labels), width=4.2)
+    fig, axs = plots.facets(plt, len(labels), ncols=min(len(labels), 3), width=5.6,
+                            height=3.6)
     twins = []
     for ax, env in zip(axs, labels):
         d = t[t["env"] == env].sort_values("lam")
@@ -399,7 +400,7 @@ def plot_tradeoff(tables: dict, path):
         ax.errorbar(x, d["path_grad_bias_mc"], yerr=2 * d["path_grad_bias_mc_se"], fmt="x",
                     color="C3", label="path mean, MC (± 2 SE)")
         ax.set_xscale("log")
-        ax.set_xlabel("λ (λ = 0 drawn at the left end)")
+        ax.set_xlabel("λ (leftmost point: λ = 0)")
         ax.set_ylabel("bias-gradient estimation bias")
         ax.set_title(env, fontsize=9)
         twin = ax.twinx()
@@ -407,11 +408,12 @@ def plot_tradeoff(tables: dict, path):
         twin.errorbar(x, d["final_bias"], yerr=2 * d["final_bias_se"], fmt="^-", color="C1",
                       label="final h(s0) (exact)")
         twin.axhline(d["optimal_bias"].iloc[0], color="C1", lw=0.8, ls=":")
-        twin.set_ylabel("final bias h(s0)", color="C1")
+        twin.set_ylabel("final h(s0)", color="C1")
     handles, names = (sum(parts, []) for parts in zip(
         *(a.get_legend_handles_labels() for a in (axs[0], twins[0]))))
     plots.legend_outside(fig, handles, names)
     fig.suptitle("mixing-time regularisation: gradient-estimation bias vs final bias", fontsize=10)
+    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
