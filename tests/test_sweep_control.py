@@ -18,7 +18,7 @@ TINY = {"job": "sweep_control", "total_steps": 200, "eval_episodes": 2,
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"method": "ppo"}, "'method' must be one of pco, dso, reinforce, got 'ppo'"),
+    ({"method": "ppo"}, "'method' must be one of pco, dso, reinforce, natural_dso, got 'ppo'"),
     ({"grid": {"step_size": [1e-3]}}, "seed \\(required"),
     ({"method": "dso", "grid": {"step_size": [1e-3], "clip": [0.2], "seed": [0]}},
      "'grid' for dso takes gamma, step_size, value_step_size and seed"),
@@ -27,6 +27,8 @@ TINY = {"job": "sweep_control", "total_steps": 200, "eval_episodes": 2,
     ({"hparams": {"gamma": 1.0}}, "gamma"),
     ({"total_steps": 50}, "'total_steps' = 50 must be at least one batch"),
     ({"pco": {"epochs": 1, "n_minibatches": 3}}, "n_minibatches = 3 must divide"),
+    ({"method": "natural_dso", "hparams": {"gamma": 0.99, "damping": 0.0}}, "damping = 0.0"),
+    ({"method": "natural_dso", "natural_dso": {"cg_iters": 0}}, "cg_iters = 0"),
 ])
 def test_bad_configs_are_named_before_compiling(overrides, match):
     cfg = config_lib.resolve({**TINY, **overrides})

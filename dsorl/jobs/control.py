@@ -50,6 +50,8 @@ DEFAULTS = {
             "epochs": 4, "n_minibatches": 4},
     "dso": {"gamma": 0.99, "step_size": 1e-3, "value_step_size": 1e-3},
     "reinforce": {"gamma": 0.99, "step_size": 3e-3, "value_step_size": 1e-3},
+    "natural_dso": {"gamma": 0.99, "step_size": 0.01, "value_step_size": 1e-3, "damping": 0.1,
+                    "cg_iters": 10},
     "ppo": {"agent_kwargs": {"activation": "tanh"}, "num_envs": 5, "num_steps": 100,
             "num_epochs": 5, "num_minibatches": 5, "learning_rate": 0.00075,
             "max_grad_norm": 0.5, "gamma": 0.99, "gae_lambda": 0.95, "clip_eps": 0.2,
@@ -57,7 +59,7 @@ DEFAULTS = {
     "output_dir": "benchmarks/results/control",
 }
 
-DSORL_METHODS = ("pco", "dso", "reinforce")
+DSORL_METHODS = ("pco", "dso", "reinforce", "natural_dso")
 
 
 def _check(config) -> None:
@@ -102,6 +104,9 @@ def static_config(method: str, shared: dict, own: dict, total_steps: int, proble
         return C.DSO, C.Config(**common), policy
     if method == "reinforce":
         return C.REINFORCE, C.ReinforceConfig(**common), policy
+    if method == "natural_dso":  # SGD along the natural direction, never clipped
+        common["max_grad_norm"] = float("inf")
+        return C.NATURAL_DSO, C.NaturalConfig(**common, cg_iters=own["cg_iters"]), policy
     raise ValueError(f"unknown dsorl method {method!r} (known: {', '.join(DSORL_METHODS)}).")
 
 

@@ -1,11 +1,13 @@
-"""Sweep a dsorl method (PCO, DSO Algorithm 1, REINFORCE) with neural policies on a gymnax
-control environment over step size × seed (× any other hyperparameter) as one `dsorl sweep`.
+"""Sweep a dsorl method (PCO, DSO Algorithm 1, REINFORCE, natural DSO) with neural
+policies on a gymnax control environment over step size × seed (× any other
+hyperparameter) as one `dsorl sweep`.
 
 The methods, networks and batch shape are those of the control benchmark
 (`dsorl.jobs.control`, `dsorl.algorithms.control`): `dsorl:` holds the shared settings
 (MLP sizes, `n_envs` x `n_rollout` steps per batch, value fit, gradient clipping), `pco:`
-PCO's epochs and minibatches, `hparams` the fixed `HParams` fields (gamma,
-value_step_size, clip) and `grid` the swept ones (any `HParams` field, plus `seed`).
+PCO's epochs and minibatches, `natural_dso:` its conjugate-gradient iterations, `hparams`
+the fixed `HParams` fields (gamma, value_step_size, clip, damping) and `grid` the swept
+ones (any `HParams` field, plus `seed`).
 Every member trains for `total_steps` environment steps from its own initial network,
 drawn like the benchmark's from `fold_in(key, 7)` of its key `jax.random.key(seed)`
 (`params0`, zeros, only fixes the shapes and the float32 dtype: neural networks need a
@@ -31,7 +33,7 @@ from dsorl.sweep import Grid, check_grid
 
 __all__ = ["DEFAULTS", "METHODS", "FromKey", "sweep_spec"]
 
-METHODS = ("pco", "dso", "reinforce")
+METHODS = ("pco", "dso", "reinforce", "natural_dso")
 
 DEFAULTS = {
     "env": "CartPole-v1",
@@ -40,6 +42,7 @@ DEFAULTS = {
     "dsorl": {"hidden": [64, 64], "n_envs": 10, "n_rollout": 100, "value_epochs": 10,
               "max_grad_norm": 0.5},
     "pco": {"epochs": 4, "n_minibatches": 4},
+    "natural_dso": {"cg_iters": 10},
     "hparams": Free(gamma=0.99, value_step_size=1e-3),  # fixed HParams fields
     "grid": Free(step_size=[3e-4, 1e-3, 3e-3, 1e-2], seed=list(range(16))),
     "eval_episodes": 32,
@@ -99,7 +102,7 @@ def sweep_spec(config: dict) -> dict:
     if config["eval_episodes"] < 1:
         raise ValueError(f"config key 'eval_episodes' = {config['eval_episodes']} must be >= 1.")
     problem = make(config["env"])
-    algorithm, static, policy = static_config(method, shared, config["pco"],
+    algorithm, static, policy = static_config(method, shared, config.get(method, {}),
                                               config["total_steps"], problem)
     grid = dict(config["grid"])
     fields = set(algorithm.HParams._fields)
