@@ -25,6 +25,25 @@ Schedule (the authors' code; `schedule="adaptive"`, the default): `theta` restar
 schedule's step size) and `k = steps_coefficient = 45` (the ceiling is of the exact
 number: rounding errors of 1e-12 relative are shaved off).
 `schedule="constant"`: `eta_h = step_size`, `N_h = ceil(steps_coefficient)`.
+`schedule="fixed_steps"`: the authors' step size with the same count in every epoch,
+`N_h = ceil(steps_coefficient)` (the horizon-adjustment study of `dsorl.jobs.dynpg_scaling`:
+it separates the step count, which the authors grow with `c_h`, from the step size).
+
+Blocks (`Config.horizon_block = m > 1`; the study's "several horizon steps at once"): an
+epoch lengthens the horizon by `m` instead of one. Epoch `h` learns `m` fresh policies
+`pi_0..pi_{m-1}` (acting at `t = 0..m-1`, each restarting at `params0`) together, by
+gradient ascent on the finite-horizon objective
+
+    J_h(theta_0..theta_{m-1}) = mu . V_0,   V_j = sum_a pi_j(a|.) (R + gamma P V_{j+1}),
+    V_m = V_{hm} (the frozen tail),
+
+then freezes all of them; `pi_0` is the newest policy (the output).
+The schedule is evaluated at the block's longest horizon, index `(h + 1) m - 1` (so
+`eta` is set by the return scale of the whole block). `m = 1` is DynPG itself (same code
+path, same numbers). The exact gradient is `jax.grad` of `J_h`; the sampled one is
+REINFORCE with reward-to-go, `sum_j grad log pi_j(a_j|s_j) sum_{j<=t<(h+1)m} gamma^t r_t`
+(`sampled_block_gradient`). `n_steps` still counts epochs: the output's horizon is
+`m n_steps`. The greedy solver and `run_interactions` take `m = 1` only.
 
 Error bounds checked by the tests (approximate dynamic programming, e.g. Bertsekas &
 Tsitsiklis 1996, §6.2, the error propagation behind Klein et al.'s analysis): with the
@@ -70,7 +89,8 @@ from dsorl.sampling import draw, sample_episode
 
 __all__ = ["HParams", "Config", "State", "InnerTrace", "Trace", "epoch_schedule",
            "softmax_bandit_gradient", "uses_key", "expected_params", "validate", "init", "step",
-           "run", "sampled_bandit_gradient", "BudgetState", "BudgetTrace", "run_interactions"]
+           "run", "sampled_bandit_gradient", "block_objective", "block_gradient",
+           "sampled_block_gradient", "BudgetState", "BudgetTrace", "run_interactions", "SCHEDULES"]
 
 Array = jax.Array
 
@@ -100,7 +120,9 @@ class Config:
     masked; must be >= every `N_h`), `episode_length` (static rollout length, default
     `n_steps`; an episodic MDP needs no more than its longest episode).
     `evaluation_sweeps`: evaluate by that many Bellman sweeps instead of a solve (exact
-    when every episode ends within that many steps; much cheaper in large vmaps)."""
+    when every episode ends within that many steps; much cheaper in large vmaps).
+    `horizon_block`: horizon steps an epoch adds (1: DynPG; see the module docstring),
+    `episode_length` then defaults to `horizon_block n_steps`."""
 
     n_steps: int
     schedule: str = "adaptive"
@@ -112,14 +134,16 @@ class Config:
     max_steps_per_epoch: int = 0
     episode_length: Optional[int] = None
     evaluation_sweeps: Optional[int] = None
+    horizon_block: int = 1
 
 
 class State(NamedTuple):
     """After `epoch` epochs: `params[S, A]` the newest policy's logits (the output; for
     `solver="greedy"` the greedy logits, 0 on the argmax and a very negative number
     elsewhere), `params0[S, A]` the logits every epoch restarts from, `tail_value[S]`
-    `V_epoch`, `log_tail[n_steps, S, A]` (log-policies of the frozen epochs, oldest first;
-    rows not reached hold the uniform policy), gradient `steps` and environment
+    `V_epoch`, `log_tail[horizon_block n_steps, S, A]` (log-policies of the frozen horizon
+    steps, oldest first, i.e. the policy acting last first; rows not reached hold the
+    uniform policy), gradient `steps` and environment
     `interactions` so far."""
 
     epoch: Array
@@ -162,19 +186,26 @@ class Trace(NamedTuple):
     params: Any = None
 
 
+SCHEDULES = ("adaptive", "constant", "fixed_steps")
+
+
 def epoch_schedule(epoch, hparams: HParams, kind: str = "adaptive", xp=jnp):
-    """`(eta_h, N_h)` of epoch `h` (0-based). Adaptive (Klein et al.'s code):
+    """`(eta_h, N_h)` of epoch `h` (0-based; with blocks, pass the horizon index
+    `(h + 1) m - 1`). Adaptive (Klein et al.'s code):
     `eta_h = 2 s (1 - gamma) / (1 - gamma^(h+1))`, `N_h = ceil(k (1 - gamma^(h+1)) / (1 - gamma))`;
-    constant: `(s, ceil(k))`; `s = step_size`, `k = steps_coefficient`. `xp=numpy`
-    evaluates it on the host (for validation)."""
+    constant: `(s, ceil(k))`; fixed_steps: `(adaptive eta_h, ceil(k))`; `s = step_size`,
+    `k = steps_coefficient`. `xp=numpy` evaluates it on the host (for validation)."""
     gamma = xp.asarray(hparams.gamma)
     if kind == "constant":
         steps = xp.ceil(xp.asarray(hparams.steps_coefficient, gamma.dtype))
         return xp.asarray(hparams.step_size, gamma.dtype) + 0 * epoch, steps.astype(xp.int32)
-    if kind != "adaptive":
-        raise ValueError(f"schedule must be 'adaptive' or 'constant', got {kind!r}.")
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}.")
     span = 1 - gamma ** (epoch + 1)
     eta = 2 * hparams.step_size * (1 - gamma) / span
+    if kind == "fixed_steps":
+        steps = xp.ceil(xp.asarray(hparams.steps_coefficient, gamma.dtype) + 0 * epoch)
+        return eta, steps.astype(xp.int32)
     # ceil of the exact number: shave the rounding error of the division (45 (1 - g) / (1 - g)
     # evaluates to 45.00000000000001 for g = 0.99)
     n = xp.ceil(hparams.steps_coefficient * span / (1 - gamma) * (1 - 1e-12))
@@ -215,7 +246,7 @@ def validate(problem, hparams: HParams, config: Config) -> None:
     if config.estimator != "reinforce" or not _checks.is_concrete(hparams):
         return
     # sampled epochs are scans of max_steps_per_epoch steps: that must cover every N_h
-    epochs = np.arange(config.n_steps)[:, None]
+    epochs = _schedule_index(np.arange(config.n_steps), config)[:, None]
     batch = HParams(*(np.ravel(np.asarray(x))[None, :] for x in hparams))
     need = int(np.max(epoch_schedule(epochs, batch, config.schedule, xp=np)[1]))
     if config.max_steps_per_epoch < need:
@@ -232,7 +263,14 @@ def _validate(problem, hparams: HParams, config: Config) -> None:
     n = config.n_steps
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"config.n_steps = {n!r} must be an int >= 1 (the number of epochs).")
-    for name, value, allowed in (("schedule", config.schedule, ("adaptive", "constant")),
+    m = config.horizon_block
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"config.horizon_block = {m!r} must be an int >= 1 (horizon steps"
+                         " per epoch).")
+    if m > 1 and config.solver == "greedy":
+        raise ValueError(f"config.horizon_block = {m} needs solver='gradient' (greedy"
+                         " epochs are backward induction one step at a time already).")
+    for name, value, allowed in (("schedule", config.schedule, SCHEDULES),
                                  ("estimator", config.estimator, ("exact", "reinforce")),
                                  ("solver", config.solver, ("gradient", "greedy"))):
         if value not in allowed:
@@ -265,16 +303,24 @@ def init(problem, params0: Array, hparams: HParams, key: Array, *, config: Confi
     uniform = tabular_softmax(S, A, mdp.action_mask).log_probs(jnp.zeros((S, A), dtype))
     return State(epoch=jnp.int32(0), params=params0, params0=params0,
                  tail_value=jnp.zeros(S, dtype),
-                 log_tail=jnp.broadcast_to(uniform, (config.n_steps, S, A)),
+                 log_tail=jnp.broadcast_to(uniform,
+                                           (config.n_steps * config.horizon_block, S, A)),
                  steps=jnp.int32(0), interactions=jnp.int32(0))
 
 
 def step(problem, state: State, hparams: HParams, key: Array, *, config: Config):
     """One epoch (the horizon grows by one) -> `(State, Trace row)`; see `run`."""
     mdp, std = mdp_and_noise(problem)
+    if config.horizon_block > 1:
+        return _block_epoch(mdp, std, state, hparams, key, config)
     if config.estimator == "exact":
         return _exact_epoch(mdp, state, hparams, config)
     return _sampled_epoch(mdp, std, state, hparams, key, config)
+
+
+def _schedule_index(epoch, config: Config):
+    """The index the schedule is evaluated at: the epoch's longest horizon minus one."""
+    return (epoch + 1) * config.horizon_block - 1
 
 
 def run(problem, params0: Array, hparams: HParams, key: Optional[Array] = None, *,
@@ -448,6 +494,131 @@ def _objective(mdp, pi, gamma, config):
 
 
 # ----------------------------------------------------------------------------------------
+# Blocks: epochs of several horizon steps at once (`Config.horizon_block > 1`).
+
+
+def _block_values(mdp: MDP, thetas: Array, tail_value: Array, gamma):
+    """Backward pass of a block: `(V_0[S], Q_0[S, A], V_1[S])` for the logits
+    `thetas[m, S, A]` (policy `j` acts at `t = j`) over the frozen tail value `V_m`."""
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+
+    def back(v_next, theta):
+        q = _bandit_q(mdp, gamma, v_next)
+        v = jnp.sum(policy.probs(theta) * q, axis=-1)
+        return v, (q, v_next)
+
+    v0, (qs, nexts) = lax.scan(back, tail_value, thetas, reverse=True)
+    return v0, qs[0], nexts[0]
+
+
+def block_objective(mdp: MDP, thetas: Array, tail_value: Array, gamma) -> Array:
+    """`J(theta_0..theta_{m-1}) = mu . V_0` of a block (module docstring), `mu = mdp.rho`."""
+    return mdp.rho @ _block_values(mdp, thetas, tail_value, gamma)[0]
+
+
+def block_gradient(mdp: MDP, thetas: Array, tail_value: Array, gamma) -> Array:
+    """Exact gradient of `block_objective` in `thetas[m, S, A]` (reverse-mode autodiff of
+    the backward pass; equal to `gamma^j d_j(s) pi_j(a|s) (Q_j(s, a) - V_j(s))`, `d_j` the
+    law of `s_j` from `mu`, which the tests check)."""
+    return jax.grad(block_objective, argnums=1)(mdp, thetas, tail_value, gamma)
+
+
+def sampled_block_gradient(key: Array, mdp: MDP, thetas: Array, log_tail: Array, frozen,
+                           gamma, *, batch_size: int, episode_length: int,
+                           reward_std: Optional[Array] = None):
+    """REINFORCE estimate of `block_gradient`: the mean over `batch_size` episodes
+    (`s_0 ~ rho`, `a_j ~ pi_j` for `j < m`, then the frozen policies newest first,
+    `exp(log_tail[frozen - 1 - (t - m)])`, for a horizon of `frozen + m` steps) of
+    `sum_j e_{s_j} (e_{a_j} - pi_j(.|s_j)) sum_{j<=t<frozen+m} gamma^t r_t` in layer `j`
+    (reward-to-go: earlier rewards do not depend on `pi_j`). Returns
+    `(grad[m, S, A], interactions used)`; unbiased for `block_gradient`."""
+    pis = jax.vmap(tabular_softmax(*mdp.R.shape, mdp.action_mask).probs)(thetas)
+    m = thetas.shape[0]
+    tail = jnp.exp(log_tail)
+
+    def policy_at(t, s):
+        return jnp.where(t < m, pis[jnp.minimum(t, m - 1), s],
+                         tail[jnp.clip(frozen - 1 - (t - m), 0, tail.shape[0] - 1), s])
+
+    episodes = jax.vmap(lambda k: sample_episode(k, mdp, policy_at, episode_length,
+                                                 reward_std=reward_std)
+                        )(jax.random.split(key, batch_size))
+    horizon = frozen + m
+    alive = jnp.arange(episode_length) < horizon
+    discounted = jnp.where(alive, gamma ** jnp.arange(episode_length, dtype=pis.dtype)
+                           * episodes.rewards, 0)
+    to_go = jnp.cumsum(discounted[:, ::-1], axis=-1)[:, ::-1]  # [B, T]: sum_{t'>=t}
+    s, a = episodes.states[:, :m], episodes.actions[:, :m]  # [B, m]
+    layers = jnp.broadcast_to(jnp.arange(m), s.shape)
+    score = jax.nn.one_hot(a, pis.shape[-1], dtype=pis.dtype) - pis[layers, s]
+    rows = to_go[:, :m, None] * score
+    grad = jnp.zeros_like(thetas).at[layers, s].add(rows) / batch_size
+    terminal = absorbing_states(mdp)
+    used = jnp.sum(jax.vmap(lambda ep: interactions(ep, terminal, horizon))(episodes),
+                   dtype=jnp.int32)
+    return grad, used
+
+
+def _block_epoch(mdp, std, state, hparams, key, config):
+    """One epoch of `m = horizon_block` horizon steps: `N` (sampled: `max_steps_per_epoch`,
+    those past `N` masked) gradient steps on all `m` fresh policies together, then all
+    frozen. The trace row's `bandit_gap` and `tail_value` are those of the newest policy
+    (`Q_0` given the block's later policies) and `grad_norm` is the block gradient's."""
+    m, gamma = config.horizon_block, hparams.gamma
+    eta, n_steps = epoch_schedule(_schedule_index(state.epoch, config), hparams,
+                                  config.schedule)
+    policy = tabular_softmax(*mdp.R.shape, mdp.action_mask)
+    thetas = jnp.broadcast_to(state.params0, (m,) + state.params0.shape)
+    tx = ascent((config.optimizer or optax.sgd)(eta))
+    frozen = state.epoch * m
+
+    def update(thetas, opt_state, grad, live):
+        updates, new_opt = tx.update(grad, opt_state, thetas)
+        thetas = jnp.where(live, optax.apply_updates(thetas, updates), thetas)
+        opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new_opt,
+                                           opt_state)
+        return thetas, opt_state
+
+    if config.estimator == "exact":
+        def body(_, carry):
+            grad = block_gradient(mdp, carry[0], state.tail_value, gamma)
+            return update(*carry, grad, True)
+
+        thetas, _ = lax.fori_loop(0, n_steps, body, (thetas, tx.init(thetas)))
+        count, inner = state.interactions, None
+    else:
+        length = config.episode_length or config.n_steps * m
+
+        def body(carry, k):
+            thetas, opt_state, count = carry
+            grad, used = sampled_block_gradient(
+                jax.random.fold_in(key, k), mdp, thetas, state.log_tail, frozen, gamma,
+                batch_size=config.batch_size, episode_length=length, reward_std=std)
+            live = k < n_steps
+            row = InnerTrace(live, count, _objective(mdp, policy.probs(thetas[0]), gamma,
+                                                     config))
+            thetas, opt_state = update(thetas, opt_state, grad, live)
+            return (thetas, opt_state, count + jnp.where(live, used, 0)), row
+
+        (thetas, _, count), inner = lax.scan(body, (thetas, tx.init(thetas), state.interactions),
+                                             jnp.arange(config.max_steps_per_epoch))
+    log_pis = jax.vmap(policy.log_probs)(thetas)
+    v0, q0, _ = _block_values(mdp, thetas, state.tail_value, gamma)
+    gap = jnp.max(jnp.where(mdp.allowed, q0, -jnp.inf), axis=-1) - v0
+    grad_norm = base.tree_norm(block_gradient(mdp, thetas, state.tail_value, gamma))
+    # oldest first: the policy acting last (j = m - 1) goes to row `frozen`
+    zero = jnp.zeros((), jnp.int32)
+    log_tail = lax.dynamic_update_slice(state.log_tail, log_pis[::-1],
+                                        (jnp.asarray(frozen, jnp.int32), zero, zero))
+    new = state._replace(epoch=state.epoch + 1, params=thetas[0], tail_value=v0,
+                         log_tail=log_tail, steps=state.steps + n_steps, interactions=count)
+    row = Trace(new.steps, new.interactions, eta, n_steps,
+                _objective(mdp, jnp.exp(log_pis[0]), gamma, config), grad_norm, gap, v0,
+                inner)
+    return new, row
+
+
+# ----------------------------------------------------------------------------------------
 # Sampled DynPG for a budget of interactions, one interaction per scan step.
 
 
@@ -508,10 +679,11 @@ def run_interactions(problem, params0: Array, hparams: HParams, key: Array, *, b
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ValueError(f"budget = {budget!r} must be an int >= 1 interaction.")
     if (config.estimator != "reinforce" or config.optimizer is not None
-            or config.batch_size != 1 or config.solver != "gradient"):
+            or config.batch_size != 1 or config.solver != "gradient"
+            or config.horizon_block != 1):
         raise ValueError("run_interactions runs sampled DynPG with one episode per step and"
                          " plain SGD: use estimator='reinforce', optimizer=None,"
-                         " batch_size=1, solver='gradient' (or use run).")
+                         " batch_size=1, solver='gradient', horizon_block=1 (or use run).")
     if key is None:
         raise ValueError("run_interactions draws random numbers: pass an explicit key"
                          " (jax.random.key(seed)).")
