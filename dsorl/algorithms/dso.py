@@ -1,12 +1,12 @@
 """DSO optimisers of a parameterised chain: gradient ascent, natural gradient, Chain
-Iteration and Proximal Chain Optimisation (PCO).
+Iteration (first- and second-order) and Proximal Chain Optimisation (PCO).
 
 Todorov, "Dynamical System Optimization" (arXiv 2506.08340); docs/design.md §9.1. Each algorithm
 is a `dsorl.algorithms.base.Algorithm` record (`GRADIENT_ASCENT`, `CHAIN_ITERATION`,
-`PCO`: its `HParams`, `Config`, `State`, `Trace`, `init`, `step`, `validate`) run by
-`dsorl.algorithms.base.run`, with the public
+`PCO`, `NEWTON_CHAIN_ITERATION`: its `HParams`, `Config`, `State`, `Trace`, `init`,
+`step`, `validate`) run by `dsorl.algorithms.base.run`, with the public
 `run(model, params0, hparams, key=None, *, config, keep_params=False) -> (state, trace)`
-(`gradient_ascent`, `chain_iteration`, `pco`): one `lax.scan` over `config.n_steps`
+(`gradient_ascent`, `chain_iteration`, `pco`, `newton_chain_iteration`): one `lax.scan` over `config.n_steps`
 steps, jittable end to end (close over the `ChainModel`) and vmappable over `params0`,
 `hparams` and `key`. The problem is a `dsorl.chain_models.ChainModel`; `params0` is cast
 to its `dtype` and checked against its `params_shape` when the model knows them. Every
@@ -32,6 +32,20 @@ optimisers are fed ascent directions through `dsorl.optim.ascent`.
   off-chain (episodes of a fixed `hparams.behaviour` chain, importance-weighted); the
   value baseline is refitted on each batch and used on the next. Batch `k` is sampled
   from `fold_in(key, k)`.
+- `newton_chain_iteration` (second-order Chain Iteration): at `alpha = theta_k` the
+  surrogate's quadratic model `S(alpha + delta, alpha) ~ J(alpha) + g . delta +
+  delta^T H_S delta / 2`, `g = grad J(alpha)` (Lemma 2), `H_S = hess_theta S(theta,
+  alpha)|_alpha` (`surrogate_hessian`: `m_alpha`, `v_alpha` frozen, so the curvature of
+  `J` through the value Jacobian, `K + K^T` in `dsorl.chain_models.hessian`, is left out:
+  the paper's open question of how good that surrogate Hessian is), maximised within a
+  trust region `||delta|| <= Delta_k` (`trust_region_step`: a damped/shifted Newton step
+  `(lambda I - H_S)^{-1} g`, so indefinite and singular Hessians are handled), the step
+  kept and `Delta` adapted by the ratio of the actual to the predicted increase of `J`
+  (Nocedal & Wright, Alg. 4.1). One Newton step on `S(., theta_k)` per outer iteration:
+  an inexact Chain Iteration, i.e. a quasi-Newton method on `J` with Hessian
+  approximation `H_S`. `config.hessian="exact"` uses `hess J` (`objective_hessian`,
+  `jax.hessian` of the exact objective) instead: trust-region Newton on `J`, which
+  converges quadratically near a nondegenerate maximum, the comparison.
 
 Key: used by `pco` only; the exact methods take `key=None` (or any key, ignored).
 """
@@ -44,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from dsorl import _checks
 from dsorl import chain_models as cm
@@ -57,7 +72,10 @@ Array = jax.Array
 __all__ = ["AscentHParams", "AscentConfig", "AscentState", "AscentTrace", "GRADIENT_ASCENT",
            "gradient_ascent", "INNER_ADAM", "ChainIterationHParams", "ChainIterationConfig",
            "ChainIterationState", "ChainIterationTrace", "CHAIN_ITERATION", "chain_iteration",
-           "PCOHParams", "PCOConfig", "PCOState", "PCOTrace", "PCO", "pco"]
+           "PCOHParams", "PCOConfig", "PCOState", "PCOTrace", "PCO", "pco",
+           "surrogate_hessian", "objective_hessian", "trust_region_step", "NEWTON_HESSIANS",
+           "NewtonHParams", "NewtonConfig", "NewtonState", "NewtonTrace",
+           "NEWTON_CHAIN_ITERATION", "newton_chain_iteration"]
 
 
 def _exact(config) -> bool:
@@ -403,3 +421,238 @@ def pco(model, params0, hparams: PCOHParams, key=None, *, config: PCOConfig,
     On-chain, or off-chain with `hparams.behaviour`; batch `k` draws from `fold_in(key, k)`.
     """
     return PCO.run(model, params0, hparams, key, config=config, keep_params=keep_params)
+
+
+# ----------------------------------------------------------------------------------------
+# Second-order Chain Iteration (exact surrogate Hessian, trust region)
+
+
+def _flat_hessian(fn, theta) -> Array:
+    """`jax.hessian` of `fn(theta) -> scalar` on the flattened parameters, `[d, d]`."""
+    flat, unravel = ravel_pytree(theta)
+    return jax.hessian(lambda f: fn(unravel(f)))(flat)
+
+
+def surrogate_hessian(model, alpha, gamma) -> Array:
+    """The surrogate Hessian `hess_theta S(theta, alpha)` at `theta = alpha`, `[d, d]`.
+
+    `S(theta, alpha) = J(alpha) + (P0_theta - P0_alpha) . v_alpha + sum_x m_alpha(x)
+    [r(x, theta) + gamma sum_x' P~(x'|x, theta) v_alpha(x') - v_alpha(x)]` with `m_alpha`,
+    `v_alpha` frozen (Todorov, arXiv 2506.08340, the Chain Iteration surrogate); `jax.hessian`
+    of that frozen function on the flattened parameters. It shares value and gradient with
+    `J` at `alpha` (Lemma 2) but not curvature: `hess J = hess S + K + K^T`, `K` the
+    coupling through the value Jacobian (`dsorl.chain_models.hessian`); how far apart the
+    two are is the paper's open question (`dsorl.jobs.chain_newton` measures it).
+    """
+    terms = lax.stop_gradient(cm.surrogate_terms(model, alpha, gamma))
+    return _flat_hessian(lambda th: cm.surrogate_at(model, th, terms), alpha)
+
+
+def objective_hessian(model, theta, gamma) -> Array:
+    """The exact Hessian `hess J(theta)`, `[d, d]`: `jax.hessian` of the exact objective
+    `J = P0^T (I - gamma P~)^{-1} r` (differentiated implicitly through the solve) on the
+    flattened parameters. Equal to `dsorl.chain_models.hessian` (the Bellman-equation form)."""
+    return _flat_hessian(lambda th: cm.objective(model, th, gamma), theta)
+
+
+class NewtonHParams(NamedTuple):
+    """Traced: discount `gamma`; initial trust-region `radius` `Delta_0 > 0`;
+    `max_radius` `Delta_max >= radius` (inf: unbounded growth); `damping` `lambda_min >= 0`
+    (a Levenberg-Marquardt floor on the shift, 0: pure Newton inside the region); `accept`
+    `eta` in `[0, 1/4)`: a step is taken when `actual / predicted increase >= eta`."""
+
+    gamma: Array
+    radius: Array
+    max_radius: Array = float("inf")
+    damping: Array = 0.0
+    accept: Array = 0.1
+
+
+NEWTON_HESSIANS = ("surrogate", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class NewtonConfig:
+    """Static: `n_steps` outer iterations; `hessian`: `"surrogate"` (Newton on S:
+    `surrogate_hessian`, the second-order Chain Iteration) or `"exact"` (Newton on J:
+    `objective_hessian`, the comparison); `bisection_steps` of the search for the shift
+    `lambda` on the trust-region boundary; `rcond`: eigenvalues of `lambda I - H` at most
+    `rcond * max|eig H|` are treated as zero (the null directions of a softmax's shift
+    invariance; None: `1e3 eps` of the dtype)."""
+
+    n_steps: int
+    hessian: str = "surrogate"
+    bisection_steps: int = 60
+    rcond: Optional[float] = None
+
+
+class NewtonState(NamedTuple):
+    """`params` `theta_k`, the surrogate terms solved there (`terms.objective = J(theta_k)`)
+    and the current trust `radius`."""
+
+    params: Any
+    terms: cm.SurrogateTerms
+    radius: Array
+
+
+class NewtonTrace(NamedTuple):
+    """Per outer iteration `k`: `objective` `J(theta_{k+1})` (unchanged if the step was
+    rejected); `grad_norm` `||grad J(theta_k)||`; `step_norm` `||delta||` of the proposed
+    step; `shift` `lambda` of `(lambda I - H) delta = g`; `ratio` `rho` (actual / predicted
+    increase); `accepted`; `radius` after the update."""
+
+    objective: Array
+    grad_norm: Array
+    step_norm: Array
+    shift: Array
+    ratio: Array
+    accepted: Array
+    radius: Array
+    params: Any = None
+
+
+def trust_region_step(grad: Array, hess: Array, radius, damping=0.0, *,
+                      bisection_steps: int = 60, rcond: Optional[float] = None):
+    """The maximiser of the quadratic model `g . delta + delta^T H delta / 2` over
+    `||delta|| <= radius`: `(delta[d], lambda)`.
+
+    Moré & Sorensen (1983); Nocedal & Wright, Numerical Optimization, Thm 4.1 (written for
+    maximisation): `delta = (lambda I - H)^{-1} g` with `lambda I - H` positive
+    semidefinite, `lambda >= max(damping, 0)` and `lambda (radius - ||delta||) = 0`. In the
+    eigenbasis `H = U diag(mu) U^T`, `||delta(lambda)||^2 = sum_i (u_i . g)^2 /
+    (lambda - mu_i)^2` decreases in `lambda > max mu`. `lambda_0 = max(damping, max mu, 0)`
+    is taken when `lambda_0 I - H` is invertible up to the cut and its step lies inside
+    the region (pure Newton if `H` is negative semidefinite and `damping = 0`); else
+    bisection on `(lambda_0, lambda_0 + ||g|| / radius]` (the right end is always
+    feasible; the returned `lambda` is the feasible end of the last bracket). Directions
+    with `lambda - mu_i <= rcond max|mu|` are dropped (a pseudo-inverse: the exact null
+    directions of a softmax's shift invariance, where `g` has no component). The hard
+    case (`H` indefinite, `g` without a component along the top eigenvector `u_1`, so the
+    step stays inside) sets the `u_1` component to reach the boundary, its sign that of
+    `u_1 . g` (the model only grows there). Indefinite and singular Hessians are thus
+    handled; jittable, for small `d` (one `eigh`).
+    """
+    dtype = grad.dtype
+    mu, U = jnp.linalg.eigh(hess)
+    c = U.T @ grad
+    cut = (1e3 * jnp.finfo(dtype).eps if rcond is None else rcond) * jnp.max(jnp.abs(mu))
+    cut = jnp.maximum(cut, jnp.finfo(dtype).tiny)
+
+    def coefficients(lam):
+        denom = lam - mu
+        keep = denom > cut
+        return jnp.where(keep, c / jnp.where(keep, denom, 1), 0)
+
+    floor = jnp.maximum(jnp.maximum(damping, 0), mu[-1])
+    # lambda = floor is a solution only if lambda I - H is (pseudo-)invertible there: H
+    # negative semidefinite up to the cut, or the damping above the top eigenvalue
+    interior = coefficients(floor)
+    interior_ok = ((mu[-1] <= cut) | (floor - mu[-1] > cut)) & \
+        (jnp.linalg.norm(interior) <= radius)
+    hi0 = floor + jnp.linalg.norm(grad) / radius + cut
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        too_long = jnp.linalg.norm(coefficients(mid)) > radius
+        return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
+
+    _, lam_b = lax.fori_loop(0, bisection_steps, bisect, (floor, hi0))
+    boundary = coefficients(lam_b)
+    # hard case: the step stays inside although H has positive curvature along u_1 (g has
+    # no component there); walk along u_1 to the edge, where the model only grows
+    t = jnp.sqrt(jnp.maximum(radius ** 2 - jnp.sum(boundary[:-1] ** 2), 0))
+    hard = (mu[-1] > cut) & (jnp.linalg.norm(boundary) < 0.99 * radius)
+    boundary = jnp.where(hard, boundary.at[-1].set(jnp.where(c[-1] < 0, -t, t)), boundary)
+    coef = jnp.where(interior_ok, interior, boundary)
+    return U @ coef, jnp.where(interior_ok, floor, lam_b)
+
+
+def newton_validate(model, hparams: NewtonHParams, config: NewtonConfig) -> None:
+    """gamma, `radius > 0`, `max_radius >= radius`, `damping >= 0`, `accept` in
+    `[0, 1/4)`, `hessian` one of `NEWTON_HESSIANS`, `bisection_steps >= 1`, `rcond > 0`."""
+    _checks.check_discount(hparams.gamma, allow_one=model.terminal is not None)
+    _checks.check_positive("radius", hparams.radius)
+    if _checks.is_concrete(hparams.max_radius, hparams.radius) and not np.all(
+            np.asarray(hparams.max_radius) >= np.asarray(hparams.radius)):
+        raise ValueError(f"max_radius = {hparams.max_radius} must be >= radius ="
+                         f" {hparams.radius}.")
+    _checks.check_positive("damping", hparams.damping, allow_zero=True)
+    if _checks.is_concrete(hparams.accept):
+        eta = np.asarray(hparams.accept)
+        if not np.all((eta >= 0) & (eta < 0.25)):
+            raise ValueError(f"accept = {eta} must lie in [0, 0.25) (the acceptance"
+                             " threshold eta of the trust-region ratio).")
+    if config.hessian not in NEWTON_HESSIANS:
+        raise ValueError(f"config.hessian = {config.hessian!r} must be one of"
+                         f" {', '.join(map(repr, NEWTON_HESSIANS))}.")
+    _validate_count("bisection_steps", config.bisection_steps)
+    if config.rcond is not None and not (np.isfinite(config.rcond) and config.rcond > 0):
+        raise ValueError(f"config.rcond = {config.rcond!r} must be finite and > 0 (or None).")
+
+
+def _validate_count(name, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"config.{name} = {value!r} must be an int >= 1.")
+
+
+def newton_init(model, params0, hparams: NewtonHParams, key=None, *,
+                config: NewtonConfig) -> NewtonState:
+    """The solve at `params0` (which also checks the model there) and `radius`."""
+    terms = lax.stop_gradient(cm.surrogate_terms(model, params0, hparams.gamma))
+    return NewtonState(params0, terms, jnp.asarray(hparams.radius, terms.objective.dtype))
+
+
+def newton_step(model, state: NewtonState, hparams: NewtonHParams, key=None, *,
+                config: NewtonConfig):
+    """One trust-region Newton iteration at `alpha = theta_k` (Nocedal & Wright, Alg. 4.1):
+    gradient `g = grad_theta S(alpha, alpha) = grad J(alpha)`, Hessian `H` (surrogate or
+    exact), `delta` from `trust_region_step`, then the solve at `alpha + delta`; the step is
+    kept if `rho = (J(alpha + delta) - J(alpha)) / (g . delta + delta^T H delta / 2) >=
+    accept`; the radius is quartered if `rho < 1/4`, doubled (up to `max_radius`) if
+    `rho > 3/4` and the step reached the boundary."""
+    terms = state.terms
+    flat, unravel = ravel_pytree(state.params)
+    surrogate = lambda f: cm.surrogate_at(model, unravel(f), terms)  # noqa: E731
+    g = jax.grad(surrogate)(flat)
+    if config.hessian == "surrogate":
+        H = jax.hessian(surrogate)(flat)
+    else:
+        H = jax.hessian(lambda f: cm.objective(model, unravel(f), terms.gamma))(flat)
+    delta, shift = trust_region_step(g, H, state.radius, hparams.damping,
+                                     bisection_steps=config.bisection_steps,
+                                     rcond=config.rcond)
+    predicted = g @ delta + 0.5 * delta @ H @ delta
+    candidate = unravel(flat + delta)
+    new = lax.stop_gradient(cm.surrogate_terms(model, candidate, terms.gamma))
+    actual = new.objective - terms.objective
+    # g = 0 gives delta = 0 and nothing to predict: a (null) step that is taken
+    ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 1.0)
+    accepted = (ratio >= hparams.accept) & jnp.isfinite(new.objective)
+    step_norm = jnp.linalg.norm(delta)
+    at_edge = step_norm >= 0.99 * state.radius
+    radius = jnp.where(ratio < 0.25, state.radius / 4,
+                       jnp.where((ratio > 0.75) & at_edge,
+                                 jnp.minimum(2 * state.radius, hparams.max_radius),
+                                 state.radius))
+    keep = lambda a, b: jax.tree_util.tree_map(  # noqa: E731
+        lambda x, y: jnp.where(accepted, x, y), a, b)
+    params, terms = keep(candidate, state.params), keep(new, terms)
+    row = NewtonTrace(terms.objective, jnp.linalg.norm(g), step_norm, shift, ratio,
+                      accepted, radius)
+    return NewtonState(params, terms, radius), row
+
+
+NEWTON_CHAIN_ITERATION = base.Algorithm(
+    "newton_chain_iteration", HParams=NewtonHParams, Config=NewtonConfig, State=NewtonState,
+    Trace=NewtonTrace, init=newton_init, step=newton_step, validate=newton_validate,
+    expected_params=_params_shape, uses_key=_exact)
+
+
+def newton_chain_iteration(model, params0, hparams: NewtonHParams, key=None, *,
+                           config: NewtonConfig, keep_params: bool = False):
+    """Second-order Chain Iteration (`config.hessian="surrogate"`) or trust-region Newton on
+    `J` (`"exact"`): `base.run(NEWTON_CHAIN_ITERATION, ...)` ->
+    `(NewtonState, NewtonTrace[n_steps])`."""
+    return NEWTON_CHAIN_ITERATION.run(model, params0, hparams, key, config=config,
+                                      keep_params=keep_params)
