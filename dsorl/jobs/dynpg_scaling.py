@@ -54,6 +54,32 @@ reached epsilon: exp_slope, exp_r2 (least squares of ln steps against h: exponen
 is a straight line here) and poly_exponent, poly_r2 (ln steps against ln h), points,
 unreached, and lower_bound: the largest budget among the unreached horizons (NaN if none):
 the count there is at least that.
+
+Horizon-adjustment sensitivity (`sens_envs`, empty by default; configs/dynpg_scaling.yaml runs
+it): sampled DynPG (REINFORCE, `sens_batch` episodes per step, plain SGD, `sens_seeds` seeds
+vmapped as one program per variant) on Sutton-extended (`dsorl.envs.dynpg`, each gamma of
+`sens_sutton_gammas`, epsilon `sens_sutton_epsilon`) and on `li_chain` (`gamma = 1 - 1 /
+sens_hard_horizon`, `H` as in the separation study, epsilon `sens_hard_epsilon`; the partial
+reconstruction of Li et al.'s MDP, see `dsorl.envs.hard_mdps`). Each variant trains until its
+output policy covers the longest episode (`T` horizon steps, `ceil(T / m)` epochs):
+  authors        the adaptive schedule, steps coefficient `sens_k`, one horizon step an epoch
+  fixed N=<n>    the authors' step size, `n` steps in every epoch (`schedule="fixed_steps"`)
+  block m=<m>    the adaptive schedule, `m` horizon steps learnt together in each epoch
+                 (`horizon_block`)
+A run reaches epsilon at the first interaction count at which its newest policy (the one
+being trained, or an epoch's frozen output) has mean gap `rho . (V* - V^pi) <= epsilon`.
+Table `sensitivity`, one row per environment, gamma and variant:
+  env, gamma, epsilon, variant, schedule, k, block, epochs, horizon, seeds
+  reached_fraction                       seeds that reached epsilon
+  interactions_median, interactions_lo, interactions_hi
+                                         interactions to epsilon: median over seeds and its
+                                         95% percentile-bootstrap interval (NaN where more
+                                         than half the seeds, or resamples, did not reach it)
+  final_gap_mean, final_gap_lo, final_gap_hi
+                                         the output's gap after the last epoch: mean over seeds
+                                         and its 95% percentile-bootstrap interval
+  total_interactions                     median interactions a whole run used
+  run_s, compile_s                       seconds of the vmapped program (all seeds)
 """
 import jax
 import jax.numpy as jnp
@@ -62,6 +88,7 @@ import numpy as np
 from dsorl import progress, timing
 from dsorl.algorithms import dynpg, pg
 from dsorl.envs.chains import committal_chain, committal_chain_optimum
+from dsorl.envs.dynpg import sutton_extended, sutton_extended_reference
 from dsorl.envs.hard_mdps import li_chain, li_chain_optimum, reset_chain, reset_chain_optimum
 from dsorl.mdp import MDP
 from dsorl.objectives import policy_objective
@@ -90,6 +117,18 @@ DEFAULTS = {
     "hard_pg_li_step": True,
     "hard_pg_budget": 100000,
     "hard_dynpg_steps_coefficients": [45.0, 450.0, 4500.0],
+    "sens_envs": [],
+    "sens_sutton_gammas": [0.99, 0.9],
+    "sens_sutton_epsilon": 0.01,
+    "sens_hard_horizon": 20.0,
+    "sens_hard_epsilon": 0.05,
+    "sens_k": 45.0,
+    "sens_fixed_steps": [45.0, 150.0],
+    "sens_blocks": [2, 3],
+    "sens_seeds": 32,
+    "sens_batch": 1,
+    "sens_bootstrap": 1000,
+    "sens_seed": 0,
 }
 
 
@@ -235,6 +274,109 @@ def measure_hard(env: str, horizon: float, config: dict) -> list:
     return rows
 
 
+def sensitivity_cases(config: dict) -> list:
+    """`(env name, EpisodicMDP, gamma, epsilon, J*)` of the sensitivity study."""
+    cases = []
+    for env in config["sens_envs"]:
+        if env == "sutton_extended":
+            for gamma in config["sens_sutton_gammas"]:
+                cases.append((env, sutton_extended(), float(gamma),
+                              config["sens_sutton_epsilon"],
+                              sutton_extended_reference(gamma)["mean_v_star"]))
+        elif env == "li_chain":
+            h = float(config["sens_hard_horizon"])
+            gamma = 1 - 1 / h
+            size = max(3, int(np.floor(config["hard_li_c_h"] * h)))
+            problem = li_chain(size, gamma)
+            cases.append((env, problem, gamma, config["sens_hard_epsilon"],
+                          float(np.asarray(problem.mdp.rho) @ li_chain_optimum(size, gamma))))
+        else:
+            raise ValueError(f"sens_envs: unknown environment {env!r} (sutton_extended,"
+                             " li_chain).")
+    return cases
+
+
+def sensitivity_variants(config: dict) -> list:
+    """`(label, schedule, steps coefficient, horizon block)` of each variant."""
+    k = float(config["sens_k"])
+    return ([("authors", "adaptive", k, 1)]
+            + [(f"fixed N={n:g}", "fixed_steps", float(n), 1) for n in config["sens_fixed_steps"]]
+            + [(f"block m={int(m)}", "adaptive", k, int(m)) for m in config["sens_blocks"]])
+
+
+def first_reach(counts, gaps, valid, eps) -> np.ndarray:
+    """Per seed (first axis): the interaction count of the first valid point (later axes in
+    order) whose gap is <= eps; `inf` if none."""
+    counts, hit = np.asarray(counts, float), np.asarray(valid) & (np.asarray(gaps) <= eps)
+    n = counts.shape[0]
+    counts, hit = counts.reshape(n, -1), hit.reshape(n, -1)
+    return np.where(hit.any(axis=1), counts[np.arange(n), hit.argmax(axis=1)], np.inf)
+
+
+def bootstrap_interval(x, statistic, n: int, seed: int = 0):
+    """Percentile-bootstrap 95% interval of `statistic` over the seeds `x` (NaN where the
+    resampled statistic is infinite)."""
+    x = np.asarray(x, float)
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(x[rng.integers(0, x.size, x.size)]) for _ in range(n)])
+    with np.errstate(invalid="ignore"):  # inf - inf between infinite resamples
+        lo, hi = np.percentile(stats, [2.5, 97.5])
+    return tuple(float(v) if np.isfinite(v) else float("nan") for v in (lo, hi))
+
+
+def measure_sensitivity(env: str, problem, gamma: float, eps: float, j_star: float,
+                        config: dict) -> list:
+    """Rows of table `sensitivity` for one environment and gamma."""
+    zeros = jnp.zeros(problem.mdp.R.shape)
+    longest = int(problem.max_episode_length)
+    keys = jax.random.split(jax.random.key(config["sens_seed"]), config["sens_seeds"])
+    rows = []
+    for label, schedule, k, m in sensitivity_variants(config):
+        epochs = -(-longest // m)
+        hp = dynpg.HParams(gamma, 1.0, k)
+        index = (np.arange(epochs) + 1) * m - 1
+        longest_epoch = int(np.max(dynpg.epoch_schedule(index, hp, schedule, xp=np)[1]))
+        cfg = dynpg.Config(n_steps=epochs, schedule=schedule, estimator="reinforce",
+                           batch_size=config["sens_batch"], max_steps_per_epoch=longest_epoch,
+                           episode_length=min(longest, epochs * m),
+                           evaluation_sweeps=longest + 1, horizon_block=m)
+
+        def program(keys):
+            def one(key):
+                _, trace = dynpg.run(problem, zeros, hp, key, config=cfg)
+                return (trace.inner.interactions, trace.inner.objective, trace.inner.valid,
+                        trace.interactions, trace.objective)
+            return jax.vmap(one)(keys)
+
+        tm = timing.timed(jax.jit(program), keys, repeats=1, warmup=0,
+                          what=f"dynpg sensitivity {env} gamma={gamma:g} {label}")
+        inner_n, inner_j, valid, end_n, end_j = (np.asarray(x) for x in tm.result)
+        # per epoch: its steps (objective before each step), then its frozen output
+        counts = np.concatenate([inner_n, end_n[..., None]], axis=-1)
+        gaps = j_star - np.concatenate([inner_j, end_j[..., None]], axis=-1)
+        ok = np.concatenate([valid, np.ones(end_n.shape + (1,), bool)], axis=-1)
+        first = first_reach(counts, gaps, ok, eps)
+        final = j_star - end_j[:, -1]
+        median = float(np.median(first))
+        n_boot = config["sens_bootstrap"]
+        rows.append({
+            "env": env, "gamma": gamma, "epsilon": eps, "variant": label, "schedule": schedule,
+            "k": k, "block": m, "epochs": epochs, "horizon": epochs * m,
+            "seeds": int(first.size), "reached_fraction": float(np.mean(np.isfinite(first))),
+            "interactions_median": median if np.isfinite(median) else float("nan"),
+            **dict(zip(("interactions_lo", "interactions_hi"),
+                       bootstrap_interval(first, np.median, n_boot))),
+            "final_gap_mean": float(final.mean()),
+            **dict(zip(("final_gap_lo", "final_gap_hi"),
+                       bootstrap_interval(final, np.mean, n_boot))),
+            "total_interactions": float(np.median(end_n[:, -1])),
+            "run_s": tm.median_seconds, "compile_s": tm.compile_seconds})
+        progress.note(f"sensitivity {env} gamma {gamma:g} {label}: reached"
+                      f" {rows[-1]['reached_fraction']:.2f}, median interactions {median:g},"
+                      f" final gap {rows[-1]['final_gap_mean']:.3g}")
+    return rows
+
+
 def growth_fits(x, y) -> dict:
     """Least squares of `ln y` against `x` (exponential growth: `exp_slope`, `exp_r2`) and
     against `ln x` (polynomial: `poly_exponent`, `poly_r2`); NaN with fewer than 3 points
@@ -314,6 +456,12 @@ def run(config: dict) -> dict:
                 hard_rows += new
                 _report(new)
         tables.update(hard=hard_rows, hard_fits=hard_fits(hard_rows))
+    if config["sens_envs"]:
+        sens_rows = []
+        for case in progress.track(sensitivity_cases(config), "dynpg_scaling sensitivity",
+                                   unit="cases"):
+            sens_rows += measure_sensitivity(*case, config)
+        tables["sensitivity"] = sens_rows
     return {"tables": tables, "arrays": {}, "seeds": [0]}
 
 
@@ -339,6 +487,8 @@ def figures(tables, arrays, config, plt) -> dict:
     figs = {}
     if "hard" in tables and len(tables["hard"]["env"]):
         figs["separation"] = _separation_figure(tables["hard"], config, plt)
+    if "sensitivity" in tables and len(tables["sensitivity"]["env"]):
+        figs["sensitivity"] = _sensitivity_figure(tables["sensitivity"], plt)
     studies = [(name, axis, label) for name, axis, label in (
         ("horizon", "horizon", "effective horizon 1/(1-γ)"),
         ("chain", "n", f"chain length n (γ = {config['chain_gamma']:g})"))
@@ -395,5 +545,36 @@ def _separation_figure(t, config, plt):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("dynpg_scaling: separation on the hard MDPs (exact gradients)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sensitivity_figure(t, plt):
+    """One column per environment and gamma: interactions to epsilon (median, 95% bootstrap
+    interval; variants that did not reach it in half the seeds are left out) above, the
+    final gap (mean, 95% bootstrap interval) below, one point per variant."""
+    cases = list(dict.fromkeys(zip(t["env"].tolist(), t["gamma"].tolist())))
+    fig, axs = plt.subplots(2, len(cases), figsize=(4.2 * len(cases), 6.0), squeeze=False)
+    for col, (env, gamma) in enumerate(cases):
+        sel = np.flatnonzero((t["env"] == env) & (t["gamma"] == gamma))
+        x = np.arange(sel.size)
+        labels = [str(v) for v in t["variant"][sel]]
+        for ax, key, ylabel in ((axs[0, col], "interactions", "interactions to ε"),
+                                (axs[1, col], "final_gap", "final gap ρ·(V*−V^π)")):
+            centre = t[f"{key}_median" if key == "interactions" else f"{key}_mean"][sel]
+            lo, hi = t[f"{key}_lo"][sel], t[f"{key}_hi"][sel]
+            ok = np.isfinite(centre)
+            err = np.vstack([centre - np.where(np.isfinite(lo), lo, centre),
+                             np.where(np.isfinite(hi), hi, centre) - centre])
+            ax.errorbar(x[ok], centre[ok], yerr=err[:, ok], fmt="o", capsize=3)
+            ax.set_xticks(x)
+            ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        eps = float(t["epsilon"][sel[0]])
+        axs[0, col].set_title(f"{env}, γ = {gamma:g}, ε = {eps:g}", fontsize=9)
+        axs[1, col].axhline(eps, color="grey", linestyle=":", linewidth=1)
+    fig.suptitle("dynpg_scaling: horizon-adjustment sensitivity of sampled DynPG"
+                 f" ({int(t['seeds'][0])} seeds, 95% bootstrap intervals)", fontsize=10)
     fig.tight_layout()
     return fig
