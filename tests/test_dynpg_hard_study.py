@@ -73,3 +73,53 @@ def test_unknown_hard_env_is_refused_by_name():
                               "hard_horizons": [10], "hard_envs": ["mars"]})
     with pytest.raises(ValueError, match="hard_envs: unknown environment 'mars'"):
         dynpg_scaling.run(cfg)
+
+
+def test_first_reach_takes_the_first_valid_point_in_order():
+    counts = np.array([[[0, 5, 9], [9, 14, 20]], [[0, 3, 7], [7, 8, 12]]])
+    gaps = np.array([[[0.5, 0.2, 0.01], [0.3, 0.001, 0.0]], [[0.5, 0.4, 0.3], [0.2, 0.2, 0.1]]])
+    valid = np.array([[[True, True, False], [True, True, True]], [[True] * 3, [True] * 3]])
+    # seed 0: the point at 9 interactions is below epsilon but not a valid step
+    np.testing.assert_array_equal(dynpg_scaling.first_reach(counts, gaps, valid, 0.05),
+                                  [14.0, np.inf])
+    lo, hi = dynpg_scaling.bootstrap_interval(np.arange(100.0), np.mean, 400)
+    assert lo < 49.5 < hi and hi - lo < 20  # standard error 2.9: an interval near +-5.7
+    assert all(math.isnan(v) for v in
+               dynpg_scaling.bootstrap_interval(np.full(5, np.inf), np.median, 50))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sensitivity_table_on_a_tiny_config(tmp_path):
+    cfg = config_lib.resolve({
+        "job": "dynpg_scaling", "horizons": [], "chain_lengths": [],
+        "sens_envs": ["sutton_extended", "li_chain"], "sens_sutton_gammas": [0.9],
+        "sens_hard_horizon": 10.0, "sens_seeds": 8, "sens_k": 10.0,
+        "sens_fixed_steps": [10.0], "sens_blocks": [2], "sens_bootstrap": 100})
+    result = dynpg_scaling.run(cfg)
+    write_results(tmp_path, cfg, tables=result["tables"])
+    t = read_results(tmp_path)[0]["sensitivity"]
+    assert [c for c in t if c not in dynpg_scaling.__doc__] == []
+    assert list(t["variant"]) == ["authors", "fixed N=10", "block m=2"] * 2
+    # Sutton-extended's longest episode has 3 steps, li_chain(4)'s 7: epochs cover it
+    np.testing.assert_array_equal(t["epochs"], [3, 3, 2, 7, 7, 4])
+    np.testing.assert_array_equal(t["horizon"], [3, 3, 4, 7, 7, 8])
+    assert np.all(t["seeds"] == 8)
+    # a median exists exactly when at least half the seeds reached epsilon
+    assert np.all(np.isnan(t["interactions_median"]) == (t["reached_fraction"] < 0.5))
+    assert np.all(t["final_gap_lo"] <= t["final_gap_mean"])
+    assert np.all(t["final_gap_mean"] <= t["final_gap_hi"])
+    assert np.all(t["final_gap_mean"] > -1e-9)  # no policy beats V*
+    # fixed N=10 takes 10 steps per epoch, of at most a horizon's interactions each
+    fixed = t["variant"] == "fixed N=10"
+    assert np.all(t["total_interactions"][fixed] <= 10 * t["epochs"][fixed] * t["horizon"][fixed])
+    figs = dynpg_scaling.figures(read_results(tmp_path)[0], {}, cfg, __import__(
+        "matplotlib.pyplot").pyplot)
+    assert "sensitivity" in figs
+
+
+def test_unknown_sensitivity_env_is_refused_by_name():
+    cfg = config_lib.resolve({"job": "dynpg_scaling", "horizons": [], "chain_lengths": [],
+                              "sens_envs": ["venus"]})
+    with pytest.raises(ValueError, match="sens_envs: unknown environment 'venus'"):
+        dynpg_scaling.run(cfg)
