@@ -363,7 +363,7 @@ def test_sampled_fisher_vector_product_is_unbiased(tabular, episodes):
     exact = _exact_fisher(mdp, policy, params) @ v
     fv = jax.vmap(lambda b: ravel_pytree(C.fisher_vector_product(
         policy, params, b.transitions, C.fisher_weights(b.transitions.time, GAMMA),
-        unravel(v)))[0])(episodes)
+        unravel(v)))[0])(jax.tree_util.tree_map(lambda x: x[:2000], episodes))
     z, se = _within(fv, exact)
     assert np.all(z < 5), (z.max(), se.max())
     assert float(jnp.linalg.norm(exact)) > 20 * float(jnp.max(se))
