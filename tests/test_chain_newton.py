@@ -134,3 +134,38 @@ def test_bad_config_raises_naming_the_value(config, name):
     with pytest.raises(ValueError, match=name):
         alg.newton_chain_iteration(_regularised(), jnp.zeros((S, A)),
                                    alg.NewtonHParams(GAMMA, 1.0), config=config)
+
+
+@pytest.mark.slow
+def test_newton_tables_and_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsorl.jobs import chain_newton as cn
+
+    config = {"repeats": 1, "target": 1e-8,
+              "garnet": {**cn.DEFAULTS["garnet"], "n_states": 4, "seeds": 1},
+              "lmdp": {**cn.DEFAULTS["lmdp"], "walk_states": 7, "random_states": 5, "seeds": 1},
+              "chain_iteration": {"n_steps": 5, "inner_steps": 20, "step_size": 0.1},
+              "natural_gradient": {**cn.DEFAULTS["natural_gradient"], "n_steps": 20},
+              "newton": {**cn.DEFAULTS["newton"], "n_steps": 25}}
+    tables = cn.newton_tables(config, log=lambda *a: None)
+    conv = tables["convergence"]
+    assert set(conv["method"]) == set(cn.METHODS) and len(conv) == 4 * len(cn.METHODS)
+    # Newton on S reaches every planned optimum; a reached row has its iteration count
+    newton = conv[conv["method"] == "newton_surrogate"]
+    assert newton["reached"].all(), newton
+    assert (conv["reached"] == conv["iterations_to_target"].notna()).all()
+    # at the interior optima (regularised garnet, LMDPs) the value Jacobian vanishes, so
+    # the surrogate Hessian becomes the exact one along Newton-on-S paths
+    gaps = tables["hessian_gap"]
+    last = gaps[(gaps["path"] == "newton_surrogate") & (gaps["case"] != "garnet tau=0")]
+    assert last.groupby(["case", "seed"])["hessian_gap"].last().max() < 1e-8
+    assert (gaps.groupby(["case", "seed", "path"])["hessian_gap"].first() > 1e-2).all()
+    figures = cn.newton_figures(tables, plt)
+    for name, fig in figures.items():
+        fig.savefig(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    plt.close("all")

@@ -27,7 +27,8 @@ Config keys (`DEFAULTS`): `seed`; `target`; `repeats` (timed runs, median); `gar
 `n_states`, `n_actions`, `branching`, `gamma`, `seeds`, `taus` (list); `lmdp`:
 `walk_states` (odd), `noise`, `cost_weight`, `random_states`, `branching`, `seeds`;
 `chain_iteration`: `n_steps`, `inner_steps`, `step_size`; `natural_gradient`: `n_steps`,
-`step_size`, `damping`; `newton`: `n_steps`, `radius`, `max_radius`, `damping`, `accept`;
+`damping`, `step_size` (a number, or a mapping from the family `garnet`,
+`garnet_regularised`, `lmdp` to a number); `newton`: `n_steps`, `radius`, `max_radius`, `damping`, `accept`;
 `paths`: the methods whose iterates get the Hessian gap.
 
 Tables (`newton_tables`), pandas DataFrames:
@@ -70,7 +71,11 @@ DEFAULTS = {
     "lmdp": {"walk_states": 21, "noise": 0.2, "cost_weight": 4.0, "random_states": 10,
              "branching": 3, "seeds": 2},
     "chain_iteration": {"n_steps": 40, "inner_steps": 100, "step_size": 0.1},
-    "natural_gradient": {"n_steps": 200, "step_size": 1.0, "damping": 1.0e-8},
+    # the natural gradient's step size is tuned per family (grid 0.3, 1, 3, 10 on one seed:
+    # too long a step stalls or diverges on the regularised garnets and the LMDPs)
+    "natural_gradient": {"n_steps": 200, "damping": 1.0e-8,
+                         "step_size": {"garnet": 10.0, "garnet_regularised": 0.3,
+                                       "lmdp": 0.3}},
     "newton": {"n_steps": 40, "radius": 1.0, "max_radius": 100.0, "damping": 0.0,
                "accept": 0.1},
     "paths": ["newton_surrogate", "chain_iteration"],
@@ -88,7 +93,8 @@ def hessian_gap(model, theta, gamma):
 
 
 def problems(config: dict) -> list:
-    """`[(case, seed, model, theta0, gamma, J*)]` of the study (see the module docstring)."""
+    """`[(case, family, seed, model, theta0, gamma, J*)]` of the study (see the module
+    docstring); `family`: `garnet`, `garnet_regularised` or `lmdp`."""
     out = []
     g = config["garnet"]
     S, A = g["n_states"], g["n_actions"]
@@ -102,7 +108,8 @@ def problems(config: dict) -> list:
             else:
                 model = cm.marginal(mdp, policy)
                 J_star = mdp.rho @ policy_iteration(mdp, g["gamma"]).value
-            out.append((f"garnet tau={tau:g}", i, model, jnp.zeros((S, A)), g["gamma"],
+            family = "garnet_regularised" if tau else "garnet"
+            out.append((f"garnet tau={tau:g}", family, i, model, jnp.zeros((S, A)), g["gamma"],
                         float(J_star)))
     m = config["lmdp"]
     walk = random_walk_lmdp(m["walk_states"], noise=m["noise"], cost_weight=m["cost_weight"])
@@ -112,11 +119,11 @@ def problems(config: dict) -> list:
         for i in range(m["seeds"])]
     for case, i, lmdp in lmdps:
         J_star = float(lmdp.initial @ jnp.log(lm.first_exit_desirability(lmdp)))
-        out.append((case, i, cm.lmdp_chain(lmdp), jnp.zeros(lmdp.n_states), 1.0, J_star))
+        out.append((case, "lmdp", i, cm.lmdp_chain(lmdp), jnp.zeros(lmdp.n_states), 1.0, J_star))
     return out
 
 
-def _runner(method, model, gamma, config):
+def _runner(method, family, model, gamma, config):
     """`theta0 -> (J[iterations + 1], params[iterations + 1])` of one method."""
     if method == "chain_iteration":
         c = config["chain_iteration"]
@@ -125,7 +132,9 @@ def _runner(method, model, gamma, config):
     elif method == "natural_gradient":
         c = config["natural_gradient"]
         record = alg.GRADIENT_ASCENT
-        hparams = alg.AscentHParams(gamma, c["step_size"], c["damping"])
+        step = c["step_size"]
+        step = step[family] if isinstance(step, dict) else step
+        hparams = alg.AscentHParams(gamma, step, c["damping"])
         settings = alg.AscentConfig(n_steps=c["n_steps"], optimizer=optax.sgd, natural=True)
     else:
         c = config["newton"]
@@ -147,10 +156,10 @@ def newton_tables(config: dict, log=progress.note) -> dict:
     `config` as `DEFAULTS` (missing top-level keys taken from there)."""
     config = {**DEFAULTS, **config}
     convergence, curves, gaps = [], [], []
-    for case, seed, model, theta0, gamma, J_star in progress.track(
+    for case, family, seed, model, theta0, gamma, J_star in progress.track(
             problems(config), "chain_newton", unit="problems"):
         for method in METHODS:
-            run, iterations = _runner(method, model, gamma, config)
+            run, iterations = _runner(method, family, model, gamma, config)
             tm = timing.timed(run, theta0, repeats=config["repeats"],
                               what=f"chain_newton {case} {seed} {method}")
             J, params = (np.asarray(x) for x in tm.result)
