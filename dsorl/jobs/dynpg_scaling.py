@@ -558,7 +558,8 @@ def _sensitivity_figure(t, plt):
     for col, (env, gamma) in enumerate(cases):
         sel = np.flatnonzero((t["env"] == env) & (t["gamma"] == gamma))
         x = np.arange(sel.size)
-        labels = [str(v) for v in t["variant"][sel]]
+        labels = [f"{v}\n({r:.0%} reached)" for v, r in zip(t["variant"][sel],
+                                                           t["reached_fraction"][sel])]
         for ax, key, ylabel in ((axs[0, col], "interactions", "interactions to ε"),
                                 (axs[1, col], "final_gap", "final gap ρ·(V*−V^π)")):
             centre = t[f"{key}_median" if key == "interactions" else f"{key}_mean"][sel]
@@ -567,6 +568,9 @@ def _sensitivity_figure(t, plt):
             err = np.vstack([centre - np.where(np.isfinite(lo), lo, centre),
                              np.where(np.isfinite(hi), hi, centre) - centre])
             ax.errorbar(x[ok], centre[ok], yerr=err[:, ok], fmt="o", capsize=3)
+            if not ok.any():
+                ax.text(0.5, 0.5, "ε reached by fewer than half the seeds\nin every variant",
+                        transform=ax.transAxes, ha="center", va="center", fontsize=8)
             ax.set_xticks(x)
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
             ax.set_ylabel(ylabel)
