@@ -22,7 +22,7 @@ def test_list_names_jobs_algorithms_and_environments(capsys):
     assert "algorithms" in out and "environments (dsorl.envs.make(name, **kwargs)):\n  garnet " in out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     # modules whose runs are not called `run` list them; step/init functions are not runs
-    assert "[chain_iteration, gradient_ascent, pco]" in rows["dso"]
+    assert "[chain_iteration, gradient_ascent, newton_chain_iteration, pco]" in rows["dso"]
     assert "[z_learning]" in rows["lmdp"]
     assert "[" not in rows["meanfield"]
 
@@ -63,8 +63,8 @@ def test_list_and_show_config_print_whole_descriptions():
     assert job_rows["core_eval"].endswith("the γ-sweep path. Run with the BLAS record:"
                                           " `nice python benchmarks/core_eval.py`.")
     assert algorithm_rows["dso"].startswith("DSO optimisers of a parameterised chain: gradient"
-                                            " ascent, natural gradient, Chain Iteration and"
-                                            " Proximal Chain Optimisation (PCO).")
+                                            " ascent, natural gradient, Chain Iteration (first-"
+                                            " and second-order) and Proximal Chain Optimisation (PCO).")
 
     shown = subprocess.run(command + ["run", "dso_benchmark", "--show-config"],
                            capture_output=True, text=True, timeout=300)

@@ -1,5 +1,5 @@
-"""Second-order Chain Iteration study (issue 14, item 5): how good is the DSO surrogate's
-Hessian, and what do Newton steps buy?
+"""Second-order Chain Iteration study: how good the DSO surrogate's Hessian is, and what
+Newton steps on the surrogate and on the objective buy over first-order Chain Iteration.
 
 Todorov, "Dynamical System Optimization" (arXiv 2506.08340) leaves open how well the
 surrogate Hessian `H_S = hess_theta S(theta, alpha)|_{theta = alpha}` (values and
