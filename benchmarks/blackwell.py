@@ -1,4 +1,4 @@
-"""Blackwell optimality: thresholds, Laurent-series truncation error and the n-level policy gradient.
+"""The average-reward frontier: Blackwell thresholds, Laurent-series truncation error, the n-level policy gradient, mixing-time regularisation and second-order Chain Iteration.
 
     nice python benchmarks/blackwell.py [CONFIG] [--set key=value ...]
 
@@ -6,7 +6,10 @@ CONFIG defaults to configs/blackwell.yaml; its `sections` list chooses the studi
 computed and how is in `dsorl/jobs/blackwell.py`: the Blackwell thresholds gamma* of the six
 nBw environments, the truncation error of the Laurent series of v_gamma against
 rho = (1 - gamma) / gamma (with a log-log figure), and nBw-PG against the n-level barrier
-method (`dsorl.algorithms.blackwell`) on `blackwell_tie` and the nBw environments. Prints the
+method (`dsorl.algorithms.blackwell`) on `blackwell_tie` and the nBw environments, the
+mixing-measure comparison and regularisation trade-off (`dsorl.jobs.mixing_study`, with its
+trade-off figure) and Newton against first-order Chain Iteration with the surrogate-Hessian
+gap (`dsorl.jobs.chain_newton`, with its figures). Prints the
 tables, writes CSV tables, arrays, meta.json and the figures to the config's output_dir.
 Also `dsorl run configs/blackwell.yaml`.
 """
@@ -25,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     return script_main(blackwell, "configs/blackwell.yaml", __doc__, argv, root=ROOT,
-                       printed=["thresholds", "laurent_slopes", "policy_gradient"])
+                       printed=["thresholds", "laurent_slopes", "policy_gradient", "newton_convergence",
+                                "mixing_correlation", "mixing_tradeoff"])
 
 
 if __name__ == "__main__":

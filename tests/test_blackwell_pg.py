@@ -4,6 +4,7 @@ nearly Blackwell-optimal policies differ in y_1, and the blackwell job.
 References: NumPy Laurent coefficients with finite differences, exact expectations of the
 episode estimator by powers of P, the nBw paper's estimator (k = 0), Monte Carlo means,
 enumeration of all deterministic policies, `planning.blackwell_optimal`, and nBw-PG."""
+import csv
 import itertools
 
 import jax
@@ -292,8 +293,8 @@ def test_job_thresholds_and_laurent_tables():
 
 
 def test_job_refuses_unknown_sections_and_bad_settings():
-    with pytest.raises(ValueError, match="unknown section 'newton'"):
-        job.run(_tiny(sections=["thresholds", "newton"]))
+    with pytest.raises(ValueError, match="unknown section 'hessian'"):
+        job.run(_tiny(sections=["thresholds", "hessian"]))
     with pytest.raises(ValueError, match="laurent_orders"):
         job.run(_tiny(sections=["laurent_error"], laurent_orders=[-2]))
     with pytest.raises(ValueError, match="pg_orders"):
@@ -308,3 +309,48 @@ def test_job_policy_gradient_table():
     assert rows["blackwell_n1"]["blackwell_at_s0"] and rows["blackwell_n1"]["share_blackwell"] == 1
     np.testing.assert_allclose(rows["nbw"]["bias_s0"], 1.0, atol=1e-4)  # nBw-optimal: bias 1
     assert out["arrays"]["blackwell_tie_blackwell_n1_values"].shape == (60, 3)
+
+
+_TINY_STUDIES = """
+job: blackwell
+sections: [newton, mixing]
+newton:
+  repeats: 1
+  garnet: {n_states: 4, seeds: 1, taus: [0.3]}
+  lmdp: {walk_states: 5, random_states: 4, seeds: 1}
+  chain_iteration: {n_steps: 3, inner_steps: 10}
+  natural_gradient: {n_steps: 5}
+  newton: {n_steps: 8}
+mixing:
+  envs: [{name: coupled_clusters, n: 2, coupling: 0.05}]
+  lambdas: [0.0, 0.3]
+  starts: [[0.0, 0.0]]
+  seeds: 1
+  n_steps: 3
+  episode_length: 3
+  estimate_episodes: 50
+  correlation: {chains: 4, n_states: 4, couplings: [0.01, 0.5]}
+"""
+
+
+@pytest.mark.slow
+def test_job_runs_the_newton_and_mixing_studies_with_their_figures(tmp_path, capsys):
+    """Item 6: one job gives every table and figure; the two studies' configs nest under
+    `newton:` and `mixing:` and are checked key by key."""
+    from dsorl import cli
+
+    config = tmp_path / "studies.yaml"
+    config.write_text(_TINY_STUDIES)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(config), "--output-dir", str(out)]) == 0
+    tables = {p.stem for p in out.glob("*.csv")}
+    assert tables == {"newton_convergence", "newton_curves", "newton_hessian_gap",
+                      "mixing_correlation", "mixing_runs", "mixing_tradeoff"}
+    assert {p.stem for p in (out / "plots").glob("*.png")} == {
+        "newton_hessian_gap", "newton_convergence", "mixing_tradeoff"}
+    rows = list(csv.DictReader((out / "newton_convergence.csv").open()))
+    assert {r["method"] for r in rows} == {"chain_iteration", "natural_gradient",
+                                            "newton_exact", "newton_surrogate"}
+    assert cli.main(["run", str(config), "--output-dir", str(out), "--force",
+                     "--set", "newton.garnet.statez=4"]) == 2
+    assert "unknown config key 'newton.garnet.statez'" in capsys.readouterr().err

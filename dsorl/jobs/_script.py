@@ -39,7 +39,7 @@ def script_main(job, default_config: str, description: str, argv=None, *, root: 
     out = write_results(root / cfg["output_dir"], cfg, tables=tables,
                         arrays=result.get("arrays"), seeds=result.get("seeds"))
     plot_results(out, out_dir=out)  # the job's `figures`
-    for name in (tables if printed is None else printed):
+    for name in (tables if printed is None else [n for n in printed if n in tables]):
         print(f"\n== {name} ==\n{format_table(tables[name], '.4g')}")
     print(f"\nresults written to {out}/")
     return 0

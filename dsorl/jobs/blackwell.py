@@ -1,4 +1,4 @@
-"""Blackwell optimality study (issue 14): thresholds, Laurent-series truncation and the n-level policy gradient. Run with plots: `nice python benchmarks/blackwell.py`.
+"""Average-reward frontier study (issue 14): Blackwell thresholds, Laurent-series truncation, the n-level policy gradient, mixing-time regularisation and second-order Chain Iteration. Run with plots: `nice python benchmarks/blackwell.py`.
 
 The config's `sections` list chooses what runs, in order; each section is a function
 `section(config) -> {"tables": {...}, "arrays": {...}}` in `SECTIONS` (a study written
@@ -35,6 +35,16 @@ whose chosen policy is, the Blackwell optimum's
 `y*(s0)`, and seconds (compile included). Episodes of the sampled form: `pg_episode_length`
 steps, or the nBw paper's episode length for its environments (`nbw_reference`), so the
 last state stands for a draw from `p*`.
+
+`mixing` (tables `mixing_correlation`, `mixing_runs`, `mixing_tradeoff`; figure
+`mixing_tradeoff`): `dsorl.jobs.mixing_study` with the config `mixing` (keys of its
+`DEFAULTS`): which smooth mixing measure tracks `mixing_time`, and the regularisation
+trade-off of the sampled nBw method.
+
+`newton` (tables `newton_convergence`, `newton_curves`, `newton_hessian_gap`; figures
+`newton_hessian_gap`, `newton_convergence`): `dsorl.jobs.chain_newton` with the
+config `newton`: the surrogate-Hessian gap along optimisation paths, and iterations and time
+to `target` of Chain Iteration, natural gradient, Newton on J and Newton on S.
 """
 import itertools
 import time
@@ -46,13 +56,14 @@ import numpy as np
 from dsorl import envs, planning, progress
 from dsorl.algorithms import blackwell, nbw
 from dsorl.envs.nbw import PAPER_SETTINGS
+from dsorl.jobs import chain_newton, mixing_study
 from dsorl.markov import discounted_value, laurent_coefficients
 from dsorl.mdp import induced_chain
 from dsorl.policies import deterministic, tabular_softmax
 from dsorl.results import keep_on_interrupt
 
 __all__ = ["DEFAULTS", "SECTIONS", "run", "figures", "thresholds", "laurent_error",
-           "policy_gradient"]
+           "policy_gradient", "newton", "mixing"]
 
 DEFAULTS = {
     "sections": ["thresholds", "laurent_error", "policy_gradient"],
@@ -72,6 +83,10 @@ DEFAULTS = {
     "pg_episodes": 32,
     "pg_damping": 1.0e-3,
     "pg_decided": 0.9,
+    # the `newton` and `mixing` sections: the configs of `dsorl.jobs.chain_newton` and
+    # `dsorl.jobs.mixing_study` (their DEFAULTS)
+    "newton": {k: v for k, v in chain_newton.DEFAULTS.items() if k != "output_dir"},
+    "mixing": {k: v for k, v in mixing_study.DEFAULTS.items() if k != "output_dir"},
     "seed": 0,
     "output_dir": "results/blackwell",
 }
@@ -259,8 +274,25 @@ def _laurent_at_s0(mdp, actions, order: int) -> np.ndarray:
     return np.asarray(laurent_coefficients(chain, order)[:, 0])
 
 
+def newton(config: dict) -> dict:
+    """Second-order Chain Iteration (item 5): `dsorl.jobs.chain_newton` on `config["newton"]`;
+    its tables prefixed `newton_`."""
+    return _prefixed("newton", chain_newton, config["newton"])
+
+
+def mixing(config: dict) -> dict:
+    """Mixing-time regularisation (item 4): `dsorl.jobs.mixing_study` on `config["mixing"]`;
+    its tables prefixed `mixing_`."""
+    return _prefixed("mixing", mixing_study, config["mixing"])
+
+
+def _prefixed(prefix, job, sub_config):
+    out = job.run({**job.DEFAULTS, **sub_config})
+    return {"tables": {f"{prefix}_{k}": v for k, v in out["tables"].items()}}
+
+
 SECTIONS = {"thresholds": thresholds, "laurent_error": laurent_error,
-            "policy_gradient": policy_gradient}
+            "policy_gradient": policy_gradient, "newton": newton, "mixing": mixing}
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,4 +341,10 @@ def figures(tables, arrays, config, plt) -> dict:
             ax.legend(fontsize=7)
         fig.tight_layout()
         out["policy_gradient"] = fig
+    for prefix, job in (("newton", chain_newton), ("mixing", mixing_study)):
+        own = {k[len(prefix) + 1:]: v for k, v in tables.items() if k.startswith(prefix + "_")}
+        if own:
+            sub = {**job.DEFAULTS, **config.get(prefix, {})}
+            out.update({k if k.startswith(prefix) else f"{prefix}_{k}": fig
+                        for k, fig in job.figures(own, {}, sub, plt).items()})
     return out

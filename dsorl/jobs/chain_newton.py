@@ -47,7 +47,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 
 from dsorl import chain_models as cm
 from dsorl import progress, timing
@@ -59,7 +58,7 @@ from dsorl.jobs.dso_lmdp import first_hit
 from dsorl.planning import policy_iteration, soft_policy_iteration
 from dsorl.policies import tabular_softmax
 
-__all__ = ["DEFAULTS", "METHODS", "hessian_gap", "problems", "newton_tables",
+__all__ = ["DEFAULTS", "METHODS", "run", "figures", "hessian_gap", "problems", "newton_tables",
            "newton_figures"]
 
 DEFAULTS = {
@@ -79,6 +78,7 @@ DEFAULTS = {
     "newton": {"n_steps": 40, "radius": 1.0, "max_radius": 100.0, "damping": 0.0,
                "accept": 0.1},
     "paths": ["newton_surrogate", "chain_iteration"],
+    "output_dir": "results/chain_newton",
 }
 
 METHODS = ("chain_iteration", "natural_gradient", "newton_exact", "newton_surrogate")
@@ -154,6 +154,8 @@ def _runner(method, family, model, gamma, config):
 def newton_tables(config: dict, log=progress.note) -> dict:
     """The study's tables `{convergence, curves, hessian_gap}` (see the module docstring);
     `config` as `DEFAULTS` (missing top-level keys taken from there)."""
+    import pandas as pd
+
     config = {**DEFAULTS, **config}
     convergence, curves, gaps = [], [], []
     for case, family, seed, model, theta0, gamma, J_star in progress.track(
@@ -184,6 +186,22 @@ def newton_tables(config: dict, log=progress.note) -> dict:
             f"{r['method']} {r['iterations_to_target']:g}" for r in convergence[-len(METHODS):]))
     return {"convergence": pd.DataFrame(convergence), "curves": pd.DataFrame(curves),
             "hessian_gap": pd.DataFrame(gaps)}
+
+
+def run(config: dict, log=progress.note) -> dict:
+    """`dsorl run` entry: `newton_tables` as rows (also the `newton` section of the
+    `blackwell` job)."""
+    tables = newton_tables({k: config[k] for k in DEFAULTS if k in config}, log=log)
+    return {"tables": {k: v.to_dict("records") for k, v in tables.items()}, "arrays": {},
+            "seeds": {"seed": config["seed"]}}
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`newton_figures` of the tables as read back (columns)."""
+    import pandas as pd
+
+    return newton_figures({k: pd.DataFrame(v) for k, v in tables.items()}, plt,
+                          target=config.get("target", DEFAULTS["target"]))
 
 
 def newton_figures(tables: dict, plt, *, target: float = DEFAULTS["target"]) -> dict:

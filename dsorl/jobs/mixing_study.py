@@ -75,9 +75,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsorl import envs, policies
+from dsorl import envs, policies, progress
 from dsorl.algorithms import nbw
 from dsorl.bias_gradient import bias_gradient
+from dsorl.config import Free
 from dsorl.envs.chains import coupled_clusters
 from dsorl.estimators.average_reward import oracle_critic, sample_estimates
 from dsorl.fisher import score_table
@@ -86,7 +87,7 @@ from dsorl.mdp import induced_chain
 from dsorl.mixing import MEASURES, check_measure, mixing_measure
 from dsorl.planning import nearly_blackwell_optimal
 
-__all__ = ["DEFAULTS", "mixing_tables", "plot_tradeoff", "estimator_bias",
+__all__ = ["DEFAULTS", "run", "figures", "mixing_tables", "plot_tradeoff", "tradeoff_figure", "estimator_bias",
            "sampled_estimator_bias", "correlation_table", "tradeoff_tables"]
 
 DEFAULTS = {
@@ -103,11 +104,25 @@ DEFAULTS = {
     "n_episodes": 16,
     "line_search": "critic",
     "state": 0,
-    "hparams": {},
+    "hparams": Free(),  # nbw.HParams fields replacing the defaults, checked by nbw
     "estimate_episodes": 500,
     "correlation": {"chains": 200, "n_states": 6, "mixing_eps": 1e-3,
                     "couplings": [0.002, 0.5], "seed": 0},
+    "output_dir": "results/mixing_study",
 }
+
+
+def run(config: dict) -> dict:
+    """`dsorl run` entry: `mixing_tables` as rows (also the `mixing` section of the
+    `blackwell` job)."""
+    tables = mixing_tables({k: config[k] for k in DEFAULTS if k in config})
+    return {"tables": {k: v.to_dict("records") for k, v in tables.items()}, "arrays": {},
+            "seeds": {"seed": config["seed"]}}
+
+
+def figures(tables, arrays, config, plt) -> dict:
+    """`{"tradeoff": tradeoff_figure}`."""
+    return {"tradeoff": tradeoff_figure(tables, plt)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,7 +352,7 @@ def tradeoff_tables(config: dict):
     check_measure(config["measure"], config["mixing_state"])
     lam = _check_lambdas(config["lambdas"])
     rows, optimum = [], {}
-    for spec in config["envs"]:
+    for spec in progress.track(config["envs"], "mixing_study", unit="environments"):
         name, mdp, label = _env(spec)
         start = time.perf_counter()
         rows += _study_env(name, mdp, label, config, lam)
@@ -383,15 +398,28 @@ def mixing_tables(config: dict) -> dict:
 
 
 def plot_tradeoff(tables: dict, path):
-    """Trade-off curves (PNG at `path`): per environment, lambda against the
-    gradient-estimation bias (exact at the final iterate and along the path; MC with 2 SE
-    bars) and, on a second axis, the final exact bias `h(s0)`. Returns the path."""
+    """`tradeoff_figure` saved as a PNG at `path`; returns the path."""
     from pathlib import Path
 
     from dsorl import plots
 
     plt = plots.pyplot()
-    t = tables["tradeoff"]
+    fig = tradeoff_figure(tables, plt)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def tradeoff_figure(tables: dict, plt):
+    """Trade-off curves: per environment, lambda against the gradient-estimation bias
+    (exact at the final iterate and along the path; MC with 2 SE bars) and, on a second
+    axis, the final exact bias `h(s0)`. `tables["tradeoff"]`: a DataFrame or columns."""
+    import pandas as pd
+
+    from dsorl import plots
+
+    t = pd.DataFrame(tables["tradeoff"])
     labels = list(dict.fromkeys(t["env"]))
     fig, axs = plots.facets(plt, len(labels), ncols=min(len(labels), 3), width=5.6,
                             height=3.6)
@@ -420,7 +448,4 @@ def plot_tradeoff(tables: dict, path):
     plots.legend_outside(fig, handles, names)
     fig.suptitle("mixing-time regularisation: gradient-estimation bias vs final bias", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
