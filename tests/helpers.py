@@ -37,6 +37,20 @@ def random_policy(seed: int, n_states: int, n_actions: int) -> np.ndarray:
     return pi / pi.sum(-1, keepdims=True)
 
 
+def np_laurent(P, r, K):
+    """y_{-1..K} of one dense chain (NumPy reference of
+    dsorl.markov.laurent_coefficients): H = (I - P + P*)^{-1} - P*, p* by an SVD null vector."""
+    S = len(P)
+    p = np.linalg.svd(np.eye(S) - P.T)[2][-1]
+    p /= p.sum()
+    Pstar = np.outer(np.ones(S), p)
+    H = np.linalg.inv(np.eye(S) - P + Pstar) - Pstar
+    ys = [Pstar @ r, H @ r]
+    for _ in range(K):
+        ys.append(-H @ ys[-1])
+    return np.array(ys)
+
+
 def central_difference(f, x, eps: float = 1e-4) -> np.ndarray:
     """Gradient of scalar `f` at array `x` by the five-point central stencil (float64).
 

@@ -9,7 +9,7 @@ import pytest
 import dsorl
 from dsorl import envs, planning
 from dsorl.sparse import SparseTransitions
-from helpers import random_mdp
+from helpers import np_laurent, random_mdp
 
 
 def tied_mdp(seed, S, A, split=0.5, levels=3):
@@ -28,19 +28,6 @@ def tied_mdp(seed, S, A, split=0.5, levels=3):
     R = rng.integers(0, levels, size=(S, A)).astype(float)
     rho = np.full(S, 1 / S)
     return dsorl.MDP(P, R, rho)
-
-
-def np_laurent(P, r, K):
-    """y_{-1..K} of one chain: H = (I - P + P*)^{-1} - P*, p* by an SVD null vector."""
-    S = len(P)
-    p = np.linalg.svd(np.eye(S) - P.T)[2][-1]
-    p /= p.sum()
-    Pstar = np.outer(np.ones(S), p)
-    H = np.linalg.inv(np.eye(S) - P + Pstar) - Pstar
-    ys = [Pstar @ r, H @ r]
-    for _ in range(K):
-        ys.append(-H @ ys[-1])
-    return np.array(ys)
 
 
 def enumeration(mdp, K, rtol=1e-9):

@@ -24,20 +24,7 @@ from dsorl.markov import laurent_coefficients
 from dsorl.mdp import induced_chain
 from dsorl.policies import tabular_softmax
 from dsorl.sampling import rollouts
-from helpers import central_difference, random_mdp
-
-
-def np_laurent(P, r, K):
-    """y_{-1..K} of one chain: H = (I - P + P*)^{-1} - P*, p* by an SVD null vector."""
-    S = len(P)
-    p = np.linalg.svd(np.eye(S) - P.T)[2][-1]
-    p /= p.sum()
-    Pstar = np.outer(np.ones(S), p)
-    H = np.linalg.inv(np.eye(S) - P + Pstar) - Pstar
-    ys = [Pstar @ r, H @ r]
-    for _ in range(K):
-        ys.append(-H @ ys[-1])
-    return np.array(ys)
+from helpers import central_difference, np_laurent, random_mdp
 
 
 def np_policy_laurent(mdp, pi, K):
