@@ -19,7 +19,8 @@ TINY_CORE = ["sizes=[6]", "batches=[1, 3]", "repeats=2", "min_sample_s=0.0", "ma
              "gamma_sweep.sizes=[6]", "gamma_sweep.batch=3", "gamma_sweep.threshold_sizes=[]",
              "quantities=[value]", "modes=[gradient]"]
 CORE_COLUMNS = ["quantity", "mode", "batch", "S", "B", "jax_ms", "numpy_loop_ms", "loop_coding",
-                "numpy_stacked_ms", "speedup_vs_loop", "speedup_vs_stacked", "compile_s",
+                "numpy_stacked_ms", "speedup_vs_loop", "speedup_vs_stacked", "jax_map_ms",
+                "map_speedup_vs_loop", "map_compile_s", "compile_s",
                 "sweep_path", "jax_lu_gflops", "numpy_lu_gflops", "goal", "goal_met", "samples"]
 GAMMA_SWEEP_COLUMNS = ["table", "S", "B", "sweep_ms", "lu_per_gamma_ms", "speedup",
                        "sweep_compile_s", "lu_compile_s"]
@@ -37,6 +38,8 @@ def test_core_eval_job_tiny():
     assert cases == {("value", "gradient", "single"), ("value", "gradient", "policy"),
                      ("value", "gradient", "gamma")} and len(rows) == 3
     assert all(r["samples"] == 2 and r["jax_ms"] > 0 and r["compile_s"] > 0 for r in rows)
+    # the lax.map batching is timed for policy batches only (checked against vmap first)
+    assert all((r["jax_map_ms"] > 0) == (r["batch"] == "policy") for r in rows)
     assert [r["table"] for r in sweeps] == ["factor", "value", "value_grad"]
     assert all(list(r) == GAMMA_SWEEP_COLUMNS for r in sweeps)
     assert result["extra"]["skipped"] == [] and result["seeds"] == [0]

@@ -37,9 +37,11 @@ compare ratios within one run.
 
 Table `core_eval`, one row per case: quantity, mode, batch (single/policy/gamma), S, B;
 jax_ms, numpy_loop_ms (loop_coding: the faster coding, solve or lu), numpy_stacked_ms;
-speedup_vs_loop, speedup_vs_stacked; compile_s; sweep_path (the γ-sweep path was taken);
-jax_lu_gflops, numpy_lu_gflops (LU rate; NaN where a case is not one LU per chain);
-goal (text), goal_met (bool); samples. Table `value_iteration`: S, A, gamma, sweeps,
+speedup_vs_loop, speedup_vs_stacked; jax_map_ms, map_speedup_vs_loop, map_compile_s
+(`policy` batches only, NaN otherwise: the members by `jax.lax.map` instead of `vmap`);
+compile_s; sweep_path (the γ-sweep path was taken); jax_lu_gflops, numpy_lu_gflops (LU
+rate; NaN where a case is not one LU per chain); goal (text), goal_met (bool, judged on
+the faster of vmap and lax.map); samples. Table `value_iteration`: S, A, gamma, sweeps,
 dsorl_ms, pymdptoolbox_ms, speedup, compile_s, rel_error_at_sweeps,
 toolbox_own_rule_sweeps, toolbox_own_rule_rel_error. Table `gamma_sweep`: table (factor,
 value, value_grad, threshold), S, B, sweep_ms, lu_per_gamma_ms, speedup, sweep_compile_s,
@@ -133,8 +135,11 @@ def batch_inputs(rng, kind, S, A, B, cfg):
 # dsorl (JAX)
 
 
-def jax_case(quantity, mode, kind, S, A):
-    """`fn(mdp, theta, gamma)` for one case, batched with vmap as the case asks."""
+def jax_case(quantity, mode, kind, S, A, *, members="vmap"):
+    """`fn(mdp, theta, gamma)` for one case, batched as the case asks: with `jax.vmap`, or
+    for `policy` batches with `members="map"`, by `jax.lax.map` over the B logit tensors
+    (one member's program at a time: its `[S, S]` working set stays in cache, where vmap's
+    `[B, S, S]` intermediates stream through memory)."""
     policy = dsorl.policies.tabular_softmax(S, A)
 
     def pi(theta):
@@ -151,6 +156,8 @@ def jax_case(quantity, mode, kind, S, A):
         "bias": lambda mdp, th, g: dsorl.policy_bias(mdp, pi(th))[0],
     }[quantity]
     fn = forward if mode == "forward" else jax.grad(objective, argnums=1)
+    if kind == "policy" and members == "map":
+        return lambda mdp, th, g: jax.lax.map(lambda t: fn(mdp, t, g), th)
     if kind == "policy":
         return jax.vmap(fn, in_axes=(None, 0, None))
     if kind == "gamma":
@@ -204,6 +211,13 @@ def run_main(cfg, rng, log):
         expected = np.asarray(compiled(*args))
         solvers = [base.NumpySolve] + ([base.ScipyLU] if systems(quantity, mode) > 1 else [])
         calls = {"jax": lambda: compiled(*args)}
+        if kind == "policy":  # members one at a time, timed beside vmap in the same run
+            mapped, map_compile_s = timing.compile(
+                jax_case(quantity, mode, kind, S, A, members="map"), *args,
+                what=f"{quantity} {mode} {kind} (lax.map) S={S} B={B}")
+            if not base.numbers_agree(np.asarray(mapped(*args)), expected):
+                raise AssertionError(f"lax.map and vmap disagree on {case}")
+            calls["jax_map"] = lambda: mapped(*args)
         for style in ("loop", "stacked"):
             for solver in solvers if style == "loop" else [base.NumpySolve]:
                 call = base.numpy_case(quantity, mode, kind, solver, mdp_np, theta, gamma,
@@ -220,15 +234,19 @@ def run_main(cfg, rng, log):
                        key=lambda k: timed[k].median_seconds)
             results[style], codings[style] = timed[name], name.split("/")[1]
         jax_s, loop_s, stacked_s = (results[k].median_seconds for k in ("jax", "loop", "stacked"))
+        map_s = timed["jax_map"].median_seconds if "jax_map" in timed else np.nan
+        best_s = np.nanmin([jax_s, map_s])  # the goal is judged on dsorl's faster batching
         if S <= 100:
-            goal, met = GOAL_SMALL, loop_s / jax_s >= 5 and stacked_s / jax_s >= 1
+            goal, met = GOAL_SMALL, loop_s / best_s >= 5 and stacked_s / best_s >= 1
         else:
-            goal, met = GOAL_LARGE, jax_s <= 1.5 * min(loop_s, stacked_s)
+            goal, met = GOAL_LARGE, best_s <= 1.5 * min(loop_s, stacked_s)
         lu_flops = B * 2 / 3 * S ** 3 if (quantity, mode) in {("value", "forward"),
                                                               ("gain", "forward")} else None
         row = {**case, "jax_ms": 1e3 * jax_s, "numpy_loop_ms": 1e3 * loop_s,
                "loop_coding": codings["loop"], "numpy_stacked_ms": 1e3 * stacked_s,
                "speedup_vs_loop": loop_s / jax_s, "speedup_vs_stacked": stacked_s / jax_s,
+               "jax_map_ms": 1e3 * map_s, "map_speedup_vs_loop": loop_s / map_s,
+               "map_compile_s": map_compile_s if kind == "policy" else np.nan,
                "compile_s": compile_s, "sweep_path": sweep_path,
                "jax_lu_gflops": lu_flops / jax_s / 1e9 if lu_flops and not sweep_path else np.nan,
                "numpy_lu_gflops": lu_flops / min(loop_s, stacked_s) / 1e9 if lu_flops else np.nan,
@@ -237,7 +255,9 @@ def run_main(cfg, rng, log):
         log(f"{quantity:5s} {mode:8s} {kind:6s} S={S:5d} B={B:5d}  jax {row['jax_ms']:9.3f} ms"
             f"  loop {row['numpy_loop_ms']:9.3f} ms ({row['loop_coding']})"
             f"  stacked {row['numpy_stacked_ms']:9.3f} ms  x{row['speedup_vs_loop']:.2f}"
-            f" / x{row['speedup_vs_stacked']:.2f}  compile {compile_s:.2f} s")
+            f" / x{row['speedup_vs_stacked']:.2f}  compile {compile_s:.2f} s"
+            + (f"  lax.map {row['jax_map_ms']:9.3f} ms x{row['map_speedup_vs_loop']:.2f}"
+               if kind == "policy" else ""))
     return rows, skipped
 
 
