@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import dsorl
 from dsorl import features
@@ -220,6 +221,35 @@ def test_langevin_ascent_update():
     upd0, _ = mf.langevin_ascent(eta, 0.0).update(grad, tx.init(ps), ps, key=key)
     for u, g in zip(leaves(upd0), leaves(grad)):
         np.testing.assert_allclose(u, eta * g, rtol=1e-15)
+
+
+def test_float32_noise_is_opt_in_standard_normal_and_leaves_the_default_path_alone():
+    ps = particles(2000)   # 2000 x K (d + 2) coordinates of noise
+    grad = jax.tree_util.tree_map(jnp.zeros_like, ps)
+    eta, sigma, key = 0.05, 0.7, jax.random.key(4)
+    tx32 = mf.langevin_ascent(eta, sigma, noise_dtype="float32")
+    upd, _ = jax.jit(lambda p, k: tx32.update(grad, tx32.init(p), p, key=k))(ps, key)
+    drift = jax.tree_util.tree_map(lambda p: -eta * sigma ** 2 / 2 * p, ps)
+    xi = np.asarray(ravel_pytree(jax.tree_util.tree_map(
+        lambda u, d: (u - d) / (sigma * np.sqrt(eta)), upd, drift))[0])  # the draw's layout
+    assert all(u.dtype == np.float64 for u in leaves(upd))  # cast up to the particles' dtype
+    # float32 draws: representable in float32, i.i.d. N(0, 1) in mean, variance and kurtosis
+    # within 4.5 standard errors (var(xi^2) = 2, var(xi^4) = 96 for a standard normal)
+    raw = np.asarray(jax.random.normal(key, xi.shape, jnp.float32), np.float64)
+    np.testing.assert_allclose(xi, raw, rtol=1e-9, atol=1e-12)
+    n = xi.size
+    assert abs(xi.mean()) < 4.5 / np.sqrt(n) and abs(xi.var() - 1) < 4.5 * np.sqrt(2 / n)
+    assert abs(np.mean(xi ** 4) - 3) < 4.5 * np.sqrt(96 / n)
+    # the default path is untouched: float64 draws, other numbers than the float32 path
+    tx = mf.langevin_ascent(eta, sigma)
+    upd64, _ = tx.update(grad, tx.init(ps), ps, key=key)
+    assert not np.allclose(leaves(upd64)[0], leaves(upd)[0])
+    # through the algorithm: validated, and a run with float32 noise stays float64
+    prob, hp = problem(), hparams()
+    with pytest.raises(ValueError, match="noise_dtype"):
+        mf.run(prob, particles(4), hp, key, config=mf.Config(2, noise_dtype="float16"))
+    state, trace = mf.run(prob, particles(4), hp, key, config=mf.Config(2, noise_dtype="float32"))
+    assert trace.value_tau.dtype == np.float64 and np.all(np.isfinite(trace.value_tau))
 
 
 def test_run_matches_manual_steps_and_records_the_trace_after_each_step():

@@ -199,11 +199,14 @@ class Config(NamedTuple):
     """Static choices: `n_steps` Langevin steps; `gradient` in {"autodiff", "covariance"}
     (how the Lions derivative is computed, see `lions_derivative`); `n_particles`: N, or
     None to take it from `params0` (given, `params0` must hold N particles; needed by
-    `dsorl.jobs.meanfield.run_from_key`)."""
+    `dsorl.jobs.meanfield.run_from_key`); `noise_dtype`: None (default) draws the Langevin
+    noise in the particles' dtype, "float32" draws it in float32 and casts it up (opt-in,
+    see `langevin_ascent`)."""
 
     n_steps: int
     gradient: str = "autodiff"
     n_particles: Optional[int] = None
+    noise_dtype: Optional[str] = None
 
 
 class State(NamedTuple):
@@ -243,7 +246,7 @@ class Trace(NamedTuple):
     params: Any = None
 
 
-def langevin_ascent(step_size, sigma) -> optax.GradientTransformationExtraArgs:
+def langevin_ascent(step_size, sigma, *, noise_dtype=None) -> optax.GradientTransformationExtraArgs:
     """One Euler-Maruyama step of `d theta = (g - (sigma^2/2) grad U(theta)) dt + sigma dW`.
 
     `updates = eta (g - (sigma^2/2) theta) + sigma sqrt(eta) xi` (eta = `step_size`),
@@ -251,13 +254,21 @@ def langevin_ascent(step_size, sigma) -> optax.GradientTransformationExtraArgs:
     SGD with weight decay sigma^2/2 on `-V`, plus noise, fed the ascent direction `g` by
     `dsorl.optim.ascent` (Kerimkulov et al., ICML 2022, the particle approximation of the
     policy-gradient flow). Stateless; `step_size` and `sigma` may be traced.
+
+    `noise_dtype="float32"` draws `xi` in float32 and casts it to the parameters' dtype.
+    Drawing the noise is the largest single cost of a float64 step at many particles
+    (threefry normals: 3.2 ms in float64 against 1.3 ms in float32 for 640 000 coordinates,
+    N = 10^4, on this 2-core CPU). The float32 draws are standard normals to 24 bits; their
+    tails are cut at about 5.4 standard deviations in float32's inverse-error-function
+    sampler, against about 8.2 in float64. That is harmless for Langevin noise, but the draws are
+    other numbers: runs differ from the default path, which stays bit-for-bit as it was.
     """
     return optim.ascent(optax.chain(optax.add_decayed_weights(sigma ** 2 / 2),
                                     optax.sgd(step_size),
-                                    _gaussian_noise(sigma * jnp.sqrt(step_size))))
+                                    _gaussian_noise(sigma * jnp.sqrt(step_size), noise_dtype)))
 
 
-def _gaussian_noise(std) -> optax.GradientTransformationExtraArgs:
+def _gaussian_noise(std, dtype=None) -> optax.GradientTransformationExtraArgs:
     def init(params):
         del params
         return optax.EmptyState()
@@ -266,8 +277,8 @@ def _gaussian_noise(std) -> optax.GradientTransformationExtraArgs:
         del params, extra
         # one draw for the whole pytree: several times faster than a draw per leaf on CPU
         flat, unravel = ravel_pytree(updates)
-        noise = unravel(jax.random.normal(key, flat.shape, flat.dtype))
-        return optax.tree.add_scale(updates, std, noise), state
+        xi = jax.random.normal(key, flat.shape, dtype or flat.dtype).astype(flat.dtype)
+        return optax.tree.add_scale(updates, std, unravel(xi)), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -275,7 +286,8 @@ def _gaussian_noise(std) -> optax.GradientTransformationExtraArgs:
 def validate(problem: MeanFieldProblem, hparams: HParams, config: Config) -> None:
     """`ValueError` naming the argument unless `problem` is a `MeanFieldProblem`, gamma in
     [0, 1), tau > 0, sigma >= 0, step_size > 0 (any batch shape; traced values pass), and
-    `config` a `Config` with a known `gradient` and `n_particles` None or >= 1."""
+    `config` a `Config` with a known `gradient`, `n_particles` None or >= 1 and
+    `noise_dtype` None or "float32"."""
     _check_problem(problem)
     if not isinstance(config, Config):
         raise ValueError(f"config must be a meanfield.Config, got {config!r}.")
@@ -283,6 +295,9 @@ def validate(problem: MeanFieldProblem, hparams: HParams, config: Config) -> Non
     n = config.n_particles
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"config.n_particles = {n!r} must be None or an integer >= 1.")
+    if config.noise_dtype not in (None, "float32"):
+        raise ValueError(f"config.noise_dtype = {config.noise_dtype!r} must be None (noise in"
+                         " the particles' dtype) or 'float32'.")
     base.check_discount(hparams.gamma)
     base.check_positive("tau", hparams.tau)
     base.check_positive("sigma", hparams.sigma, allow_zero=True)
@@ -310,7 +325,7 @@ def init(problem: MeanFieldProblem, params0, hparams: HParams, key=None, *,
         raise ValueError(f"params0: {err}") from None
     _, lions, _ = _value_and_lions_derivative(problem, params0, hparams.gamma, hparams.tau,
                                               config.gradient)
-    tx = langevin_ascent(hparams.step_size, hparams.sigma)
+    tx = langevin_ascent(hparams.step_size, hparams.sigma, noise_dtype=config.noise_dtype)
     return State(params0, tx.init(params0), lions, jnp.int32(0), jnp.int32(-1))
 
 
@@ -323,7 +338,7 @@ def step(problem: MeanFieldProblem, state: State, hparams: HParams, key: Array, 
     from `key`. One value-and-Lions-derivative evaluation per step: that of the new ensemble,
     which gives the trace row and the next step's direction (carried in the state).
     """
-    tx = langevin_ascent(hparams.step_size, hparams.sigma)
+    tx = langevin_ascent(hparams.step_size, hparams.sigma, noise_dtype=config.noise_dtype)
     updates, opt_state = tx.update(state.lions, state.opt_state, state.params, key=key)
     particles = optax.apply_updates(state.params, updates)
     value_tau, lions, pi = _value_and_lions_derivative(problem, particles, hparams.gamma,

@@ -6,6 +6,8 @@ Throughput: for each number of particles N, one worker subprocess per implementa
 
 - `jax`: `dsorl.algorithms.meanfield.run` (jitted here: one `lax.scan`; Lions derivative
   by autodiff), compile time measured apart; the median of `repeats` runs after it;
+- `jax_noise32`: the same with the opt-in float32 Langevin noise
+  (`meanfield.Config(noise_dtype="float32")`; particles and everything else float64);
 - `numpy`: the same update written with vectorised NumPy (the covariance formula with the
   closed-form feature gradients, dense solves, `numpy.random.Generator` noise, the same
   per-step statistics), the median of `repeats` runs after one warm-up step; run twice,
@@ -22,7 +24,8 @@ per step (entry k: after step k + 1), mean over seeds, for every (N, sigma) of
 
 Table `throughput`, one row per N: particles, steps; jax_particle_steps_per_s,
 numpy_particle_steps_per_s, numpy_1blas_particle_steps_per_s; speedup,
-speedup_vs_numpy_1blas; jax_step_ms, numpy_step_ms, numpy_1blas_step_ms; jax_cpu_step_ms,
+speedup_vs_numpy_1blas; jax_step_ms, jax_noise32_step_ms, speedup_noise32 (the float32-noise
+path against NumPy's best), numpy_step_ms, numpy_1blas_step_ms; jax_cpu_step_ms,
 numpy_cpu_step_ms; jax_compile_s; jax_peak_rss_mb, numpy_peak_rss_mb,
 numpy_1blas_peak_rss_mb, import_rss_mb; device. Table `convergence`, one row per (N,
 sigma): particles, sigma, gap_step_1, gap_step_100, gap_last_10pct, gap_last_10pct_se.
@@ -71,6 +74,7 @@ def run(config: dict) -> dict:
     throughput = []
     for n in progress.track(config["sizes"], "meanfield_benchmark throughput", unit="sizes"):
         jax_row = _in_subprocess("jax", n, config)
+        noise32 = _in_subprocess("jax_noise32", n, config)
         numpy_row = _in_subprocess("numpy", n, config)
         single = _in_subprocess("numpy", n, config, single_blas_thread=True)
         throughput.append({
@@ -80,6 +84,8 @@ def run(config: dict) -> dict:
             "speedup": jax_row["rate"] / numpy_row["rate"],
             "speedup_vs_numpy_1blas": jax_row["rate"] / single["rate"],
             "jax_step_ms": 1e3 * jax_row["seconds"] / jax_row["steps"],
+            "jax_noise32_step_ms": 1e3 * noise32["seconds"] / noise32["steps"],
+            "speedup_noise32": noise32["rate"] / max(numpy_row["rate"], single["rate"]),
             "numpy_step_ms": 1e3 * numpy_row["seconds"] / numpy_row["steps"],
             "numpy_1blas_step_ms": 1e3 * single["seconds"] / single["steps"],
             "jax_cpu_step_ms": 1e3 * jax_row["cpu_seconds"] / jax_row["steps"],
@@ -157,8 +163,8 @@ def _worker(impl: str, n: int, config: dict) -> dict:
     particles = features.init_particles(problem.feature, jax.random.key(config["seed"]), n,
                                         problem.encodings)
     hp = mf.HParams(*(jnp.float64(config[k]) for k in ("gamma", "tau", "sigma", "step_size")))
-    if impl == "jax":
-        cfg = mf.Config(steps)
+    if impl in ("jax", "jax_noise32"):
+        cfg = mf.Config(steps, noise_dtype="float32" if impl == "jax_noise32" else None)
         key = jax.random.key(config["seed"] + 1)
         compiled, compile_seconds = timing.compile(lambda *a: mf.run(*a, config=cfg),
                                                    problem, particles, hp, key)
