@@ -7,6 +7,8 @@ whose parameters are a pytree: every dsorl optimiser, `vmap` and sweep applies t
 - `GaussianPolicy(action_dim, hidden)`: `a ~ N(mu_theta(x), diag(exp(2 log_std)))`, `mu`
   an MLP, `log_std` a state-independent parameter vector (the draw is unclipped; the
   rollout clips it to the action space, so the score function stays exact);
+- `MeanFieldPolicy(n_actions, n_particles, width)`: `pi(a|x) ∝ exp(f_nu(x, a))`, `f_nu` the
+  particle average of `dsorl.features` tanh features of `(x / scale, e_a)` (mean-field PG);
 - `ValueMLP(hidden)`: `v_phi(x)`, the fitted baseline of Algorithm 1.
 
 `policy_for(action_space)` picks the policy an action space needs; `check_space` raises a
@@ -15,16 +17,18 @@ actions, a Gaussian on finitely many).
 """
 import dataclasses
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsorl.features import TanhFeature, init_particles, mean_field_feature
 from dsorl.rollouts import Box, Discrete
 
-__all__ = ["MLP", "CategoricalPolicy", "GaussianPolicy", "ValueMLP", "policy_for"]
+__all__ = ["MLP", "CategoricalPolicy", "GaussianPolicy", "MeanFieldPolicy", "ValueMLP",
+           "policy_for"]
 
 Array = jax.Array
 
@@ -65,8 +69,35 @@ def _init_mlp(module: MLP, key, observation_shape, dtype):
     return module.init(key, jnp.zeros((1, d), dtype))
 
 
+class _Categorical:
+    """Sampling, log-probabilities and the space check of a policy whose `logits(params,
+    obs)` are the normalised `log pi(.|x)[..., A]` over `n_actions` actions."""
+
+    def log_prob(self, params, obs, action) -> Array:
+        """`log pi(a|x)` for `obs[..., *shape]`, integer `action[...]`."""
+        logp = self.logits(params, obs)
+        return jnp.take_along_axis(logp, jnp.asarray(action)[..., None].astype(jnp.int32),
+                                   axis=-1)[..., 0]
+
+    def sample(self, params, obs, key):
+        """`(a, log pi(a|x))` with `a ~ pi(.|x)` for every observation of `obs[..., *shape]`."""
+        logp = self.logits(params, obs)
+        action = jax.random.categorical(key, logp)
+        return action, jnp.take_along_axis(logp, action[..., None], axis=-1)[..., 0]
+
+    def check_space(self, space) -> None:
+        """`ValueError` unless `space` is `Discrete` with this policy's number of actions."""
+        name = type(self).__name__
+        if not isinstance(space, Discrete):
+            raise ValueError(f"{name} needs a discrete action space, got {space}"
+                             " (real-valued actions: use dsorl.networks.GaussianPolicy).")
+        if space.n != self.n_actions:
+            raise ValueError(f"{name} has n_actions = {self.n_actions}, the action"
+                             f" space has {space.n}.")
+
+
 @dataclasses.dataclass(frozen=True)
-class CategoricalPolicy:
+class CategoricalPolicy(_Categorical):
     """`pi(a|x) = softmax(MLP(x))_a` over `n_actions` actions; parameters: the MLP's."""
 
     n_actions: int
@@ -89,27 +120,6 @@ class CategoricalPolicy:
     def logits(self, params, obs) -> Array:
         """`log pi(.|x)[..., A]` (normalised) for observations `obs[..., *shape]`."""
         return jax.nn.log_softmax(self._net.apply(params, _flat_input(obs, self.observation_shape)))
-
-    def log_prob(self, params, obs, action) -> Array:
-        """`log pi(a|x)` for `obs[..., *shape]`, integer `action[...]`."""
-        logp = self.logits(params, obs)
-        return jnp.take_along_axis(logp, jnp.asarray(action)[..., None].astype(jnp.int32),
-                                   axis=-1)[..., 0]
-
-    def sample(self, params, obs, key):
-        """`(a, log pi(a|x))` with `a ~ pi(.|x)` for every observation of `obs[..., *shape]`."""
-        logp = self.logits(params, obs)
-        action = jax.random.categorical(key, logp)
-        return action, jnp.take_along_axis(logp, action[..., None], axis=-1)[..., 0]
-
-    def check_space(self, space) -> None:
-        """`ValueError` unless `space` is `Discrete` with this policy's number of actions."""
-        if not isinstance(space, Discrete):
-            raise ValueError(f"CategoricalPolicy needs a discrete action space, got {space}"
-                             " (real-valued actions: use dsorl.networks.GaussianPolicy).")
-        if space.n != self.n_actions:
-            raise ValueError(f"CategoricalPolicy has n_actions = {self.n_actions}, the action"
-                             f" space has {space.n}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +171,76 @@ class GaussianPolicy:
         if int(np.prod(space.shape)) != self.action_dim or len(space.shape) != 1:
             raise ValueError(f"GaussianPolicy has action_dim = {self.action_dim}, the action"
                              f" space has shape {space.shape}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldPolicy(_Categorical):
+    """The mean-field softmax policy of N tanh-feature particles on continuous observations.
+
+    Kerimkulov, Leahy, Šiška, Szpruch, "Convergence of policy gradient for entropy
+    regularized MDPs with neural network approximation in the mean-field regime" (ICML 2022,
+    arXiv 2201.07296), the policy of `dsorl.algorithms.meanfield` with the observation in
+    place of a finite state: for `nu_N = (1/N) sum_i delta_{theta_i}`,
+
+        pi_nu(a|x) ∝ exp(f_nu(x, a)),   f_nu(x, a) = (1/N) sum_i f(z(x, a), theta_i),
+        z(x, a) = (x / observation_scale, e_a)   (d = d_x + A entries),
+
+    `f(z, theta) = sum_k psi(c_k) tanh(<w_k, z> + b_k)` the `dsorl.features.TanhFeature` of
+    `width` K and truncation `bound`, `e_a` the one-hot action (the reference measure `mu`
+    is uniform). Parameters: the particles `{"params": {"c": [N, K], "w": [N, K, d], "b":
+    [N, K]}}`, initialised i.i.d. N(0, 1) (from `e^{-U}`, `dsorl.features.init_particles`).
+    `observation_scale` (one positive number per flattened observation entry, None: ones)
+    brings the coordinates to order 1, so N(0, 1) weights give unsaturated units.
+    """
+
+    n_actions: int
+    n_particles: int = 64
+    width: int = 8
+    bound: float = 1.0
+    observation_shape: tuple = ()
+    observation_scale: Optional[tuple] = None
+
+    def __post_init__(self):
+        for name in ("n_actions", "n_particles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} = {value!r} must be an int >= 1.")
+        self.feature  # TanhFeature validates width and bound
+        if self.observation_scale is not None:
+            d = int(np.prod(self.observation_shape)) if self.observation_shape else 1
+            scale = np.asarray(self.observation_scale, float)
+            if scale.shape != (d,):
+                raise ValueError(f"observation_scale must have one entry per observation"
+                                 f" coordinate ({d}), got {self.observation_scale!r}.")
+            bad = np.flatnonzero(~(np.isfinite(scale) & (scale > 0)))
+            if bad.size:
+                raise ValueError(f"observation_scale[{bad[0]}] = {scale[bad[0]]} must be"
+                                 " finite and > 0.")
+            object.__setattr__(self, "observation_scale", tuple(float(x) for x in scale))
+
+    @property
+    def feature(self) -> TanhFeature:
+        return TanhFeature(int(self.width), float(self.bound))
+
+    def encodings(self, obs) -> Array:
+        """`z(x, a)` for every action: `[..., A, d_x + A]` for `obs[..., *shape]`."""
+        x = _flat_input(obs, self.observation_shape)
+        if self.observation_scale is not None:
+            x = x / jnp.asarray(self.observation_scale, x.dtype)
+        A = int(self.n_actions)
+        states = jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (A, x.shape[-1]))
+        actions = jnp.broadcast_to(jnp.eye(A, dtype=x.dtype), x.shape[:-1] + (A, A))
+        return jnp.concatenate([states, actions], axis=-1)
+
+    def init(self, key, dtype=None):
+        """N particles i.i.d. N(0, I) (`dsorl.features.init_particles`)."""
+        d = (int(np.prod(self.observation_shape)) if self.observation_shape else 1) + self.n_actions
+        z = jnp.zeros((1, self.n_actions, d), dtype or jnp.result_type(float))
+        return init_particles(self.feature, key, int(self.n_particles), z)
+
+    def logits(self, params, obs) -> Array:
+        """`log pi_nu(.|x)[..., A]` (normalised) for observations `obs[..., *shape]`."""
+        return jax.nn.log_softmax(mean_field_feature(self.feature, params, self.encodings(obs)))
 
 
 @dataclasses.dataclass(frozen=True)

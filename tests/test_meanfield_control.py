@@ -1,0 +1,217 @@
+"""Mean-field Langevin PG on sampled episodes (dsorl.algorithms.meanfield_control) with the
+mean-field tanh-feature policy (dsorl.networks.MeanFieldPolicy).
+
+References are independent of the code under test: the deterministic step (sigma = 0) is
+rebuilt from the batch with a hand-written feature, log-policy and backward loop; the
+sampled Lions field is checked unbiased against N x `jax.grad` of the exact finite-horizon
+return of a small tabular MDP written as a gymnax-style environment (5 standard errors of
+the M estimates, every coordinate); the Langevin noise against its kernel's mean and
+variance with tolerances from the sample size."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from dsorl import MDP, networks, rollouts
+from dsorl.algorithms import meanfield_control as M
+from dsorl.envs import garnet
+from dsorl.envs import gymnax_control as gc
+
+GAMMA, HORIZON = 0.9, 5
+CARTPOLE_SCALE = (2.4, 3.0, 0.21, 3.5)
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    mdp = garnet(jax.random.key(3), n_states=4, n_actions=2, branching=2)
+    return mdp, gc.tabular(mdp, HORIZON)
+
+
+def _hand_log_pi(policy, particles, obs):
+    """`log softmax_a (1/N) sum_i sum_k psi(c_ik) tanh(<w_ik, (x/scale, e_a)> + b_ik)`."""
+    p = particles["params"]
+    c, w, b = p["c"], p["w"], p["b"]
+    x = obs / np.asarray(policy.observation_scale or 1.0)
+    d_x, A = x.shape[-1], policy.n_actions
+    # <w, (x, e_a)> = <w_x, x> + w_a: the one-hot action picks a column of w
+    pre = (jnp.einsum("nkd,...d->...nk", w[..., :d_x], x)[..., None, :, :]
+           + jnp.moveaxis(w[..., d_x:], -1, 0) + b)            # [..., A, N, K]
+    psi = policy.bound * jnp.tanh(c / policy.bound)
+    f = jnp.mean(jnp.sum(psi * jnp.tanh(pre), axis=-1), axis=-1)  # [..., A]
+    assert f.shape[-1] == A
+    return jax.nn.log_softmax(f)
+
+
+def test_policy_matches_the_hand_written_mean_field_softmax():
+    policy = networks.MeanFieldPolicy(3, 7, 5, bound=2.0, observation_shape=(4,),
+                                      observation_scale=CARTPOLE_SCALE)
+    particles = policy.init(jax.random.key(0))
+    obs = jax.random.normal(jax.random.key(1), (6, 2, 4))
+    np.testing.assert_allclose(policy.logits(particles, obs),
+                               _hand_log_pi(policy, particles, obs), rtol=1e-12, atol=1e-12)
+    action, logp = policy.sample(particles, obs, jax.random.key(2))
+    np.testing.assert_allclose(logp, policy.log_prob(particles, obs, action), rtol=1e-12)
+    # N(0, 1) particles: the law e^{-U} (one draw over all N * K * (d + 2) coordinates)
+    flat = ravel_pytree(policy.init(jax.random.key(3)))[0]
+    assert flat.size == 7 * 5 * (4 + 3 + 2)
+    assert abs(float(flat.mean())) < 5 / math.sqrt(flat.size)
+
+
+@pytest.mark.parametrize("max_grad_norm", [math.inf, 0.05])
+def test_noiseless_step_is_ascent_along_n_times_algorithm1(max_grad_norm):
+    problem = gc.make("CartPole-v1")
+    N, eta = 5, 0.3
+    policy = networks.MeanFieldPolicy(2, N, 3, observation_shape=(4,),
+                                      observation_scale=CARTPOLE_SCALE)
+    value = networks.ValueMLP((8,), (4,))
+    config = M.Config(1, policy, value, n_envs=4, n_rollout=40, max_grad_norm=max_grad_norm)
+    hp = M.HParams(GAMMA, eta, 0.0, 1e-3)
+    key = jax.random.key(5)
+    particles = policy.init(jax.random.key(6))
+    state0 = M.init(problem, particles, hp, key, config=config)
+    state1, row = M.step(problem, state0, hp, key, config=config)
+
+    # the batch the step saw: the documented first half of split(key)
+    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(particles, o, k),
+                             state0.rollout, jax.random.split(key)[0], config.n_rollout)
+    reward, done = np.asarray(tr.reward), np.asarray(tr.done)
+    T, B = reward.shape
+    assert done.any()  # episodes end inside the batch: the (1 - done) cut is exercised
+    v = np.asarray(value(state0.value_params, tr.obs))
+    G = np.zeros((T, B))
+    g_next = np.asarray(value(state0.value_params, tr.last_obs))
+    for t in reversed(range(T)):
+        g_next = reward[t] + GAMMA * np.where(done[t], 0.0, g_next)
+        G[t] = g_next
+    coef = GAMMA ** np.asarray(tr.time) * (G - v)
+
+    def surrogate(th):
+        logp = jnp.take_along_axis(_hand_log_pi(policy, th, tr.obs),
+                                   tr.action[..., None], axis=-1)[..., 0]
+        return jnp.sum(coef * logp) / B
+
+    g, unravel = ravel_pytree(jax.grad(surrogate)(particles))
+    if math.isfinite(max_grad_norm):
+        assert float(jnp.linalg.norm(g)) > max_grad_norm  # the clip is active
+        g = g * max_grad_norm / jnp.linalg.norm(g)
+    expected = ravel_pytree(particles)[0] + eta * N * g
+    np.testing.assert_allclose(ravel_pytree(state1.params)[0], expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(row.grad_norm, N * jnp.linalg.norm(g), rtol=1e-10)
+    assert int(row.interactions) == T * B
+
+
+def test_sampled_lions_field_is_unbiased_for_n_times_the_exact_gradient(tabular):
+    mdp, problem = tabular
+    S, N = mdp.n_states, 4
+    policy = networks.MeanFieldPolicy(2, N, 4, bound=2.0, observation_shape=(S,))
+    particles = policy.init(jax.random.key(1))
+    value = networks.ValueMLP((8,), (S,))
+    v_params = value.init(jax.random.key(7))
+    pi = lambda th: jnp.exp(policy.logits(th, jnp.eye(S)))
+    exact = N * ravel_pytree(jax.grad(
+        lambda th: gc.finite_horizon_return(mdp, pi(th), GAMMA, HORIZON))(particles))[0]
+
+    def one(k):
+        k_start, k_roll = jax.random.split(k)
+        state = rollouts.start(problem, k_start, 200)
+        _, tr = rollouts.collect(problem, lambda o, kk: policy.sample(particles, o, kk),
+                                 state, k_roll, HORIZON)  # one whole episode per copy
+        batch = M.C.prepare(tr, value(v_params, tr.obs), value(v_params, tr.last_obs),
+                            GAMMA, True)
+        return ravel_pytree(M.lions_field(policy, particles, batch))[0]
+
+    estimates = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(11), 100))
+    se = estimates.std(0, ddof=1) / math.sqrt(estimates.shape[0])
+    z = np.abs(np.asarray(estimates.mean(0) - exact)) / np.maximum(np.asarray(se), 1e-12)
+    assert np.all(z < 5), (z.max(), float(se.max()))
+    assert float(jnp.linalg.norm(exact)) > 20 * float(se.max())  # a test that can fail
+
+
+def test_without_reward_the_update_is_the_langevin_kernel(tabular):
+    """Zero reward and no baseline: `g = 0` exactly, so `theta' = (1 - eta sigma^2/2) theta
+    + sigma sqrt(eta) xi`: the drift read off by least squares and the residual's mean and
+    variance, each within 5 standard errors of the sample's size."""
+    mdp, _ = tabular
+    problem = gc.tabular(MDP(mdp.P, jnp.zeros_like(mdp.R), mdp.rho), HORIZON)
+    N, eta, sigma = 2000, 0.1, 0.7
+    policy = networks.MeanFieldPolicy(2, N, 4, observation_shape=(mdp.n_states,))
+    config = M.Config(1, policy, None, n_envs=2, n_rollout=HORIZON)
+    hp = M.HParams(GAMMA, eta, sigma)
+    theta = ravel_pytree(policy.init(jax.random.key(2)))[0]
+    state, trace = M.meanfield_pg(problem, policy.init(jax.random.key(2)), hp,
+                                  jax.random.key(3), config=config)
+    u = np.asarray(ravel_pytree(state.params)[0] - theta)
+    theta = np.asarray(theta)
+    n, var = u.size, sigma ** 2 * eta
+    assert float(trace.grad_norm[0]) == 0.0
+    drift = np.sum(u * theta) / np.sum(theta ** 2)  # least-squares slope of u on theta
+    assert abs(drift + eta * sigma ** 2 / 2) < 5 * math.sqrt(var / np.sum(theta ** 2))
+    xi = u + eta * sigma ** 2 / 2 * theta
+    assert abs(xi.mean()) < 5 * math.sqrt(var / n)
+    assert abs(xi.var(ddof=1) / var - 1) < 5 * math.sqrt(2 / (n - 1))
+    # the contraction is visible against the noise: sigma^2 eta / 2 = 2.45% per step
+    assert eta * sigma ** 2 / 2 > 10 * math.sqrt(var / np.sum(theta ** 2))
+
+
+def _cartpole_config(n_steps, N=32):
+    problem = gc.make("CartPole-v1")
+    policy = networks.MeanFieldPolicy(2, N, 8, observation_shape=(4,),
+                                      observation_scale=CARTPOLE_SCALE)
+    value = networks.ValueMLP((64, 64), (4,))
+    return problem, policy, M.Config(n_steps, policy, value, n_envs=10, n_rollout=100)
+
+
+@pytest.mark.slow
+def test_cartpole_learns_vmapped_over_seeds():
+    problem, policy, config = _cartpole_config(60)
+    hp = M.HParams(jnp.float32(0.99), jnp.float32(0.01), jnp.float32(0.01))
+
+    def train(k):
+        p0 = policy.init(jax.random.fold_in(k, 7), jnp.float32)
+        return M.meanfield_pg(problem, p0, hp, k, config=config)[1]
+
+    trace = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 3))
+    assert trace.episode_return.dtype == jnp.float32
+    first = np.nanmean(np.asarray(trace.episode_return[:, :5]), axis=1)
+    last = np.nanmean(np.asarray(trace.episode_return[:, -5:]), axis=1)
+    assert np.all(first < 40), first  # a random policy balances ~20 steps
+    assert np.all(last > 100), last
+    np.testing.assert_array_equal(trace.interactions[0], 1000 * np.arange(1, 61))
+
+
+def test_bad_input_is_refused():
+    problem, policy, config = _cartpole_config(2, N=3)
+    hp = M.HParams(0.99, 0.01, 0.1)
+    params = policy.init(jax.random.key(0))
+    key = jax.random.key(1)
+    with pytest.raises(ValueError, match="MeanFieldPolicy needs a discrete action space"):
+        M.meanfield_pg(gc.make("Pendulum-v1"), params, hp, key, config=config)
+    with pytest.raises(ValueError, match="MeanFieldPolicy has n_actions = 2, the action space has 3"):
+        M.meanfield_pg(gc.make("Acrobot-v1"), params, hp, key, config=config)
+    with pytest.raises(ValueError, match=r"sigma = -0.1 must be finite and >= 0"):
+        M.meanfield_pg(problem, params, hp._replace(sigma=-0.1), key, config=config)
+    with pytest.raises(ValueError, match="step_size = 0.0 must be finite and > 0"):
+        M.meanfield_pg(problem, params, hp._replace(step_size=0.0), key, config=config)
+    with pytest.raises(ValueError, match=r"gamma"):
+        M.meanfield_pg(problem, params, hp._replace(gamma=1.0), key, config=config)
+    mlp = networks.CategoricalPolicy(2, (8,), (4,))
+    with pytest.raises(ValueError, match="config.policy must be a dsorl.networks.MeanFieldPolicy"):
+        M.meanfield_pg(problem, mlp.init(key), hp, key,
+                       config=M.Config(2, mlp, n_envs=2, n_rollout=4))
+    with pytest.raises(ValueError, match="config must be a meanfield_control.Config"):
+        M.validate(problem, hp, M.C.Config(2, policy))
+    with pytest.raises(ValueError, match=r"params0 leaf 0 must have shape \(3, 8\), got \(4, 8\)"):
+        M.meanfield_pg(problem, networks.MeanFieldPolicy(2, 4, 8, observation_shape=(4,)).init(key),
+                       hp, key, config=config)
+    with pytest.raises(ValueError, match="n_particles = 0 must be an int >= 1"):
+        networks.MeanFieldPolicy(2, 0)
+    with pytest.raises(ValueError, match="TanhFeature width K = 0"):
+        networks.MeanFieldPolicy(2, 3, 0)
+    with pytest.raises(ValueError, match=r"observation_scale must have one entry per observation"
+                                         r" coordinate \(4\)"):
+        networks.MeanFieldPolicy(2, 3, observation_shape=(4,), observation_scale=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"observation_scale\[1\] = -2.0 must be finite and > 0"):
+        networks.MeanFieldPolicy(2, 3, observation_shape=(2,), observation_scale=(1.0, -2.0))
