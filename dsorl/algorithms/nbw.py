@@ -76,14 +76,25 @@ Kemeny's constant, the stationary hitting time of `config.mixing_state`, or `||H
 `hparams.mixing_weight` lambda >= 0, every phase's objective loses `lambda M(theta)`, `M`
 the measure of the induced chain: the gain phase ascends `g - lambda M` (and ends when
 `||grad (g - lambda M)|| < eps`), the barrier phase `B(theta) - lambda M`. The
-preconditioners are unchanged. `M` and its gradient are exact (implicit, one LU) in **both**
-algorithms: no unbiased estimator of `grad M` from episodes is at hand, so Algorithm 2
-samples only the gain and bias terms (and the penalty enters its sampled line search as an
-exact, deterministic term). The point of the regulariser is the estimator of `grad h(s0)`:
+preconditioners are unchanged. `config.mixing_gradient = "exact"` (default): `M` and its
+gradient are exact (implicit, one LU) in both algorithms, so Algorithm 2 samples only the
+gain and bias terms and the penalty enters its sampled line search as an exact,
+deterministic term. `"sampled"` (Algorithm 2 with Kemeny's constant only; other measures
+have no sampled estimator here): `grad K` is the mean of
+`dsorl.estimators.mixing.kemeny_gradient_samples` over `n_episodes` bundles of episodes of
+T steps, one from every state (the bias gradient of the reward `1{state = s}` at start s,
+summed over s: `grad K = sum_s grad H_ss`), from `fold_in(key, 2)`; with
+`line_search="sampled"` the value `K` in the line search, the paired standard error and the
+traced objective is `kemeny_value_samples` on coupled episodes from every state
+(`line_search_episodes` per state, `T + M` steps, their own uniforms), so the method is
+sampled end to end; with `line_search="critic"` the line search keeps the exact `K`, as it
+keeps the exact gain and bias. Both Kemeny estimators are unbiased when `P^T = P*` from every
+start (not only from s0), and biased by `O(T max_s ||P^T(s, .) - p*||_1)` otherwise.
+The point of the regulariser is the estimator of `grad h(s0)`:
 at a fixed episode length its bias shrinks with `||P^T(s0, .) - p*||`, i.e. with mixing
 (`dsorl.jobs.mixing_study`). `config.mixing_measure = None` (default) leaves the code path
 of the unregularised method untouched; a measure with lambda = 0 gives the same iterates bit
-for bit.
+for bit (with either `mixing_gradient`).
 
 Every trace row records the values **after** its step. Cost per step as before: the state
 carries the evaluation of its parameters (exact: gain, bias, gradients and Fishers; sampled:
@@ -104,6 +115,8 @@ from dsorl.algorithms import base
 from dsorl.estimators.average_reward import (check_mixing, common_uniforms, coupled_episodes,
                                              mean_estimates, oracle_critic, sample_estimates,
                                              value_samples)
+from dsorl.estimators.mixing import (kemeny_episodes, kemeny_gradient_samples,
+                                     kemeny_value_samples)
 from dsorl.fisher import barrier_preconditioner, bias_fisher, discounted_fisher, gain_fisher
 from dsorl.markov import bias, discounted_value, gain
 from dsorl.mdp import MDP, induced_chain
@@ -114,6 +127,7 @@ from dsorl.optim import ArmijoState, armijo_backtracking, natural_direction
 Array = jax.Array
 
 LINE_SEARCHES = ("sampled", "critic")
+MIXING_GRADIENTS = ("exact", "sampled")
 
 
 class HParams(NamedTuple):
@@ -156,7 +170,10 @@ class Config(NamedTuple):
     `T + gain_window` steps (`gain_window` None: T) and at most `max_expansions` doublings
     of the step while the estimate is unresolved. `mixing_measure`: None (no regulariser)
     or one of `dsorl.mixing.MEASURES`, weighted by `hparams.mixing_weight`; `mixing_state`:
-    the reference state of "hitting_time" (recurrent under full-support policies).
+    the reference state of "hitting_time" (recurrent under full-support policies);
+    `mixing_gradient`: "exact" (the measure's exact value and gradient) or "sampled"
+    (Algorithm 2 with "kemeny" only: Kemeny's constant and its gradient from episodes;
+    module docstring).
     """
 
     policy: Any
@@ -181,6 +198,7 @@ class Config(NamedTuple):
     gain_window: Optional[int] = None
     mixing_measure: Optional[str] = None
     mixing_state: Optional[int] = None
+    mixing_gradient: str = "exact"
 
 
 class Evaluation(NamedTuple):
@@ -236,7 +254,11 @@ def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
     `gain_tolerance` > 0, a finite or NaN `gain_reference`, the policy and `score_clip`,
     and the mixing regulariser: `mixing_weight` finite and >= 0, nonzero only with a
     `mixing_measure`, which must be known (with a recurrent `mixing_state` for
-    "hitting_time")."""
+    "hitting_time"); `mixing_gradient` "exact" (Algorithm 1 has no sampled form)."""
+    _validate(mdp, hparams, config, sampled=False)
+
+
+def _validate(mdp, hparams, config, *, sampled) -> None:
     _check_policy(config)
     check_mixing(mdp, aperiodic=False)
     for name in ("barrier_init", "barrier_divisor", "slack", "gain_tolerance"):
@@ -246,14 +268,15 @@ def validate(mdp: MDP, hparams: HParams, config: Config) -> None:
         if bool(jnp.any(jnp.isinf(ref))):
             raise ValueError(f"gain_reference = {ref} must be finite (or NaN: none).")
     _check_config(config)
-    _check_mixing_regulariser(mdp, hparams, config)
+    _check_mixing_regulariser(mdp, hparams, config, sampled=sampled)
 
 
 def validate_sampled(mdp: MDP, hparams: HParams, config: Config) -> None:
     """Algorithm 2's checks: those of `validate`, aperiodicity, `n_episodes > 0`,
     `episode_length >= max(1, absorption_time)`, `line_search`, and for the sampled line
-    search `confidence >= 0`, `line_search_episodes >= 2` and `gain_window >= 1`."""
-    validate(mdp, hparams, config)
+    search `confidence >= 0`, `line_search_episodes >= 2` and `gain_window >= 1`;
+    `mixing_gradient` "exact", or "sampled" with `mixing_measure="kemeny"`."""
+    _validate(mdp, hparams, config, sampled=True)
     check_mixing(mdp)
     _checks.check_positive("n_episodes", config.n_episodes)
     if config.episode_length < max(config.absorption_time, 1):
@@ -345,9 +368,11 @@ def run_sampled(mdp: MDP, params0, hparams: HParams, key=None, *, config: Config
     the iterates' exact values (from the critic the next iteration uses; the algorithm does
     not use them). `line_search="critic"`: objective values from the exact critic (the
     paper's setting). A mixing regulariser (`config.mixing_measure`, `hparams.mixing_weight`)
-    enters with its exact value and exact gradient: no unbiased sampled estimator of the
-    measure's gradient is at hand, so only the gain and bias terms are sampled. Concrete
-    input is checked (`validate_sampled`).
+    enters with its exact value and exact gradient (`config.mixing_gradient="exact"`), or,
+    for Kemeny's constant with `mixing_gradient="sampled"`, with its gradient from episodes
+    from every state (`dsorl.estimators.mixing`, key `fold_in(key_k, 2)`) and, in the
+    sampled line search, its value from coupled episodes from every state (module
+    docstring). Concrete input is checked (`validate_sampled`).
     """
     return SAMPLED.run(mdp, params0, hparams, key, config=config, keep_params=keep_params)
 
@@ -374,17 +399,28 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
     ev = (_sampled_evaluation(mdp, state.params, state.evaluation, key, config) if sampled
           else state.evaluation)
     from_samples = sampled and config.line_search == "sampled"
+    penalty = _mixing_penalty(mdp, unravel, hparams, config)
+    sampled_measure = penalty is not None and _sampled_measure(config, sampled)
+    base_measure = None  # per-episode Kemeny estimates at flat (sampled line search only)
     if from_samples:
-        base_values, trial = _sampled_values(mdp, unravel, flat, jax.random.fold_in(key, 1),
-                                             config)
+        base_values, base_measure, trial = _sampled_values(
+            mdp, unravel, flat, jax.random.fold_in(key, 1), hparams, config, sampled_measure)
         g_now, h_now = base_values.gain.mean(), base_values.bias.mean()
     else:
         g_now, h_now = ev.gain, ev.bias
-    penalty = _mixing_penalty(mdp, unravel, hparams, config)
+    weight = getattr(hparams, "mixing_weight", 0.0)
     if penalty is None:
         gain_ascent = ev.grad_gain
-    else:  # exact lambda M and its gradient, in the exact and the sampled algorithm alike
-        penalty_now, grad_penalty = jax.value_and_grad(penalty)(flat)
+    else:
+        if sampled_measure:  # grad K from episodes; K sampled in a sampled line search
+            grad_penalty = weight * kemeny_gradient_samples(
+                jax.random.fold_in(key, 2), mdp, config.policy, state.params,
+                episode_length=config.episode_length, n_episodes=config.n_episodes,
+                baseline=config.baseline, post_mixing=config.post_mixing,
+                score_clip=config.score_clip).mean(axis=0)
+            penalty_now = (weight * base_measure.mean() if from_samples else penalty(flat))
+        else:  # exact lambda M and its gradient (implicit, one LU)
+            penalty_now, grad_penalty = jax.value_and_grad(penalty)(flat)
         gain_ascent = ev.grad_gain - grad_penalty
     switch = ~state.in_barrier & (jnp.linalg.norm(gain_ascent) < hparams.gain_tolerance)
     in_barrier = state.in_barrier | switch
@@ -410,9 +446,12 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         grad = grad - grad_penalty
         objective = objective - penalty_now
 
-    def objective_at(g, h, theta):
+    def objective_at(g, h, theta, measure=None):
+        # measure: per-episode Kemeny estimates at theta, or None for the exact penalty
         f = jnp.where(barrier_step, h + beta * jnp.log(g - gain_ref + hparams.slack), g)
-        return f if penalty is None else f - penalty(theta)
+        if penalty is None:
+            return f
+        return f - (penalty(theta) if measure is None else weight * measure.mean())
 
     def exact_value(theta):
         chain = induced_chain(mdp, config.policy.probs(unravel(theta)))
@@ -422,16 +461,18 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         # The estimate at theta minus `confidence` standard errors of the paired difference
         # from the current point, so Armijo accepts only increases that the samples resolve.
         # Per-episode terms of the difference by the delta method (first order in the means).
-        samples, changed = trial(theta)
+        samples, measure, changed = trial(theta)
         g, h = samples.gain.mean(), samples.bias.mean()
 
-        def influence(v, g_mean):
-            return jnp.where(barrier_step, v.bias + beta * v.gain / (g_mean - gain_ref
-                                                                   + hparams.slack), v.gain)
+        def influence(v, m, g_mean):
+            i = jnp.where(barrier_step, v.bias + beta * v.gain / (g_mean - gain_ref
+                                                                + hparams.slack), v.gain)
+            return i if m is None else i - weight * m
 
-        paired = influence(samples, g) - influence(base_values, g_now)
+        paired = (influence(samples, measure, g)
+                  - influence(base_values, base_measure, g_now))
         se = jnp.std(paired, ddof=1) / jnp.sqrt(paired.shape[0])
-        f = objective_at(g, h, theta)
+        f = objective_at(g, h, theta, measure)
         # unresolved: no episode changed, or a positive increase not yet significant
         resolved = changed & ~((f > objective) & (f - hparams.confidence * se < objective))
         return f - hparams.confidence * se, resolved
@@ -448,8 +489,9 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         evaluation = _exact_evaluation(mdp, params, config)
         g_new, h_new = evaluation.gain, evaluation.bias
     if from_samples:  # the estimate at the new parameters, on the line search's uniforms
-        samples, _ = trial(new_flat)
-        objective_new = objective_at(samples.gain.mean(), samples.bias.mean(), new_flat)
+        samples, measure, _ = trial(new_flat)
+        objective_new = objective_at(samples.gain.mean(), samples.bias.mean(), new_flat,
+                                     measure)
     else:
         objective_new = objective_at(g_new, h_new, new_flat)
     new = State(params, in_barrier, gain_ref, beta, line_search, evaluation)
@@ -599,29 +641,46 @@ def _sampled_evaluation(mdp, params, critic, key, config) -> Evaluation:
                       est.bias_gradient, est.gain_fisher, est.bias_fisher)
 
 
-def _sampled_values(mdp, unravel, flat, key, config):
-    """Per-episode gain and bias estimates at s0 from `line_search_episodes` coupled episodes.
+def _sampled_values(mdp, unravel, flat, key, hparams, config, sampled_measure):
+    """Per-episode gain and bias estimates at s0 from `line_search_episodes` coupled episodes
+    and, if `sampled_measure`, per-episode Kemeny estimates (`kemeny_value_samples`, the
+    same number of coupled episodes from every state, uniforms from `fold_in(key, 1)`).
 
-    Returns `(base, trial)`: the `ValueSamples` at `flat`, and `trial(theta) ->
-    (ValueSamples, changed)` on the same uniforms (common random numbers), `changed`
-    telling whether any episode draws differently from those at `flat`.
+    Returns `(base, base_measure, trial)`: the `ValueSamples` and Kemeny samples (or None)
+    at `flat`, and `trial(theta) -> (ValueSamples, measure, changed)` on the same uniforms
+    (common random numbers), `changed` telling whether any episode draws differently from
+    those at `flat` (the Kemeny episodes count only with a nonzero `mixing_weight`, so a
+    zero weight leaves the search as without them).
     """
     T = config.episode_length
     window = T if config.gain_window is None else config.gain_window
-    uniforms = common_uniforms(key, T + window, config.line_search_episodes, flat.dtype)
+    N = config.line_search_episodes
+    uniforms = common_uniforms(key, T + window, N, flat.dtype)
+    if sampled_measure:
+        S = mdp.n_states
+        kemeny_uniforms = common_uniforms(jax.random.fold_in(key, 1), T + window, S * N,
+                                          flat.dtype).reshape(S, N, T + window, 2)
 
     def episodes(theta):
-        return coupled_episodes(mdp, config.policy.probs(unravel(theta)), config.state,
-                                uniforms)
+        pi = config.policy.probs(unravel(theta))
+        return (coupled_episodes(mdp, pi, config.state, uniforms),
+                kemeny_episodes(mdp, pi, kemeny_uniforms) if sampled_measure else None)
 
-    base_episodes = episodes(flat)
+    def measure(kemeny):
+        return (None if kemeny is None else
+                kemeny_value_samples(kemeny, episode_length=T))
+
+    base_episodes, base_kemeny = episodes(flat)
 
     def trial(theta):
-        eps = episodes(theta)
-        return (value_samples(eps, episode_length=T),
-                jnp.any(eps.actions != base_episodes.actions))
+        eps, kemeny = episodes(theta)
+        changed = jnp.any(eps.actions != base_episodes.actions)
+        if kemeny is not None:  # they move the objective only through a nonzero weight
+            changed = changed | ((getattr(hparams, "mixing_weight", 0.0) != 0)
+                                 & jnp.any(kemeny.actions != base_kemeny.actions))
+        return value_samples(eps, episode_length=T), measure(kemeny), changed
 
-    return value_samples(base_episodes, episode_length=T), trial
+    return value_samples(base_episodes, episode_length=T), measure(base_kemeny), trial
 
 
 def _line_search(config):
@@ -671,9 +730,27 @@ def _mixing_penalty(mdp, unravel, hparams, config):
     return penalty
 
 
-def _check_mixing_regulariser(mdp, hparams, config) -> None:
+def _sampled_measure(config, sampled: bool) -> bool:
+    """Static check of `config.mixing_gradient`; True when Kemeny's constant is sampled."""
+    choice = getattr(config, "mixing_gradient", "exact")
+    if choice not in MIXING_GRADIENTS:
+        raise ValueError(f"mixing_gradient = {choice!r}; choose one of {MIXING_GRADIENTS}.")
+    if choice == "exact":
+        return False
+    if not sampled:
+        raise ValueError("mixing_gradient = 'sampled' needs the sampled Algorithm 2"
+                         " (run_sampled); Algorithm 1 uses exact gradients.")
+    measure = getattr(config, "mixing_measure", None)
+    if measure != "kemeny":
+        raise ValueError(f"mixing_gradient = 'sampled' has an estimator for"
+                         f" mixing_measure = 'kemeny' only, not {measure!r}.")
+    return True
+
+
+def _check_mixing_regulariser(mdp, hparams, config, *, sampled) -> None:
     weight = getattr(hparams, "mixing_weight", 0.0)
     _checks.check_positive("mixing_weight", weight, allow_zero=True)
+    _sampled_measure(config, sampled)
     measure = getattr(config, "mixing_measure", None)
     if measure is None:
         if _checks.is_concrete(weight) and bool(jnp.any(jnp.asarray(weight) != 0)):
@@ -691,7 +768,8 @@ def _check_line_search(config) -> None:
                          f" {LINE_SEARCHES}.")
 
 
-__all__ = ["HParams", "Config", "State", "Trace", "Evaluation", "LINE_SEARCHES", "EXACT",
-           "SAMPLED", "DISCOUNTED", "run", "run_sampled", "discounted_run", "validate",
+__all__ = ["HParams", "Config", "State", "Trace", "Evaluation", "LINE_SEARCHES",
+           "MIXING_GRADIENTS", "EXACT", "SAMPLED", "DISCOUNTED", "run", "run_sampled",
+           "discounted_run", "validate",
            "validate_sampled", "expected_params", "outer_update", "DiscountedHParams",
            "DiscountedState", "DiscountedEvaluation"]
