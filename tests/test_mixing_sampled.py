@@ -20,6 +20,7 @@ from dsorl.algorithms import nbw
 from dsorl.estimators.average_reward import common_uniforms
 from dsorl.estimators.mixing import (kemeny_critics, kemeny_episodes, kemeny_gradient_samples,
                                      kemeny_value_samples)
+from dsorl.jobs import mixing_study
 from dsorl.mdp import MDP
 from dsorl.mixing import policy_mixing_measure
 
@@ -184,6 +185,9 @@ def test_bad_mixing_gradient_options_are_refused():
     with pytest.raises(ValueError, match="mixing_gradient = 'sampled' needs the sampled"):
         nbw.run(MDP3, jnp.zeros(2), hp._replace(mixing_weight=1.0),  # Algorithm 1
                 config=_CFG._replace(mixing_gradient="sampled"))
+    with pytest.raises(ValueError, match="mixing_gradient = 'noisy'"):  # the study job's key
+        mixing_study.mixing_tables({"envs": ["A1"], "mixing_gradient": "noisy",
+                                    "correlation": None})
     with pytest.raises(ValueError, match=r"must be \[S = 3, N, L, 2\]"):
         kemeny_episodes(MDP3, POLICY.probs(jnp.zeros(2)), jnp.zeros((2, 4, 5, 2)))
     with pytest.raises(ValueError, match="n_episodes"):

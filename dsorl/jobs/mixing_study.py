@@ -39,6 +39,9 @@ Config keys (`DEFAULTS`):
   `dsorl.envs.make`. nBw environments get the paper's barrier settings
   (`dsorl.envs.nbw.paper_hyperparams`), others `nbw.HParams()`; `hparams` overrides both.
 * `measure` (one of `MEASURES`), `mixing_state` (reference of "hitting_time", else None).
+* `mixing_gradient`: "exact" (the measure's exact value and gradient) or "sampled" (Kemeny's
+  constant and its gradient from episodes from every state, `dsorl.estimators.mixing`;
+  `measure` "kemeny" only): `nbw.Config.mixing_gradient`.
 * `lambdas`: the weights (>= 0, finite; 0 is the unregularised method and the reference).
 * `starts`: initial sigmoid parameters `[[w_x, w_y], ...]`; `seeds`: sampling keys per
   start; `seed`: the root key.
@@ -95,6 +98,7 @@ DEFAULTS = {
              {"name": "coupled_clusters", "n": 3, "coupling": 0.1}],
     "measure": "kemeny",
     "mixing_state": None,
+    "mixing_gradient": "exact",
     "lambdas": [0.0, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3, 1.0, 3.0],
     "starts": [[0.0, 0.0], [1.0, -2.0], [-1.0, 2.0], [-0.5, -0.5]],
     "seeds": 2,
@@ -275,7 +279,8 @@ def _study_env(name, mdp, label, config, lam):
                            else {}), **config["hparams"]})
     cfg = nbw.Config(policy, n_steps=int(config["n_steps"]), state=s0, episode_length=T,
                      n_episodes=int(config["n_episodes"]), line_search=config["line_search"],
-                     mixing_measure=config["measure"], mixing_state=config["mixing_state"])
+                     mixing_measure=config["measure"], mixing_state=config["mixing_state"],
+                     mixing_gradient=config["mixing_gradient"])
     for weight in lam:  # concrete checks once; the vmapped runs see traced weights
         nbw.validate_sampled(mdp, hp._replace(mixing_weight=float(weight)), cfg)
     starts = jnp.asarray(config["starts"], jnp.float64)
