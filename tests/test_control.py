@@ -403,3 +403,194 @@ def test_natural_gradient_converges_to_the_exact_natural_gradient(tabular, episo
     se_x = jnp.sqrt(jnp.diag(A @ jnp.cov(z.T) @ A.T) / n)
     assert np.all(np.abs(np.asarray(x_hat - x_star)) < 5 * np.asarray(se_x))
     assert float(jnp.linalg.norm(x_star)) > 20 * float(jnp.max(se_x))  # a test that can fail
+
+
+# ----------------------------------------------------------------------------------------
+# Off-chain PCO (GePPO's surrogate on a replay of behaviour batches)
+
+
+def _offchain_expectation(mdp, policy, alpha, beta, v_table, trace_clip):
+    """The expectation at `theta = alpha` of the off-chain surrogate's gradient from
+    whole episodes of the behaviour `beta`: `sum_t gamma^t sum_s d^beta_t(s) sum_a grad
+    pi_alpha(a|s) A_bar_t(s, a)`, `d^beta_t = rho P_beta^t`, by backward recursion of the
+    V-trace expectations: `A_bar_t = R + gamma P u_{t+1} - v` (`R - v` at the last step),
+    `u_t = v + sum_a beta c A_bar_t`, `c = min(trace_clip, pi_alpha / beta)`."""
+    S = mdp.n_states
+    pa = jax.lax.stop_gradient(_pi(policy, alpha, S))
+    pb = _pi(policy, beta, S)
+    c = jnp.minimum(trace_clip, pa / pb)
+    A_bar, u = [None] * HORIZON, None
+    for t in reversed(range(HORIZON)):
+        Q = mdp.R if t == HORIZON - 1 else mdp.R + GAMMA * mdp.P @ u
+        A_bar[t] = Q - v_table[:, None]
+        u = v_table + jnp.sum(pb * c * A_bar[t], axis=-1)
+    P_beta = jnp.einsum("sa,sat->st", pb, mdp.P)
+    d = [mdp.rho]
+    for _ in range(HORIZON - 1):
+        d.append(d[-1] @ P_beta)
+
+    def surrogate(th):
+        pi_th = _pi(policy, th, S)
+        return sum(GAMMA ** t * d[t] @ jnp.sum(pi_th * A_bar[t], axis=-1)
+                   for t in range(HORIZON))
+
+    return ravel_pytree(jax.grad(surrogate)(alpha))[0]
+
+
+def test_offchain_pieces_reduce_to_on_chain_when_the_behaviour_is_the_anchor(tabular):
+    mdp, problem, policy, value, params = tabular
+    state = rollouts.start(problem, jax.random.key(0), 6)
+    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
+                             jax.random.key(1), 12)  # episodes cut mid-way: bootstrapped
+    v_params = value.init(jax.random.key(2))
+    v, v_last = value(v_params, tr.obs), value(v_params, tr.last_obs)
+    on = C.prepare(tr, v, v_last, GAMMA, True)
+    off = C.prepare_offchain(tr, v, v_last, policy.log_prob(params, tr.obs, tr.action), GAMMA,
+                             1.0, True)
+    np.testing.assert_allclose(off.advantage, on.advantage, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(off.returns, on.returns, rtol=1e-10, atol=1e-12)
+    # a moved theta, so that some ratios are clipped: the two surrogates still agree
+    theta = jax.tree_util.tree_map(lambda x: 1.3 * x, params)
+    coef = on.weight * on.advantage
+    a = C.clipped_surrogate(policy, theta, tr.obs, tr.action, tr.log_prob, coef, 0.2, 1 / 6)
+    b = C.offchain_surrogate(policy, theta, tr.obs, tr.action, tr.log_prob, tr.log_prob,
+                             coef, 0.2, 1 / 6)
+    np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+def test_offchain_surrogate_gradient_at_the_anchor_has_its_stated_expectation(tabular):
+    """Batches of whole episodes from a behaviour beta != alpha: the mean of the
+    surrogate's gradient at alpha lies within 5 standard errors of the exact expectation
+    (`_offchain_expectation`), for V-trace truncated at 1 and untruncated; the two
+    expectations differ, and both differ from grad J(alpha) (the behaviour's state
+    occupancy), by more than the noise, so the test tells them apart."""
+    mdp, problem, policy, value, alpha = tabular
+    # the uniform behaviour: importance ratios pi_alpha / beta <= 2, far occupancies
+    beta = jax.tree_util.tree_map(jnp.zeros_like, alpha)
+    v_params = value.init(jax.random.key(7))
+    v_table = value(v_params, jnp.eye(mdp.n_states))
+    n_envs, clips = 200, (1.0, math.inf)
+
+    def one(k):
+        k_start, k_roll = jax.random.split(k)
+        state = rollouts.start(problem, k_start, n_envs)
+        _, tr = rollouts.collect(problem, lambda o, kk: policy.sample(beta, o, kk), state,
+                                 k_roll, HORIZON)
+        log_alpha = policy.log_prob(alpha, tr.obs, tr.action)
+        v, v_last = value(v_params, tr.obs), value(v_params, tr.last_obs)
+
+        def grad(trace_clip):
+            b = C.prepare_offchain(tr, v, v_last, log_alpha, GAMMA, trace_clip, True)
+            return ravel_pytree(jax.grad(C.offchain_surrogate, argnums=1)(
+                policy, alpha, tr.obs, tr.action, tr.log_prob, log_alpha,
+                b.weight * b.advantage, 0.2, 1 / n_envs))[0]
+
+        return jnp.stack([grad(c) for c in clips]), tr.done
+
+    estimates, done = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(13), 100))
+    assert bool(jnp.all(done[:, -1])) and not bool(jnp.any(done[:, :-1]))
+    refs = [_offchain_expectation(mdp, policy, alpha, beta, v_table, c) for c in clips]
+    grad_J = ravel_pytree(jax.grad(lambda th: gc.finite_horizon_return(
+        mdp, _pi(policy, th, mdp.n_states), GAMMA, HORIZON))(alpha))[0]
+    for i, ref in enumerate(refs):
+        z, se = _within(estimates[:, i], ref)
+        assert np.all(z < 5), (clips[i], z.max(), se.max())
+        assert float(jnp.linalg.norm(ref)) > 20 * float(jnp.max(se))  # a test that can fail
+        # ... and one that rejects grad J(alpha): the states come from beta's occupancy
+        assert _within(estimates[:, i], grad_J)[0].max() > 5
+    # truncation changes the expectation: the paired difference (same batches)
+    z, se = _within(estimates[:, 0] - estimates[:, 1], refs[0] - refs[1])
+    assert np.all(z < 5), z.max()
+    assert float(jnp.linalg.norm(refs[0] - refs[1])) > 5 * float(jnp.max(se))
+
+
+def test_on_chain_pco_is_a_direct_loop_over_batches_and_minibatches(tabular):
+    """`n_behaviour = 1` (the default) is PCO as before off-chain PCO existed: a plain
+    loop (no baseline, Adam on the negated gradient) with PCO's key schedule (step `i`:
+    `split(fold_in(key, i))` into collection and permutation keys; the copies started
+    from `fold_in(key, 1)`) gives the same iterates."""
+    import optax
+
+    mdp, problem, policy, _, params0 = tabular
+    n_envs, n_rollout, epochs, m, eta, eps = 4, 6, 2, 2, 0.05, 0.2
+    cfg = C.PCOConfig(n_steps=2, policy=policy, n_envs=n_envs, n_rollout=n_rollout,
+                      epochs=epochs, n_minibatches=m)
+    assert cfg.n_behaviour == 1
+    key = jax.random.key(21)
+    state, trace = C.pco(problem, params0, C.PCOHParams(GAMMA, eta, clip=eps), key,
+                         config=cfg, keep_params=True)
+    assert state.replay is None
+
+    adam = optax.adam(eta)
+    theta, opt = params0, adam.init(params0)
+    envs = rollouts.start(problem, jax.random.fold_in(key, 1), n_envs)
+    size = n_envs * n_rollout
+    for i in range(2):
+        k_collect, k_perm = jax.random.split(jax.random.fold_in(key, jnp.uint32(i)))
+        envs, tr = rollouts.collect(problem, lambda o, k: policy.sample(theta, o, k), envs,
+                                    k_collect, n_rollout)
+        G = rollouts.discounted_returns(tr.reward, tr.done, jnp.zeros(n_envs), GAMMA)
+        coef = (GAMMA ** tr.time * G).reshape(size)
+        obs, action, logp = (tr.obs.reshape(size, -1), tr.action.reshape(size),
+                             tr.log_prob.reshape(size))
+        for k in jax.random.split(k_perm, epochs):
+            for idx in jax.random.permutation(k, size).reshape(m, size // m):
+                g = jax.grad(C.clipped_surrogate, argnums=1)(
+                    policy, theta, obs[idx], action[idx], logp[idx], coef[idx], eps,
+                    m / n_envs)
+                updates, opt = adam.update(jax.tree_util.tree_map(jnp.negative, g), opt)
+                theta = optax.apply_updates(theta, updates)
+        np.testing.assert_allclose(ravel_pytree(jax.tree_util.tree_map(
+            lambda x: x[i], trace.params))[0], ravel_pytree(theta)[0], rtol=1e-9, atol=1e-12)
+
+
+def test_offchain_replay_holds_the_last_batches_with_their_behaviours(tabular):
+    """`n_behaviour = 2`, three steps, two seeds as one jitted vmap: the replay holds the
+    batches of steps 2 and 1, each with the log-probabilities of the policy that sampled
+    it (the parameters after steps 1 and 0), and each seed equals its own run."""
+    mdp, problem, policy, value, params0 = tabular
+    cfg = C.PCOConfig(n_steps=3, policy=policy, value=value, n_envs=4, n_rollout=5,
+                      epochs=2, n_minibatches=4, value_epochs=2, n_behaviour=2)
+    hp = C.PCOHParams(GAMMA, 0.05)
+    run = lambda k: C.pco(problem, params0, hp, k, config=cfg, keep_params=True)
+    keys = jax.random.split(jax.random.key(3), 2)
+    states, traces = jax.jit(jax.vmap(run))(keys)
+    assert states.replay.transitions.obs.shape == (2, 2, 5, 4, mdp.n_states)
+    assert bool(jnp.all(states.replay.filled))
+    np.testing.assert_array_equal(traces.interactions[0], [20, 40, 60])
+    for seed in range(2):
+        tr = jax.tree_util.tree_map(lambda x: x[seed], states.replay.transitions)
+        for slot, after in ((0, 1), (1, 0)):
+            theta = jax.tree_util.tree_map(lambda x: x[seed, after], traces.params)
+            np.testing.assert_allclose(tr.log_prob[slot],
+                                       policy.log_prob(theta, tr.obs[slot], tr.action[slot]),
+                                       rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(traces.grad_norm)) and np.all(np.isfinite(traces.value_loss))
+    assert np.all((traces.clip_fraction >= 0) & (traces.clip_fraction <= 1))
+    one = jax.jit(run)(keys[1])[1]
+    np.testing.assert_allclose(ravel_pytree(jax.tree_util.tree_map(lambda x: x[1],
+                                                                   traces.params))[0],
+                               ravel_pytree(one.params)[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("config, hparams, match", [
+    ({"n_behaviour": 0}, {}, r"config.n_behaviour = 0 must be an int >= 1"),
+    ({"n_behaviour": 2.0}, {}, r"config.n_behaviour = 2.0 must be an int >= 1"),
+    ({"n_behaviour": 3, "n_minibatches": 8}, {},
+     r"n_minibatches = 8 must divide the replay n_behaviour \* n_envs \* n_rollout = 60"),
+    ({"n_behaviour": 2}, {"trace_clip": 0.0}, r"trace_clip = 0.0 must be > 0"),
+    ({"n_behaviour": 2}, {"trace_clip": -1.0}, r"trace_clip = -1.0 must be > 0"),
+])
+def test_bad_offchain_options_are_named(tabular, config, hparams, match):
+    _, problem, policy, value, params = tabular
+    cfg = C.PCOConfig(**{"n_steps": 1, "policy": policy, "value": value, "n_envs": 4,
+                         "n_rollout": 5, "n_minibatches": 4, **config})
+    with pytest.raises(ValueError, match=match):
+        C.pco(problem, params, C.PCOHParams(GAMMA, 1e-3, **hparams), jax.random.key(0),
+              config=cfg)
+
+
+@pytest.mark.slow
+def test_offchain_pco_learns_cartpole():
+    _learns(C.PCO, C.PCOHParams(0.99, 1e-3, 1e-3, 0.2),
+            C.PCOConfig(n_steps=30, policy=None, n_envs=8, n_rollout=128, n_behaviour=2), 120)

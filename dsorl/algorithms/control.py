@@ -48,6 +48,36 @@ the baseline of batch `k` was fitted on batches before it.
   `(1/N) sum w_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)`, `rho_t` the policy
   ratio to the anchor `alpha = theta_k` that sampled the batch, `A_t = G_t - v_hat(s_t)`,
   `w_t = gamma^t`. At `theta = alpha` (no clip active) its gradient is Algorithm 1's.
+  This is on-chain PCO (`config.n_behaviour = 1`, the default).
+- Off-chain PCO (`PCO` with `config.n_behaviour = M > 1`): the surrogate `S(theta, alpha)`
+  estimated from samples of chains other than the anchor's, in the form of GePPO
+  (Queeney, Paschalidis & Cassandras, "Generalized Proximal Policy Optimization with
+  Sample Reuse", NeurIPS 2021). The state keeps a replay of the last `M` batches, batch
+  `i` (`i` steps old) sampled by the behaviour `beta_i = theta_{k-i}` and stored with its
+  log-probabilities (`Replay`). Each step optimises, over all of them (uniform weights; at
+  the start only the batches collected so far),
+
+      (1/(M N)) sum_i sum_t w_t min(r_t A_t, clip(r_t, c_t - eps, c_t + eps) A_t),
+      r_t = pi_theta(a_t|s_t) / beta_i(a_t|s_t),   c_t = pi_alpha(a_t|s_t) / beta_i(a_t|s_t),
+
+  (`offchain_surrogate`): the ratio to the behaviour is clipped around the anchor's, so a
+  step moves each chain-transition ratio `pi_theta/pi_alpha` by at most `eps` in the
+  behaviour's units. The anchor's advantages come from the behaviour's data by V-trace
+  (Espeholt et al. 2018) with truncated importance weights `c_t = min(c_bar, pi_alpha /
+  beta)` (`hparams.trace_clip` = `c_bar`, 1 by default as in GePPO; `inf`: untruncated):
+  `A_t = delta_t + gamma (1 - done_t) c_{t+1} A_{t+1}`, `delta_t = r_t + gamma (1 -
+  done_t) v_hat(s_{t+1}) - v_hat(s_t)`, the value refitted to the V-trace targets `v_hat(s_t)
+  + c_t A_t` of the whole replay (`prepare_offchain`). With `beta = alpha` both reduce to
+  on-chain PCO's `G_t - v_hat(s_t)` and `G_t`. **What it estimates, and its bias**: at
+  `theta = alpha` the gradient's expectation is `sum_t w_t sum_s d^beta_t(s) sum_a grad
+  pi_alpha(a|s) A_bar_t(s, a)`: the actions are reweighted to the anchor exactly, but the
+  states come from the behaviour's occupancy `d^beta_t`, not the anchor's (GePPO's
+  choice: correcting it needs products of ratios along whole episodes, whose variance
+  grows with their length; the policy improvement bound of GePPO's Theorem 1 charges the
+  mismatch to the clipped ratios), and `A_bar_t = E[A_t | s_t, a_t]` is the anchor's
+  advantage `Q^alpha_t - v_hat` only when `c_bar = inf` (with truncation it is that of a
+  policy between behaviour and anchor). GePPO also shrinks `eps` as `M` grows and adapts
+  the step size to the measured ratio spread; here both are the user's hyperparameters.
 
 An optax optimiser (`config.optimizer(step_size)`, default Adam, with global-norm clipping
 at `config.max_grad_norm`) drives the policy and another (`config.value_optimizer`) the
@@ -82,7 +112,8 @@ Array = jax.Array
 __all__ = ["HParams", "NaturalHParams", "PCOHParams", "Config", "ReinforceConfig",
            "NaturalConfig", "PCOConfig", "State", "Trace", "Batch", "prepare",
            "policy_gradient", "fisher_weights", "fisher_vector_product", "natural_gradient",
-           "clipped_surrogate", "REINFORCE", "DSO", "NATURAL_DSO", "PCO", "reinforce", "dso",
+           "clipped_surrogate", "prepare_offchain", "offchain_surrogate", "Replay",
+           "offchain_pco_step", "REINFORCE", "DSO", "NATURAL_DSO", "PCO", "reinforce", "dso",
            "natural_dso", "pco"]
 
 
@@ -104,12 +135,14 @@ class NaturalHParams(NamedTuple):
 
 
 class PCOHParams(NamedTuple):
-    """Traced: as `HParams`, and the ratio `clip` epsilon (`inf`: unclipped)."""
+    """Traced: as `HParams`, the ratio `clip` epsilon (`inf`: unclipped) and, off-chain,
+    V-trace's importance-weight truncation `trace_clip` (`c_bar` > 0, `inf`: none)."""
 
     gamma: Array
     step_size: Array
     value_step_size: Array = 1e-3
     clip: Array = 0.2
+    trace_clip: Array = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,15 +184,28 @@ class NaturalConfig(Config):
 @dataclasses.dataclass(frozen=True)
 class PCOConfig(Config):
     """`Config` and `epochs` passes over each batch in `n_minibatches` minibatches
-    (`n_envs * n_rollout` must divide by it)."""
+    (`n_envs * n_rollout` must divide by it); `n_behaviour`: 1 for on-chain PCO, `M > 1`
+    for off-chain PCO on a replay of the last `M` batches (then the minibatches split the
+    whole replay, `M * n_envs * n_rollout`, and the value is fitted on all of it)."""
 
     epochs: int = 4
     n_minibatches: int = 4
+    n_behaviour: int = 1
+
+
+class Replay(NamedTuple):
+    """Off-chain PCO's last `M` batches: `transitions` with a leading axis `[M, T, N, ...]`
+    (slot `i` collected `i` steps ago, `log_prob` its behaviour's) and `filled[M]` (bool:
+    the slot holds a batch; the first `M - 1` steps have fewer)."""
+
+    transitions: Transitions
+    filled: Array
 
 
 class State(NamedTuple):
     """`params` (policy), `value_params` (None without a baseline), both optimiser states,
-    the running environment copies and the `interactions` so far (int32)."""
+    the running environment copies, the `interactions` so far (int32) and off-chain PCO's
+    `replay` (None otherwise)."""
 
     params: Any
     value_params: Any
@@ -167,6 +213,7 @@ class State(NamedTuple):
     value_opt_state: Any
     rollout: RolloutState
     interactions: Array
+    replay: Any = None
 
 
 class Trace(NamedTuple):
@@ -260,6 +307,42 @@ def clipped_surrogate(policy, params, obs, action, log_prob_old, coef, clip, sca
     return scale * jnp.sum(_pessimistic(log_ratio, coef, clip))
 
 
+def prepare_offchain(transitions: Transitions, v: Array, v_last: Array,
+                     log_prob_anchor: Array, gamma, trace_clip, discount: bool) -> Batch:
+    """A batch of a behaviour `beta` (`transitions.log_prob`) prepared for the anchor
+    `alpha` (`log_prob_anchor[T, N]`, `log pi_alpha(a_t|s_t)`) by V-trace with truncated
+    weights `c_t = min(trace_clip, pi_alpha / beta)`: `advantage` `A_t = delta_t + gamma
+    (1 - done_t) c_{t+1} A_{t+1}` (`A` after the cut is 0: the bootstrap `v_last` ends it),
+    `returns` the value targets `v_t + c_t A_t`, `weight` as in `prepare`."""
+    c = jnp.minimum(trace_clip, jnp.exp(log_prob_anchor - transitions.log_prob))
+    gamma = jnp.asarray(gamma, v.dtype)
+    live = gamma * (1 - transitions.done.astype(v.dtype))
+    v_next = jnp.concatenate([v[1:], v_last[None]])
+    delta = transitions.reward + live * v_next - v
+    c_next = jnp.concatenate([c[1:], jnp.zeros_like(c[:1])])
+
+    def back(A_next, inputs):
+        d, l, cn = inputs
+        A = d + l * cn * A_next
+        return A, A
+
+    _, A = lax.scan(back, jnp.zeros_like(v_last), (delta, live, c_next), reverse=True)
+    return Batch(transitions, v + c * A, A,
+                 episode_weights(transitions.time, gamma, discount))
+
+
+def offchain_surrogate(policy, params, obs, action, log_prob_behaviour, log_prob_anchor,
+                       coef, clip, scale) -> Array:
+    """GePPO's surrogate `scale * sum min(r coef, clip(r, c - eps, c + eps) coef)`, `r =
+    pi_theta(a|s) / beta(a|s)` and `c = pi_alpha(a|s) / beta(a|s)` from the behaviour's
+    `log_prob_behaviour` and the anchor's `log_prob_anchor`; `eps = clip`. With `beta =
+    alpha` it is `clipped_surrogate`."""
+    ratio = jnp.exp(policy.log_prob(params, obs, action) - log_prob_behaviour)
+    centre = jnp.exp(log_prob_anchor - log_prob_behaviour)
+    return scale * jnp.sum(jnp.minimum(
+        ratio * coef, jnp.clip(ratio, centre - clip, centre + clip) * coef))
+
+
 # ----------------------------------------------------------------------------------------
 # The contract
 
@@ -275,7 +358,8 @@ def validate(problem, hparams, config: Config) -> None:
     """`ValueError` naming the offending argument: a problem that is not a
     `ControlProblem`, a policy that cannot act in its action space (a categorical policy on
     real actions) or reads other observations, gamma outside [0, 1), non-positive step
-    sizes, clip, counts, `max_grad_norm`; PCO's batch not divisible into minibatches."""
+    sizes, clip, counts, `max_grad_norm`; PCO's batch (off-chain: replay) not divisible
+    into minibatches, `n_behaviour` < 1, `trace_clip` <= 0."""
     if not isinstance(problem, ControlProblem):
         raise ValueError(f"problem must be a dsorl.rollouts.ControlProblem (e.g."
                          f" dsorl.envs.gymnax_control.make('CartPole-v1')), got"
@@ -301,12 +385,19 @@ def validate(problem, hparams, config: Config) -> None:
             raise ValueError(f"damping = {hparams.damping} must be > 0 (the sampled Fisher"
                              " is singular whenever the batch has fewer steps than parameters).")
     elif isinstance(config, PCOConfig):
-        _counts(config, epochs=None, n_minibatches=None)
-        if (config.n_envs * config.n_rollout) % config.n_minibatches:
+        _counts(config, epochs=None, n_minibatches=None, n_behaviour=None)
+        size, what = config.n_envs * config.n_rollout, "batch n_envs * n_rollout"
+        if config.n_behaviour > 1:
+            size, what = config.n_behaviour * size, "replay n_behaviour * n_envs * n_rollout"
+        if size % config.n_minibatches:
             raise ValueError(f"config.n_minibatches = {config.n_minibatches} must divide the"
-                             f" batch n_envs * n_rollout = {config.n_envs * config.n_rollout}.")
+                             f" {what} = {size}.")
         if _checks.is_concrete(hparams.clip) and not np.all(np.asarray(hparams.clip) > 0):
             raise ValueError(f"clip = {hparams.clip} must be > 0 (inf: no clipping).")
+        if (_checks.is_concrete(hparams.trace_clip)
+                and not np.all(np.asarray(hparams.trace_clip) > 0)):
+            raise ValueError(f"trace_clip = {hparams.trace_clip} must be > 0 (V-trace's"
+                             " truncation of the importance weights; inf: none).")
     else:
         _counts(config)
 
@@ -336,8 +427,28 @@ def init(problem, params0, hparams, key, *, config: Config) -> State:
                     else config.value.init(jax.random.fold_in(key, 0), dtype))
     value_opt = None if value_params is None else _value_tx(hparams, config).init(value_params)
     rollout = start(problem, jax.random.fold_in(key, 1), config.n_envs, dtype)
+    replay = None
+    if getattr(config, "n_behaviour", 1) > 1:
+        replay = _empty_replay(problem, params0, rollout, config)
     return State(params0, value_params, _policy_tx(hparams, config).init(params0), value_opt,
-                 rollout, jnp.int32(0))
+                 rollout, jnp.int32(0), replay)
+
+
+def _empty_replay(problem, params0, rollout: RolloutState, config: PCOConfig) -> Replay:
+    """`n_behaviour` zero slots shaped like one batch of `collect`, none filled."""
+    shapes = jax.eval_shape(lambda: collect(
+        problem, lambda obs, k: config.policy.sample(params0, obs, k), rollout,
+        jax.random.key(0), config.n_rollout)[1])
+    m = config.n_behaviour
+    return Replay(jax.tree_util.tree_map(lambda s: jnp.zeros((m,) + s.shape, s.dtype), shapes),
+                  jnp.zeros(m, bool))
+
+
+def _push(replay: Replay, tr: Transitions) -> Replay:
+    """The newest batch into slot 0, every other one slot older; the oldest drops out."""
+    shift = lambda buf, new: jnp.concatenate([new[None].astype(buf.dtype), buf[:-1]])
+    return Replay(jax.tree_util.tree_map(shift, replay.transitions, tr),
+                  jnp.concatenate([jnp.ones(1, bool), replay.filled[:-1]]))
 
 
 def _collect(problem, state: State, hparams, key, config: Config):
@@ -351,13 +462,18 @@ def _collect(problem, state: State, hparams, key, config: Config):
     return rollout, prepare(tr, v, v_last, hparams.gamma, config.discount_weights), v
 
 
-def _fit_value(state: State, batch: Batch, hparams, config: Config):
-    """`value_epochs` full-batch steps on `mean (v(s_t) - G_t)^2`; `(params, opt_state)`."""
+def _fit_value(state: State, batch: Batch, hparams, config: Config, mask=None):
+    """`value_epochs` full-batch steps on `mean (v(s_t) - G_t)^2` (over the entries where
+    `mask`, if given); `(params, opt_state)`."""
     if config.value is None:
         return None, None
     obs, target = batch.transitions.obs, lax.stop_gradient(batch.returns)
     tx = _value_tx(hparams, config)
-    loss = lambda phi: jnp.mean((config.value(phi, obs) - target) ** 2)
+    if mask is None:
+        loss = lambda phi: jnp.mean((config.value(phi, obs) - target) ** 2)
+    else:
+        loss = lambda phi: (jnp.sum(jnp.where(mask, (config.value(phi, obs) - target) ** 2, 0))
+                            / jnp.sum(mask))
 
     def one(carry, _):
         phi, opt = carry
@@ -376,11 +492,14 @@ def _episode_return(tr: Transitions) -> Array:
 
 
 def _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
-            grad_norm, clip_fraction):
+            grad_norm, clip_fraction, fit=None, replay=None):
+    """The new state and trace row; `fit`: the refitted `(value params, opt state)`
+    (default: fitted on `batch`), `replay`: off-chain PCO's."""
     value_loss = jnp.mean((v - batch.returns) ** 2)
-    phi, value_opt = _fit_value(state, batch, hparams, config)
+    phi, value_opt = _fit_value(state, batch, hparams, config) if fit is None else fit
     used = state.interactions + config.n_envs * config.n_rollout
-    new = State(params, phi, opt_state, value_opt, rollout, jnp.asarray(used, jnp.int32))
+    new = State(params, phi, opt_state, value_opt, rollout, jnp.asarray(used, jnp.int32),
+                replay)
     dtype = batch.returns.dtype
     return new, Trace(_episode_return(batch.transitions).astype(dtype), new.interactions,
                       grad_norm.astype(dtype), value_loss, clip_fraction.astype(dtype))
@@ -412,7 +531,10 @@ def natural_step(problem, state: State, hparams: NaturalHParams, key, *,
 
 def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConfig):
     """One batch from the anchor `alpha = theta_k`, then `epochs` x `n_minibatches`
-    optimiser steps on the clipped surrogate (permutations from `fold_in(key, 1)`)."""
+    optimiser steps on the clipped surrogate (permutations from the second half of
+    `split(key)`); off-chain (`n_behaviour > 1`): `offchain_pco_step`."""
+    if config.n_behaviour > 1:
+        return offchain_pco_step(problem, state, hparams, key, config=config)
     k_collect, k_perm = jax.random.split(key)
     rollout, batch, v = _collect(problem, state, hparams, k_collect, config)
     tr = batch.transitions
@@ -442,6 +564,58 @@ def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConf
     clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_ratio) - 1) > hparams.clip)
     return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
                    norms[0, 0], clip_fraction)
+
+
+def offchain_pco_step(problem, state: State, hparams: PCOHParams, key, *,
+                      config: PCOConfig):
+    """Off-chain PCO: one batch from the anchor `alpha = theta_k` joins the replay, every
+    filled slot is prepared for `alpha` (`prepare_offchain`, value `v_hat` of the previous
+    fit), then `epochs` x `n_minibatches` optimiser steps on `offchain_surrogate` over the
+    whole replay and the value fit to its V-trace targets. The trace's `episode_return`
+    and `value_loss` are the newest batch's, `clip_fraction` the replay's share with
+    `|r - c| > eps` after the epochs."""
+    k_collect, k_perm = jax.random.split(key)
+    rollout, newest, v_newest = _collect(problem, state, hparams, k_collect, config)
+    replay = _push(state.replay, newest.transitions)
+    tr, policy = replay.transitions, config.policy
+    M, T, N = tr.reward.shape
+    dtype = newest.returns.dtype
+    log_anchor = policy.log_prob(lax.stop_gradient(state.params), tr.obs, tr.action)
+    v = _value(config, state.value_params, tr.obs, (M, T, N), dtype)
+    v_last = _value(config, state.value_params, tr.last_obs, (M, N), dtype)
+    batch = jax.vmap(prepare_offchain, in_axes=(0, 0, 0, 0, None, None, None))(
+        tr, v, v_last, log_anchor, hparams.gamma, hparams.trace_clip, config.discount_weights)
+    mask = jnp.broadcast_to(replay.filled[:, None, None], (M, T, N))
+    size, m = M * T * N, config.n_minibatches
+    flat = lambda x: x.reshape((size,) + x.shape[3:])
+    obs, action, log_beta, log_alpha = (flat(tr.obs), flat(tr.action), flat(tr.log_prob),
+                                        flat(log_anchor))
+    coef = flat(jnp.where(mask, lax.stop_gradient(batch.weight * batch.advantage), 0))
+    # a minibatch's sum, scaled to estimate the mean over the filled slots' episodes
+    scale = m / (jnp.sum(replay.filled).astype(dtype) * N)
+    tx = _policy_tx(hparams, config)
+
+    def minibatch(carry, idx):
+        theta, opt = carry
+        grad = jax.grad(offchain_surrogate, argnums=1)(
+            policy, theta, obs[idx], action[idx], log_beta[idx], log_alpha[idx], coef[idx],
+            hparams.clip, scale)
+        updates, opt = tx.update(grad, opt, theta)
+        return (optax.apply_updates(theta, updates), opt), base.tree_norm(grad)
+
+    def epoch(carry, k):
+        order = jax.random.permutation(k, size).reshape(m, size // m)
+        return lax.scan(minibatch, carry, order)
+
+    (params, opt_state), norms = lax.scan(epoch, (state.params, state.opt_state),
+                                          jax.random.split(k_perm, config.epochs))
+    spread = jnp.abs(jnp.exp(policy.log_prob(params, obs, action) - log_beta)
+                     - jnp.exp(log_alpha - log_beta))
+    valid = flat(mask)
+    clip_fraction = jnp.sum(valid & (spread > hparams.clip)) / jnp.sum(valid)
+    fit = _fit_value(state, batch, hparams, config, mask)
+    return _finish(problem, state, params, opt_state, rollout, newest, v_newest, hparams,
+                   config, norms[0, 0], clip_fraction, fit=fit, replay=replay)
 
 
 REINFORCE = base.Algorithm(
