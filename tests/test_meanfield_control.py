@@ -50,39 +50,50 @@ def test_policy_matches_the_hand_written_mean_field_softmax():
                                       observation_scale=CARTPOLE_SCALE)
     particles = policy.init(jax.random.key(0))
     obs = jax.random.normal(jax.random.key(1), (6, 2, 4))
-    np.testing.assert_allclose(policy.logits(particles, obs),
-                               _hand_log_pi(policy, particles, obs), rtol=1e-12, atol=1e-12)
-    action, logp = policy.sample(particles, obs, jax.random.key(2))
-    np.testing.assert_allclose(logp, policy.log_prob(particles, obs, action), rtol=1e-12)
+
+    @jax.jit
+    def both(particles, obs):
+        action, logp = policy.sample(particles, obs, jax.random.key(2))
+        return (policy.logits(particles, obs), _hand_log_pi(policy, particles, obs), logp,
+                policy.log_prob(particles, obs, action))
+
+    logits, hand, logp, again = both(particles, obs)
+    np.testing.assert_allclose(logits, hand, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(logp, again, rtol=1e-12)
     # N(0, 1) particles: the law e^{-U} (one draw over all N * K * (d + 2) coordinates)
     flat = ravel_pytree(policy.init(jax.random.key(3)))[0]
     assert flat.size == 7 * 5 * (4 + 3 + 2)
     assert abs(float(flat.mean())) < 5 / math.sqrt(flat.size)
 
 
-@pytest.mark.parametrize("max_grad_norm", [math.inf, 0.05])
-def test_noiseless_step_is_ascent_along_n_times_algorithm1(max_grad_norm):
-    problem = gc.make("CartPole-v1")
+def test_noiseless_step_is_ascent_along_n_times_algorithm1(tabular):
+    _, problem = tabular
     N, eta = 5, 0.3
     policy = networks.MeanFieldPolicy(2, N, 3, observation_shape=(4,),
-                                      observation_scale=CARTPOLE_SCALE)
+                                      observation_scale=(1.0, 2.0, 0.5, 4.0))
     value = networks.ValueMLP((8,), (4,))
-    config = M.Config(1, policy, value, n_envs=4, n_rollout=40, max_grad_norm=max_grad_norm)
+    # 12 steps of 5-step episodes: two ends, and a cut mid-episode (the bootstrap)
+    config = M.Config(1, policy, value, n_envs=6, n_rollout=12)
     hp = M.HParams(GAMMA, eta, 0.0, 1e-3)
     key = jax.random.key(5)
     particles = policy.init(jax.random.key(6))
-    state0 = M.init(problem, particles, hp, key, config=config)
-    state1, row = M.step(problem, state0, hp, key, config=config)
 
-    # the batch the step saw: the documented first half of split(key)
-    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(particles, o, k),
-                             state0.rollout, jax.random.split(key)[0], config.n_rollout)
+    @jax.jit
+    def one_step(particles):
+        state0 = M.init(problem, particles, hp, key, config=config)
+        state1, row = M.step(problem, state0, hp, key, config=config)
+        # the batch the step saw: the documented first half of split(key)
+        _, tr = rollouts.collect(problem, lambda o, k: policy.sample(particles, o, k),
+                                 state0.rollout, jax.random.split(key)[0], config.n_rollout)
+        return state0.value_params, state1.params, row, tr
+
+    value_params, new_params, row, tr = one_step(particles)
     reward, done = np.asarray(tr.reward), np.asarray(tr.done)
     T, B = reward.shape
     assert done.any()  # episodes end inside the batch: the (1 - done) cut is exercised
-    v = np.asarray(value(state0.value_params, tr.obs))
+    v = np.asarray(value(value_params, tr.obs))
     G = np.zeros((T, B))
-    g_next = np.asarray(value(state0.value_params, tr.last_obs))
+    g_next = np.asarray(value(value_params, tr.last_obs))
     for t in reversed(range(T)):
         g_next = reward[t] + GAMMA * np.where(done[t], 0.0, g_next)
         G[t] = g_next
@@ -93,16 +104,19 @@ def test_noiseless_step_is_ascent_along_n_times_algorithm1(max_grad_norm):
                                    tr.action[..., None], axis=-1)[..., 0]
         return jnp.sum(coef * logp) / B
 
-    g, unravel = ravel_pytree(jax.grad(surrogate)(particles))
-    if math.isfinite(max_grad_norm):
-        assert float(jnp.linalg.norm(g)) > max_grad_norm  # the clip is active
-        g = g * max_grad_norm / jnp.linalg.norm(g)
+    g = ravel_pytree(jax.jit(jax.grad(surrogate))(particles))[0]
     expected = ravel_pytree(particles)[0] + eta * N * g
-    np.testing.assert_allclose(ravel_pytree(state1.params)[0], expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(new_params)[0], expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(row.grad_norm, N * jnp.linalg.norm(g), rtol=1e-10)
     assert int(row.interactions) == T * B
+    # max_grad_norm clips g (not N g) to that global norm
+    batch = M.C.prepare(tr, v, value(value_params, tr.last_obs), GAMMA, True)
+    clip = 0.5 * float(jnp.linalg.norm(g))
+    clipped = jax.jit(lambda th: M.lions_field(policy, th, batch, clip))(particles)
+    np.testing.assert_allclose(ravel_pytree(clipped)[0], N * g / 2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # test_control checks Algorithm 1's unbiasedness in the default run
 def test_sampled_lions_field_is_unbiased_for_n_times_the_exact_gradient(tabular):
     mdp, problem = tabular
     S, N = mdp.n_states, 4
@@ -111,8 +125,8 @@ def test_sampled_lions_field_is_unbiased_for_n_times_the_exact_gradient(tabular)
     value = networks.ValueMLP((8,), (S,))
     v_params = value.init(jax.random.key(7))
     pi = lambda th: jnp.exp(policy.logits(th, jnp.eye(S)))
-    exact = N * ravel_pytree(jax.grad(
-        lambda th: gc.finite_horizon_return(mdp, pi(th), GAMMA, HORIZON))(particles))[0]
+    exact = N * ravel_pytree(jax.jit(jax.grad(
+        lambda th: gc.finite_horizon_return(mdp, pi(th), GAMMA, HORIZON)))(particles))[0]
 
     def one(k):
         k_start, k_roll = jax.random.split(k)
@@ -130,6 +144,7 @@ def test_sampled_lions_field_is_unbiased_for_n_times_the_exact_gradient(tabular)
     assert float(jnp.linalg.norm(exact)) > 20 * float(se.max())  # a test that can fail
 
 
+@pytest.mark.slow
 def test_without_reward_the_update_is_the_langevin_kernel(tabular):
     """Zero reward and no baseline: `g = 0` exactly, so `theta' = (1 - eta sigma^2/2) theta
     + sigma sqrt(eta) xi`: the drift read off by least squares and the residual's mean and
@@ -141,8 +156,8 @@ def test_without_reward_the_update_is_the_langevin_kernel(tabular):
     config = M.Config(1, policy, None, n_envs=2, n_rollout=HORIZON)
     hp = M.HParams(GAMMA, eta, sigma)
     theta = ravel_pytree(policy.init(jax.random.key(2)))[0]
-    state, trace = M.meanfield_pg(problem, policy.init(jax.random.key(2)), hp,
-                                  jax.random.key(3), config=config)
+    state, trace = jax.jit(lambda p: M.meanfield_pg(problem, p, hp, jax.random.key(3),
+                                                    config=config))(policy.init(jax.random.key(2)))
     u = np.asarray(ravel_pytree(state.params)[0] - theta)
     theta = np.asarray(theta)
     n, var = u.size, sigma ** 2 * eta
@@ -190,17 +205,17 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="MeanFieldPolicy needs a discrete action space"):
         M.meanfield_pg(gc.make("Pendulum-v1"), params, hp, key, config=config)
     with pytest.raises(ValueError, match="MeanFieldPolicy has n_actions = 2, the action space has 3"):
-        M.meanfield_pg(gc.make("Acrobot-v1"), params, hp, key, config=config)
+        M.validate(gc.make("Acrobot-v1"), hp, config)
     with pytest.raises(ValueError, match=r"sigma = -0.1 must be finite and >= 0"):
         M.meanfield_pg(problem, params, hp._replace(sigma=-0.1), key, config=config)
     with pytest.raises(ValueError, match="step_size = 0.0 must be finite and > 0"):
-        M.meanfield_pg(problem, params, hp._replace(step_size=0.0), key, config=config)
+        M.validate(problem, hp._replace(step_size=0.0), config)
     with pytest.raises(ValueError, match=r"gamma"):
-        M.meanfield_pg(problem, params, hp._replace(gamma=1.0), key, config=config)
-    mlp = networks.CategoricalPolicy(2, (8,), (4,))
+        M.validate(problem, hp._replace(gamma=1.0), config)
+    with pytest.raises(ValueError, match="config.n_envs = 0 must be an int >= 1"):
+        M.validate(problem, hp, M.Config(2, policy, n_envs=0))
     with pytest.raises(ValueError, match="config.policy must be a dsorl.networks.MeanFieldPolicy"):
-        M.meanfield_pg(problem, mlp.init(key), hp, key,
-                       config=M.Config(2, mlp, n_envs=2, n_rollout=4))
+        M.validate(problem, hp, M.Config(2, networks.CategoricalPolicy(2, (8,), (4,))))
     with pytest.raises(ValueError, match="config must be a meanfield_control.Config"):
         M.validate(problem, hp, M.C.Config(2, policy))
     with pytest.raises(ValueError, match=r"params0 leaf 0 must have shape \(3, 8\), got \(4, 8\)"):
