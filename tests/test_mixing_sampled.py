@@ -168,6 +168,12 @@ def test_sampled_regulariser_runs_under_jit_and_zero_weight_changes_nothing(line
     state, trace = run(1.0, gradient="sampled")
     assert np.all(np.isfinite(np.asarray(trace.objective)))
     assert not _same((state, trace), run(1.0, gradient="exact"))
+    # longer episodes for the Kemeny estimators only (mixing_episode_length)
+    longer = nbw.run_sampled(MDP3, w0, hp._replace(mixing_weight=1.0), key,
+                             config=cfg._replace(mixing_gradient="sampled",
+                                                 mixing_episode_length=7))
+    assert np.all(np.isfinite(np.asarray(longer[1].objective)))
+    assert not _same(longer, (state, trace))
 
 
 def test_bad_mixing_gradient_options_are_refused():
@@ -185,6 +191,12 @@ def test_bad_mixing_gradient_options_are_refused():
     with pytest.raises(ValueError, match="mixing_gradient = 'sampled' needs the sampled"):
         nbw.run(MDP3, jnp.zeros(2), hp._replace(mixing_weight=1.0),  # Algorithm 1
                 config=_CFG._replace(mixing_gradient="sampled"))
+    with pytest.raises(ValueError, match="mixing_episode_length = 5 is used by"):
+        nbw.validate_sampled(MDP3, hp, _CFG._replace(mixing_episode_length=5))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"mixing_episode_length = {bad!r} must be"):
+            nbw.validate_sampled(MDP3, hp, _CFG._replace(mixing_gradient="sampled",
+                                                         mixing_episode_length=bad))
     with pytest.raises(ValueError, match="mixing_gradient = 'noisy'"):  # the study job's key
         mixing_study.mixing_tables({"envs": ["A1"], "mixing_gradient": "noisy",
                                     "correlation": None})

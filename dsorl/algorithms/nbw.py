@@ -82,14 +82,18 @@ gain and bias terms and the penalty enters its sampled line search as an exact,
 deterministic term. `"sampled"` (Algorithm 2 with Kemeny's constant only; other measures
 have no sampled estimator here): `grad K` is the mean of
 `dsorl.estimators.mixing.kemeny_gradient_samples` over `n_episodes` bundles of episodes of
-T steps, one from every state (the bias gradient of the reward `1{state = s}` at start s,
-summed over s: `grad K = sum_s grad H_ss`), from `fold_in(key, 2)`; with
+T_K steps (`config.mixing_episode_length`, default T), one from every state (the bias
+gradient of the reward `1{state = s}` at start s, summed over s: `grad K = sum_s grad
+H_ss`), from `fold_in(key, 2)`; with
 `line_search="sampled"` the value `K` in the line search, the paired standard error and the
 traced objective is `kemeny_value_samples` on coupled episodes from every state
 (`line_search_episodes` per state, `T + M` steps, their own uniforms), so the method is
 sampled end to end; with `line_search="critic"` the line search keeps the exact `K`, as it
 keeps the exact gain and bias. Both Kemeny estimators are unbiased when `P^T = P*` from every
-start (not only from s0), and biased by `O(T max_s ||P^T(s, .) - p*||_1)` otherwise.
+start (not only from s0), and biased by `O(T max_s ||P^T(s, .) - p*||_1)` otherwise, so a
+slowly mixing chain may need `T_K > T`: at T = 4 on `coupled_clusters(3, 0.02)` the sampled
+`grad K` is off by 20-80% of its norm along the paths (median) and the regulariser loses
+most of its effect (`dsorl.jobs.mixing_study`, key `mixing_gradient`).
 The point of the regulariser is the estimator of `grad h(s0)`:
 at a fixed episode length its bias shrinks with `||P^T(s0, .) - p*||`, i.e. with mixing
 (`dsorl.jobs.mixing_study`). `config.mixing_measure = None` (default) leaves the code path
@@ -173,7 +177,8 @@ class Config(NamedTuple):
     the reference state of "hitting_time" (recurrent under full-support policies);
     `mixing_gradient`: "exact" (the measure's exact value and gradient) or "sampled"
     (Algorithm 2 with "kemeny" only: Kemeny's constant and its gradient from episodes;
-    module docstring).
+    module docstring), whose episodes have `mixing_episode_length` T_K steps (None: T; in
+    the sampled line search `T_K + gain_window`, `gain_window` None: T_K).
     """
 
     policy: Any
@@ -199,6 +204,7 @@ class Config(NamedTuple):
     mixing_measure: Optional[str] = None
     mixing_state: Optional[int] = None
     mixing_gradient: str = "exact"
+    mixing_episode_length: Optional[int] = None
 
 
 class Evaluation(NamedTuple):
@@ -275,7 +281,8 @@ def validate_sampled(mdp: MDP, hparams: HParams, config: Config) -> None:
     """Algorithm 2's checks: those of `validate`, aperiodicity, `n_episodes > 0`,
     `episode_length >= max(1, absorption_time)`, `line_search`, and for the sampled line
     search `confidence >= 0`, `line_search_episodes >= 2` and `gain_window >= 1`;
-    `mixing_gradient` "exact", or "sampled" with `mixing_measure="kemeny"`."""
+    `mixing_gradient` "exact", or "sampled" with `mixing_measure="kemeny"` (and then
+    `mixing_episode_length` None or >= 1; it must be None otherwise)."""
     _validate(mdp, hparams, config, sampled=True)
     check_mixing(mdp)
     _checks.check_positive("n_episodes", config.n_episodes)
@@ -415,7 +422,7 @@ def _barrier_step(mdp, state, hparams, key, config, *, sampled):
         if sampled_measure:  # grad K from episodes; K sampled in a sampled line search
             grad_penalty = weight * kemeny_gradient_samples(
                 jax.random.fold_in(key, 2), mdp, config.policy, state.params,
-                episode_length=config.episode_length, n_episodes=config.n_episodes,
+                episode_length=_mixing_episode_length(config), n_episodes=config.n_episodes,
                 baseline=config.baseline, post_mixing=config.post_mixing,
                 score_clip=config.score_clip).mean(axis=0)
             penalty_now = (weight * base_measure.mean() if from_samples else penalty(flat))
@@ -657,9 +664,10 @@ def _sampled_values(mdp, unravel, flat, key, hparams, config, sampled_measure):
     N = config.line_search_episodes
     uniforms = common_uniforms(key, T + window, N, flat.dtype)
     if sampled_measure:
-        S = mdp.n_states
-        kemeny_uniforms = common_uniforms(jax.random.fold_in(key, 1), T + window, S * N,
-                                          flat.dtype).reshape(S, N, T + window, 2)
+        S, T_K = mdp.n_states, _mixing_episode_length(config)
+        L_K = T_K + (T_K if config.gain_window is None else config.gain_window)
+        kemeny_uniforms = common_uniforms(jax.random.fold_in(key, 1), L_K, S * N,
+                                          flat.dtype).reshape(S, N, L_K, 2)
 
     def episodes(theta):
         pi = config.policy.probs(unravel(theta))
@@ -668,7 +676,7 @@ def _sampled_values(mdp, unravel, flat, key, hparams, config, sampled_measure):
 
     def measure(kemeny):
         return (None if kemeny is None else
-                kemeny_value_samples(kemeny, episode_length=T))
+                kemeny_value_samples(kemeny, episode_length=T_K))
 
     base_episodes, base_kemeny = episodes(flat)
 
@@ -747,10 +755,22 @@ def _sampled_measure(config, sampled: bool) -> bool:
     return True
 
 
+def _mixing_episode_length(config) -> int:
+    T_K = getattr(config, "mixing_episode_length", None)
+    return config.episode_length if T_K is None else T_K
+
+
 def _check_mixing_regulariser(mdp, hparams, config, *, sampled) -> None:
     weight = getattr(hparams, "mixing_weight", 0.0)
     _checks.check_positive("mixing_weight", weight, allow_zero=True)
-    _sampled_measure(config, sampled)
+    T_K = getattr(config, "mixing_episode_length", None)
+    if not _sampled_measure(config, sampled):
+        if T_K is not None:
+            raise ValueError(f"mixing_episode_length = {T_K} is used by mixing_gradient ="
+                             " 'sampled' only; leave it None.")
+    elif T_K is not None and (isinstance(T_K, bool) or int(T_K) != T_K or T_K < 1):
+        raise ValueError(f"mixing_episode_length = {T_K!r} must be an integer >= 1 (or None:"
+                         " the episode length).")
     measure = getattr(config, "mixing_measure", None)
     if measure is None:
         if _checks.is_concrete(weight) and bool(jnp.any(jnp.asarray(weight) != 0)):
