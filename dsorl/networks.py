@@ -205,7 +205,7 @@ class MeanFieldPolicy(_Categorical):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} = {value!r} must be an int >= 1.")
-        self.feature  # TanhFeature validates width and bound
+        TanhFeature(self.width, self.bound)  # raises the ValueError naming a bad width or bound
         if self.observation_scale is not None:
             d = int(np.prod(self.observation_shape)) if self.observation_shape else 1
             scale = np.asarray(self.observation_scale, float)
@@ -220,7 +220,7 @@ class MeanFieldPolicy(_Categorical):
 
     @property
     def feature(self) -> TanhFeature:
-        return TanhFeature(int(self.width), float(self.bound))
+        return TanhFeature(self.width, self.bound)
 
     def encodings(self, obs) -> Array:
         """`z(x, a)` for every action: `[..., A, d_x + A]` for `obs[..., *shape]`."""

@@ -230,3 +230,22 @@ def test_bad_input_is_refused():
         networks.MeanFieldPolicy(2, 3, observation_shape=(4,), observation_scale=(1.0, 2.0))
     with pytest.raises(ValueError, match=r"observation_scale\[1\] = -2.0 must be finite and > 0"):
         networks.MeanFieldPolicy(2, 3, observation_shape=(2,), observation_scale=(1.0, -2.0))
+
+
+def test_control_job_builds_meanfield_from_its_config():
+    from dsorl.jobs import control as job
+
+    cartpole = gc.make("CartPole-v1")
+    own = job.DEFAULTS["meanfield"]
+    algorithm, config, policy = job.static_config("meanfield", job.DEFAULTS["dsorl"], own,
+                                                  200_000, cartpole)
+    assert algorithm is M.MEANFIELD_PG and config.policy is policy
+    assert (config.n_steps, policy.n_particles, policy.width) == (200, own["particles"],
+                                                                  own["width"])
+    assert policy.observation_scale == tuple(own["observation_scale"])
+    algorithm.validate(cartpole, algorithm.HParams(**{k: v for k, v in own.items()
+                                                      if k in algorithm.HParams._fields}),
+                       config)
+    with pytest.raises(ValueError, match="meanfield needs a discrete action space"):
+        job.static_config("meanfield", job.DEFAULTS["dsorl"], own, 200_000,
+                          gc.make("Pendulum-v1"))

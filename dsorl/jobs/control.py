@@ -16,7 +16,10 @@ reported per million environment steps and relative to PPO.
 PPO's hyperparameters are rejax's published CartPole config (`ppo:` in the config, from
 rejax's configs/gymnax/cartpole.yaml); the job sets only its `total_timesteps` and
 `eval_freq`. dsorl's methods share `dsorl:` (policy/value MLP sizes as PPO's 64x64, batch
-shape, value fit, gradient clipping) and their own `pco:`, `dso:`, `reinforce:` numbers.
+shape, value fit, gradient clipping) and their own `pco:`, `dso:`, `reinforce:` numbers
+(`meanfield:` is mean-field Langevin PG, `dsorl.algorithms.meanfield_control`, whose policy
+is its own: `particles` tanh features of `width` units on the observation over
+`observation_scale`).
 A batch of `n_envs * n_rollout` steps must divide `eval_every` (and PPO's
 `num_envs * num_steps` too), so every method is evaluated at the same steps.
 
@@ -49,6 +52,9 @@ DEFAULTS = {
     "pco": {"gamma": 0.99, "step_size": 3e-4, "value_step_size": 1e-3, "clip": 0.2,
             "epochs": 4, "n_minibatches": 4},
     "dso": {"gamma": 0.99, "step_size": 1e-3, "value_step_size": 1e-3},
+    "meanfield": {"gamma": 0.99, "step_size": 0.03, "sigma": 0.1, "value_step_size": 1e-3,
+                  "particles": 64, "width": 8, "bound": 1.0,
+                  "observation_scale": [2.4, 3.0, 0.21, 3.5]},
     "reinforce": {"gamma": 0.99, "step_size": 3e-3, "value_step_size": 1e-3},
     "natural_dso": {"gamma": 0.99, "step_size": 0.01, "value_step_size": 1e-3, "damping": 0.1,
                     "cg_iters": 10},
@@ -59,7 +65,7 @@ DEFAULTS = {
     "output_dir": "benchmarks/results/control",
 }
 
-DSORL_METHODS = ("pco", "dso", "reinforce", "natural_dso")
+DSORL_METHODS = ("pco", "dso", "reinforce", "natural_dso", "meanfield")
 
 
 def _check(config) -> None:
@@ -102,12 +108,31 @@ def static_config(method: str, shared: dict, own: dict, total_steps: int, proble
                                   n_minibatches=own["n_minibatches"]), policy
     if method == "dso":
         return C.DSO, C.Config(**common), policy
+    if method == "meanfield":  # tanh-feature particles, not the MLP: own sizes
+        return _meanfield(common, own, problem)
     if method == "reinforce":
         return C.REINFORCE, C.ReinforceConfig(**common), policy
     if method == "natural_dso":  # SGD along the natural direction, never clipped
         common["max_grad_norm"] = float("inf")
         return C.NATURAL_DSO, C.NaturalConfig(**common, cg_iters=own["cg_iters"]), policy
     raise ValueError(f"unknown dsorl method {method!r} (known: {', '.join(DSORL_METHODS)}).")
+
+
+def _meanfield(common: dict, own: dict, problem):
+    """Mean-field Langevin PG (`dsorl.algorithms.meanfield_control`): `own` gives the
+    particles N, feature `width` and `bound`, and the `observation_scale`."""
+    from dsorl import networks
+    from dsorl.algorithms import meanfield_control as MF
+    from dsorl.rollouts import Discrete
+
+    if not isinstance(problem.action_space, Discrete):
+        raise ValueError(f"meanfield needs a discrete action space (a categorical mean-field"
+                         f" policy), {problem.name} has {problem.action_space}.")
+    scale = own.get("observation_scale")
+    policy = networks.MeanFieldPolicy(
+        problem.action_space.n, int(own["particles"]), int(own["width"]), float(own["bound"]),
+        problem.observation_shape, None if scale is None else tuple(scale))
+    return MF.MEANFIELD_PG, MF.Config(**dict(common, policy=policy)), policy
 
 
 def _dsorl_setup(method, config, problem):
