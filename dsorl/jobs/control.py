@@ -17,9 +17,9 @@ PPO's hyperparameters are rejax's published CartPole config (`ppo:` in the confi
 rejax's configs/gymnax/cartpole.yaml); the job sets only its `total_timesteps` and
 `eval_freq`. dsorl's methods share `dsorl:` (policy/value MLP sizes as PPO's 64x64, batch
 shape, value fit, gradient clipping) and their own `pco:`, `dso:`, `reinforce:` numbers
-(`meanfield:` is mean-field Langevin PG, `dsorl.algorithms.meanfield_control`, whose policy
-is its own: `particles` tanh features of `width` units on the observation over
-`observation_scale`).
+(`pco_offchain:` is off-chain PCO on a replay of `n_behaviour` batches; `meanfield:` is
+mean-field Langevin PG, `dsorl.algorithms.meanfield_control`, whose policy is its own:
+`particles` tanh features of `width` units on the observation over `observation_scale`).
 A batch of `n_envs * n_rollout` steps must divide `eval_every` (and PPO's
 `num_envs * num_steps` too), so every method is evaluated at the same steps.
 
@@ -51,6 +51,8 @@ DEFAULTS = {
               "max_grad_norm": 0.5},
     "pco": {"gamma": 0.99, "step_size": 3e-4, "value_step_size": 1e-3, "clip": 0.2,
             "epochs": 4, "n_minibatches": 4},
+    "pco_offchain": {"gamma": 0.99, "step_size": 3e-4, "value_step_size": 1e-3, "clip": 0.2,
+                     "trace_clip": 1.0, "epochs": 4, "n_minibatches": 4, "n_behaviour": 2},
     "dso": {"gamma": 0.99, "step_size": 1e-3, "value_step_size": 1e-3},
     "meanfield": {"gamma": 0.99, "step_size": 0.03, "sigma": 0.1, "value_step_size": 1e-3,
                   "particles": 64, "width": 8, "bound": 1.0,
@@ -65,7 +67,7 @@ DEFAULTS = {
     "output_dir": "benchmarks/results/control",
 }
 
-DSORL_METHODS = ("pco", "dso", "reinforce", "natural_dso", "meanfield")
+DSORL_METHODS = ("pco", "dso", "reinforce", "natural_dso", "pco_offchain", "meanfield")
 
 
 def _check(config) -> None:
@@ -106,6 +108,10 @@ def static_config(method: str, shared: dict, own: dict, total_steps: int, proble
     if method == "pco":
         return C.PCO, C.PCOConfig(**common, epochs=own["epochs"],
                                   n_minibatches=own["n_minibatches"]), policy
+    if method == "pco_offchain":  # GePPO-style replay of the last n_behaviour batches
+        return C.PCO, C.PCOConfig(**common, epochs=own["epochs"],
+                                  n_minibatches=own["n_minibatches"],
+                                  n_behaviour=own["n_behaviour"]), policy
     if method == "dso":
         return C.DSO, C.Config(**common), policy
     if method == "meanfield":  # tanh-feature particles, not the MLP: own sizes
