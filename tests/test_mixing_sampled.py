@@ -212,3 +212,17 @@ def test_bad_mixing_gradient_options_are_refused():
     with pytest.raises(ValueError, match="periodic"):
         kemeny_gradient_samples(jax.random.key(0), cycle, policies.sigmoid(2), jnp.zeros(2),
                                 episode_length=3, n_episodes=2)
+
+
+@pytest.mark.slow  # two small mixing_study runs (compilations dominate)
+def test_mixing_study_passes_the_sampled_gradient_through():
+    study = {"envs": [{"name": "coupled_clusters", "n": 2, "coupling": 0.05}],
+             "lambdas": [0.0, 0.3], "starts": [[0.0, 0.0]], "seeds": 1, "n_steps": 4,
+             "episode_length": 3, "estimate_episodes": 50, "correlation": None}
+    runs = {g: mixing_study.mixing_tables({**study, "mixing_gradient": g})["runs"]
+            for g in nbw.MIXING_GRADIENTS}
+    exact, sampled = (runs[g].set_index("lam") for g in nbw.MIXING_GRADIENTS)
+    # lambda = 0: the same iterates; lambda = 0.3: another (sampled) regulariser gradient
+    assert exact.loc[0.0, "final_bias"] == sampled.loc[0.0, "final_bias"]
+    assert exact.loc[0.3, "final_bias"] != sampled.loc[0.3, "final_bias"]
+    assert np.isfinite(sampled["final_measure"]).all()
