@@ -45,6 +45,7 @@ def _hand_log_pi(policy, particles, obs):
     return jax.nn.log_softmax(f)
 
 
+@pytest.mark.slow  # the default run checks the policy through the noiseless step's gradient
 def test_policy_matches_the_hand_written_mean_field_softmax():
     policy = networks.MeanFieldPolicy(3, 7, 5, bound=2.0, observation_shape=(4,),
                                       observation_scale=CARTPOLE_SCALE)
@@ -73,7 +74,7 @@ def test_noiseless_step_is_ascent_along_n_times_algorithm1(tabular):
                                       observation_scale=(1.0, 2.0, 0.5, 4.0))
     value = networks.ValueMLP((8,), (4,))
     # 12 steps of 5-step episodes: two ends, and a cut mid-episode (the bootstrap)
-    config = M.Config(1, policy, value, n_envs=6, n_rollout=12)
+    config = M.Config(1, policy, value, n_envs=6, n_rollout=12, value_epochs=1)
     hp = M.HParams(GAMMA, eta, 0.0, 1e-3)
     key = jax.random.key(5)
     particles = policy.init(jax.random.key(6))
@@ -204,7 +205,8 @@ def test_bad_input_is_refused():
     key = jax.random.key(1)
     with pytest.raises(ValueError, match="MeanFieldPolicy needs a discrete action space"):
         M.meanfield_pg(gc.make("Pendulum-v1"), params, hp, key, config=config)
-    with pytest.raises(ValueError, match="MeanFieldPolicy has n_actions = 2, the action space has 3"):
+    with pytest.raises(ValueError,
+                       match="MeanFieldPolicy has n_actions = 2, the action space has 3"):
         M.validate(gc.make("Acrobot-v1"), hp, config)
     with pytest.raises(ValueError, match=r"sigma = -0.1 must be finite and >= 0"):
         M.meanfield_pg(problem, params, hp._replace(sigma=-0.1), key, config=config)

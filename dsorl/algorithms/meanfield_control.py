@@ -12,10 +12,11 @@ takes Algorithm 1's estimate
 
     g_i = (1/B) sum_{n,t} gamma^t grad_{theta_i} log pi_nu(a_t|x_t) (G_t - v_hat(x_t))
 
-(`control.policy_gradient`, B episodes-copies; unbiased for `dJ/dtheta_i`) and moves every
-particle along the sampled Lions derivative `N g_i` (`grad_theta dJ/dnu(nu_N, theta_i) =
-N dJ(nu_N)/dtheta_i`, the convention of `meanfield.lions_derivative`) by one
-Euler-Maruyama step of the mean-field Langevin dynamics (`meanfield.langevin_ascent`):
+(`control.policy_gradient`, B = `n_envs` copies; unbiased for `dJ/dtheta_i` up to the
+bootstrap at a cut) and moves every particle along the sampled Lions derivative `N g_i`
+(`grad_theta dJ/dnu(nu_N, theta_i) = N dJ(nu_N)/dtheta_i`, the convention of
+`meanfield.lions_derivative`) by one Euler-Maruyama step of the mean-field Langevin
+dynamics (`meanfield.langevin_ascent`; docs/design.md §9.4):
 
     theta_i <- theta_i + eta [N g_i - (sigma^2/2) theta_i] + sigma sqrt(eta) xi_i,
     xi_i ~ N(0, I) i.i.d.,   eta = step_size,
