@@ -9,6 +9,7 @@ whose parameters are a pytree: every dsorl optimiser, `vmap` and sweep applies t
   rollout clips it to the action space, so the score function stays exact);
 - `MeanFieldPolicy(n_actions, n_particles, width)`: `pi(a|x) ∝ exp(f_nu(x, a))`, `f_nu` the
   particle average of `dsorl.features` tanh features of `(x / scale, e_a)` (mean-field PG);
+  `MeanFieldGaussianPolicy(action_dim, ...)`: `N(action_scale f_nu(x, .), fixed std)`;
 - `ValueMLP(hidden)`: `v_phi(x)`, the fitted baseline of Algorithm 1.
 
 `policy_for(action_space)` picks the policy an action space needs; `check_space` raises a
@@ -27,8 +28,8 @@ import numpy as np
 from dsorl.features import TanhFeature, init_particles, mean_field_feature
 from dsorl.rollouts import Box, Discrete
 
-__all__ = ["MLP", "CategoricalPolicy", "GaussianPolicy", "MeanFieldPolicy", "ValueMLP",
-           "policy_for"]
+__all__ = ["MLP", "CategoricalPolicy", "GaussianPolicy", "MeanFieldPolicy",
+           "MeanFieldGaussianPolicy", "ValueMLP", "policy_for"]
 
 Array = jax.Array
 
@@ -122,8 +123,34 @@ class CategoricalPolicy(_Categorical):
         return jax.nn.log_softmax(self._net.apply(params, _flat_input(obs, self.observation_shape)))
 
 
+class _Gaussian:
+    """Sampling, log-probabilities and the space check of a policy `N(mu(x), diag(exp(2
+    log_std)))` whose `_moments(params, obs)` are `(mu[..., action_dim], log_std)`."""
+
+    def log_prob(self, params, obs, action) -> Array:
+        """`log N(a; mu(x), diag(sigma^2))` for `action[..., action_dim]`."""
+        mu, log_std = self._moments(params, obs)
+        z = (jnp.asarray(action, mu.dtype) - mu) * jnp.exp(-log_std)
+        return jnp.sum(-0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+
+    def sample(self, params, obs, key):
+        mu, log_std = self._moments(params, obs)
+        action = mu + jnp.exp(log_std) * jax.random.normal(key, mu.shape, mu.dtype)
+        return action, self.log_prob(params, obs, action)
+
+    def check_space(self, space) -> None:
+        """`ValueError` unless `space` is a `Box` of `action_dim` entries."""
+        name = type(self).__name__
+        if not isinstance(space, Box):
+            raise ValueError(f"{name} needs a real (Box) action space, got {space}"
+                             " (finitely many actions: use dsorl.networks.CategoricalPolicy).")
+        if int(np.prod(space.shape)) != self.action_dim or len(space.shape) != 1:
+            raise ValueError(f"{name} has action_dim = {self.action_dim}, the action"
+                             f" space has shape {space.shape}.")
+
+
 @dataclasses.dataclass(frozen=True)
-class GaussianPolicy:
+class GaussianPolicy(_Gaussian):
     """`a ~ N(MLP(x), diag(exp(2 log_std)))`: parameters `{"mean": MLP params,
     "log_std": [action_dim]}` (initial `log_std = init_log_std`)."""
 
@@ -152,56 +179,26 @@ class GaussianPolicy:
         mu = self._net.apply(params["mean"], _flat_input(obs, self.observation_shape))
         return mu, params["log_std"]
 
-    def log_prob(self, params, obs, action) -> Array:
-        """`log N(a; mu(x), diag(sigma^2))` for `action[..., action_dim]`."""
-        mu, log_std = self._moments(params, obs)
-        z = (jnp.asarray(action, mu.dtype) - mu) * jnp.exp(-log_std)
-        return jnp.sum(-0.5 * z ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
-    def sample(self, params, obs, key):
-        mu, log_std = self._moments(params, obs)
-        action = mu + jnp.exp(log_std) * jax.random.normal(key, mu.shape, mu.dtype)
-        return action, self.log_prob(params, obs, action)
+class _MeanField:
+    """The particles of a mean-field policy (Kerimkulov, Leahy, Šiška, Szpruch, ICML 2022,
+    arXiv 2201.07296; `dsorl.algorithms.meanfield`) on continuous observations: the
+    particle average of the `dsorl.features.TanhFeature` of `width` K and truncation
+    `bound` at `z(x, j) = (x / observation_scale, e_j)`, `e_j` one-hot over the policy's M
+    outputs (`_outputs`: the actions of a categorical policy, the action coordinates of a
+    Gaussian one), `d = d_x + M`:
 
-    def check_space(self, space) -> None:
-        """`ValueError` unless `space` is a `Box` of `action_dim` entries."""
-        if not isinstance(space, Box):
-            raise ValueError(f"GaussianPolicy needs a real (Box) action space, got {space}"
-                             " (finitely many actions: use dsorl.networks.CategoricalPolicy).")
-        if int(np.prod(space.shape)) != self.action_dim or len(space.shape) != 1:
-            raise ValueError(f"GaussianPolicy has action_dim = {self.action_dim}, the action"
-                             f" space has shape {space.shape}.")
+        f_nu(x, j) = (1/N) sum_i f(z(x, j), theta_i),   f(z, theta) = sum_k psi(c_k)
+        tanh(<w_k, z> + b_k),   nu_N = (1/N) sum_i delta_{theta_i}.
 
-
-@dataclasses.dataclass(frozen=True)
-class MeanFieldPolicy(_Categorical):
-    """The mean-field softmax policy of N tanh-feature particles on continuous observations.
-
-    Kerimkulov, Leahy, Šiška, Szpruch, "Convergence of policy gradient for entropy
-    regularized MDPs with neural network approximation in the mean-field regime" (ICML 2022,
-    arXiv 2201.07296), the policy of `dsorl.algorithms.meanfield` with the observation in
-    place of a finite state: for `nu_N = (1/N) sum_i delta_{theta_i}`,
-
-        pi_nu(a|x) ∝ exp(f_nu(x, a)),   f_nu(x, a) = (1/N) sum_i f(z(x, a), theta_i),
-        z(x, a) = (x / observation_scale, e_a)   (d = d_x + A entries),
-
-    `f(z, theta) = sum_k psi(c_k) tanh(<w_k, z> + b_k)` the `dsorl.features.TanhFeature` of
-    `width` K and truncation `bound`, `e_a` the one-hot action (the reference measure `mu`
-    is uniform). Parameters: the particles `{"params": {"c": [N, K], "w": [N, K, d], "b":
-    [N, K]}}`, initialised i.i.d. N(0, 1) (from `e^{-U}`, `dsorl.features.init_particles`).
+    Parameters: the particles `{"params": {"c": [N, K], "w": [N, K, d], "b": [N, K]}}`,
+    initialised i.i.d. N(0, 1) (from `e^{-U}`, `dsorl.features.init_particles`).
     `observation_scale` (one positive number per flattened observation entry, None: ones)
     brings the coordinates to order 1, so N(0, 1) weights give unsaturated units.
     """
 
-    n_actions: int
-    n_particles: int = 64
-    width: int = 8
-    bound: float = 1.0
-    observation_shape: tuple = ()
-    observation_scale: Optional[tuple] = None
-
-    def __post_init__(self):
-        for name in ("n_actions", "n_particles"):
+    def _check(self, outputs: str) -> None:
+        for name in (outputs, "n_particles"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} = {value!r} must be an int >= 1.")
@@ -223,24 +220,85 @@ class MeanFieldPolicy(_Categorical):
         return TanhFeature(self.width, self.bound)
 
     def encodings(self, obs) -> Array:
-        """`z(x, a)` for every action: `[..., A, d_x + A]` for `obs[..., *shape]`."""
+        """`z(x, j)` for every output j: `[..., M, d_x + M]` for `obs[..., *shape]`."""
         x = _flat_input(obs, self.observation_shape)
         if self.observation_scale is not None:
             x = x / jnp.asarray(self.observation_scale, x.dtype)
-        A = int(self.n_actions)
-        states = jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (A, x.shape[-1]))
-        actions = jnp.broadcast_to(jnp.eye(A, dtype=x.dtype), x.shape[:-1] + (A, A))
-        return jnp.concatenate([states, actions], axis=-1)
+        M = int(self._outputs)
+        states = jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (M, x.shape[-1]))
+        outputs = jnp.broadcast_to(jnp.eye(M, dtype=x.dtype), x.shape[:-1] + (M, M))
+        return jnp.concatenate([states, outputs], axis=-1)
 
     def init(self, key, dtype=None):
         """N particles i.i.d. N(0, I) (`dsorl.features.init_particles`)."""
-        d = (int(np.prod(self.observation_shape)) if self.observation_shape else 1) + self.n_actions
-        z = jnp.zeros((1, self.n_actions, d), dtype or jnp.result_type(float))
+        M = int(self._outputs)
+        d = (int(np.prod(self.observation_shape)) if self.observation_shape else 1) + M
+        z = jnp.zeros((1, M, d), dtype or jnp.result_type(float))
         return init_particles(self.feature, key, int(self.n_particles), z)
+
+    def mean_field_feature(self, params, obs) -> Array:
+        """`f_nu(x, j)[..., M]` for observations `obs[..., *shape]`."""
+        return mean_field_feature(self.feature, params, self.encodings(obs))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldPolicy(_MeanField, _Categorical):
+    """The mean-field softmax policy of N tanh-feature particles on continuous observations:
+    `pi_nu(a|x) ∝ exp(f_nu(x, a))` over `n_actions` actions (the policy of
+    `dsorl.algorithms.meanfield` with the observation in place of a finite state and the
+    uniform reference measure; `f_nu` and the particles as in `_MeanField`, one output per
+    action, `d = d_x + A`)."""
+
+    n_actions: int
+    n_particles: int = 64
+    width: int = 8
+    bound: float = 1.0
+    observation_shape: tuple = ()
+    observation_scale: Optional[tuple] = None
+
+    def __post_init__(self):
+        self._check("n_actions")
+
+    @property
+    def _outputs(self) -> int:
+        return self.n_actions
 
     def logits(self, params, obs) -> Array:
         """`log pi_nu(.|x)[..., A]` (normalised) for observations `obs[..., *shape]`."""
-        return jax.nn.log_softmax(mean_field_feature(self.feature, params, self.encodings(obs)))
+        return jax.nn.log_softmax(self.mean_field_feature(params, obs))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFieldGaussianPolicy(_MeanField, _Gaussian):
+    """The mean-field Gaussian policy on real actions: `a ~ N(mu_nu(x), exp(2 log_std) I)`,
+    `mu_nu(x)_j = action_scale f_nu(x, j)` for the `action_dim` coordinates j (`f_nu` and
+    the particles as in `_MeanField`, `d = d_x + action_dim`). The standard deviation is
+    fixed (`log_std`, static), so the particles are the whole parameter and the Langevin
+    step moves all of it. `|mu_nu| < action_scale * width * bound`."""
+
+    action_dim: int
+    n_particles: int = 64
+    width: int = 8
+    bound: float = 1.0
+    observation_shape: tuple = ()
+    observation_scale: Optional[tuple] = None
+    action_scale: float = 1.0
+    log_std: float = 0.0
+
+    def __post_init__(self):
+        self._check("action_dim")
+        if not (math.isfinite(self.action_scale) and self.action_scale > 0):
+            raise ValueError(f"action_scale = {self.action_scale!r} must be finite and > 0.")
+        if not math.isfinite(self.log_std):
+            raise ValueError(f"log_std = {self.log_std!r} must be finite.")
+
+    @property
+    def _outputs(self) -> int:
+        return self.action_dim
+
+    def _moments(self, params, obs):
+        mu = self.action_scale * self.mean_field_feature(params, obs)
+        return mu, jnp.full(self.action_dim, self.log_std, mu.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

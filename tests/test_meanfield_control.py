@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from scipy.stats import norm
 
 from dsorl import MDP, networks, rollouts
 from dsorl.algorithms import meanfield_control as M
@@ -30,19 +31,24 @@ def tabular():
     return mdp, gc.tabular(mdp, HORIZON)
 
 
-def _hand_log_pi(policy, particles, obs):
-    """`log softmax_a (1/N) sum_i sum_k psi(c_ik) tanh(<w_ik, (x/scale, e_a)> + b_ik)`."""
+def _hand_feature(policy, particles, obs, M):
+    """`(1/N) sum_i sum_k psi(c_ik) tanh(<w_ik, (x/scale, e_j)> + b_ik)` for j < M."""
     p = particles["params"]
     c, w, b = p["c"], p["w"], p["b"]
     x = obs / np.asarray(policy.observation_scale or 1.0)
-    d_x, A = x.shape[-1], policy.n_actions
-    # <w, (x, e_a)> = <w_x, x> + w_a: the one-hot action picks a column of w
+    d_x = x.shape[-1]
+    # <w, (x, e_j)> = <w_x, x> + w_j: the one-hot output picks a column of w
     pre = (jnp.einsum("nkd,...d->...nk", w[..., :d_x], x)[..., None, :, :]
-           + jnp.moveaxis(w[..., d_x:], -1, 0) + b)            # [..., A, N, K]
+           + jnp.moveaxis(w[..., d_x:], -1, 0) + b)            # [..., M, N, K]
     psi = policy.bound * jnp.tanh(c / policy.bound)
-    f = jnp.mean(jnp.sum(psi * jnp.tanh(pre), axis=-1), axis=-1)  # [..., A]
-    assert f.shape[-1] == A
-    return jax.nn.log_softmax(f)
+    f = jnp.mean(jnp.sum(psi * jnp.tanh(pre), axis=-1), axis=-1)  # [..., M]
+    assert f.shape[-1] == M
+    return f
+
+
+def _hand_log_pi(policy, particles, obs):
+    """`log softmax_a f_nu(x, a)`."""
+    return jax.nn.log_softmax(_hand_feature(policy, particles, obs, policy.n_actions))
 
 
 @pytest.mark.slow  # the default run checks the policy through the noiseless step's gradient
@@ -65,6 +71,16 @@ def test_policy_matches_the_hand_written_mean_field_softmax():
     flat = ravel_pytree(policy.init(jax.random.key(3)))[0]
     assert flat.size == 7 * 5 * (4 + 3 + 2)
     assert abs(float(flat.mean())) < 5 / math.sqrt(flat.size)
+
+    gauss = networks.MeanFieldGaussianPolicy(2, 7, 5, bound=2.0, observation_shape=(4,),
+                                             observation_scale=CARTPOLE_SCALE,
+                                             action_scale=1.5, log_std=-0.3)
+    particles = gauss.init(jax.random.key(4))
+    action, logp = jax.jit(gauss.sample)(particles, obs, jax.random.key(5))
+    mu = 1.5 * _hand_feature(gauss, particles, obs, 2)
+    np.testing.assert_allclose(logp, norm.logpdf(np.asarray(action), np.asarray(mu),
+                                                 np.exp(-0.3)).sum(-1), rtol=1e-10)
+    assert action.shape == (6, 2, 2)
 
 
 def test_noiseless_step_is_ascent_along_n_times_algorithm1(tabular):
@@ -181,6 +197,21 @@ def _cartpole_config(n_steps, N=32):
 
 
 @pytest.mark.slow
+def test_gaussian_mean_field_runs_on_pendulum():
+    problem = gc.make("Pendulum-v1")
+    policy = networks.MeanFieldGaussianPolicy(1, 8, 4, observation_shape=(3,),
+                                              observation_scale=(1.0, 1.0, 8.0),
+                                              action_scale=2.0)
+    config = M.Config(3, policy, networks.ValueMLP((16,), (3,)), n_envs=2, n_rollout=50)
+    state, trace = jax.jit(lambda k: M.meanfield_pg(
+        problem, policy.init(jax.random.fold_in(k, 7)), M.HParams(0.99, 0.01, 0.1), k,
+        config=config))(jax.random.key(0))
+    np.testing.assert_array_equal(trace.interactions, [100, 200, 300])
+    assert np.all(np.isfinite(np.asarray(trace.grad_norm))) and np.all(trace.grad_norm > 0)
+    assert np.all(np.isfinite(ravel_pytree(state.params)[0]))
+
+
+@pytest.mark.slow
 def test_cartpole_learns_vmapped_over_seeds():
     problem, policy, config = _cartpole_config(60)
     hp = M.HParams(jnp.float32(0.99), jnp.float32(0.01), jnp.float32(0.01))
@@ -216,6 +247,9 @@ def test_bad_input_is_refused():
         M.validate(problem, hp._replace(gamma=1.0), config)
     with pytest.raises(ValueError, match="config.n_envs = 0 must be an int >= 1"):
         M.validate(problem, hp, M.Config(2, policy, n_envs=0))
+    with pytest.raises(ValueError, match="MeanFieldGaussianPolicy needs a real \\(Box\\) action"):
+        M.validate(problem, hp, M.Config(2, networks.MeanFieldGaussianPolicy(
+            1, 3, observation_shape=(4,))))
     with pytest.raises(ValueError, match="config.policy must be a dsorl.networks.MeanFieldPolicy"):
         M.validate(problem, hp, M.Config(2, networks.CategoricalPolicy(2, (8,), (4,))))
     with pytest.raises(ValueError, match="config must be a meanfield_control.Config"):
@@ -232,6 +266,12 @@ def test_bad_input_is_refused():
         networks.MeanFieldPolicy(2, 3, observation_shape=(4,), observation_scale=(1.0, 2.0))
     with pytest.raises(ValueError, match=r"observation_scale\[1\] = -2.0 must be finite and > 0"):
         networks.MeanFieldPolicy(2, 3, observation_shape=(2,), observation_scale=(1.0, -2.0))
+    with pytest.raises(ValueError, match="action_dim = 0 must be an int >= 1"):
+        networks.MeanFieldGaussianPolicy(0)
+    with pytest.raises(ValueError, match="action_scale = 0.0 must be finite and > 0"):
+        networks.MeanFieldGaussianPolicy(1, action_scale=0.0)
+    with pytest.raises(ValueError, match="log_std = nan must be finite"):
+        networks.MeanFieldGaussianPolicy(1, log_std=float("nan"))
 
 
 def test_control_job_builds_meanfield_from_its_config():

@@ -6,7 +6,9 @@ MDPs with neural network approximation in the mean-field regime" (ICML 2022, arX
 derivative replaced by DSO's sampled Algorithm 1 (Todorov, arXiv 2506.08340;
 `dsorl.algorithms.control`), so it runs on continuous observations (CartPole). The policy
 is a `dsorl.networks.MeanFieldPolicy`: N particles `theta_i = (c_i, w_i, b_i)`, `pi_nu(a|x)
-∝ exp((1/N) sum_i f(z(x, a), theta_i))`, `f` the tanh feature. Each step collects one batch
+∝ exp((1/N) sum_i f(z(x, a), theta_i))`, `f` the tanh feature (on real actions, e.g.
+Pendulum: a `MeanFieldGaussianPolicy`, mean `action_scale (1/N) sum_i f(z(x, j),
+theta_i)` per action coordinate j, fixed standard deviation). Each step collects one batch
 (`config.n_envs` copies for `config.n_rollout` steps, as `dsorl.algorithms.control`),
 takes Algorithm 1's estimate
 
@@ -28,7 +30,8 @@ sampled rewards are the environment's). `config.max_grad_norm` (inf: none) clips
 global norm of `g = (g_1, ..., g_N)` before the scaling by N, as DSO's clipping does.
 The value baseline `v_hat` is refitted after each batch exactly as in `control`.
 
-Shapes: particles `{"params": {"c": [N, K], "w": [N, K, d], "b": [N, K]}}`, `d = d_x + A`;
+Shapes: particles `{"params": {"c": [N, K], "w": [N, K, d], "b": [N, K]}}`, `d = d_x + A`
+(Gaussian: `d_x + action_dim`);
 a batch `[n_rollout, n_envs]`. The algorithm `MEANFIELD_PG` follows
 `dsorl.algorithms.base` (state `control.State`, one `lax.scan`, `jit`table and `vmap`pable
 over `params0`, `hparams` and keys). Step k's key splits in two: the first half draws
@@ -47,7 +50,7 @@ import optax
 from dsorl.algorithms import base
 from dsorl.algorithms import control as C
 from dsorl.algorithms.meanfield import langevin_ascent
-from dsorl.networks import MeanFieldPolicy
+from dsorl.networks import MeanFieldGaussianPolicy, MeanFieldPolicy
 from dsorl.rollouts import start
 
 Array = jax.Array
@@ -68,11 +71,12 @@ class HParams(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Static: `n_steps` batches; `policy` (a `dsorl.networks.MeanFieldPolicy`, which fixes
-    N) and `value` (a `ValueMLP`, or None for no baseline); `n_envs` copies x `n_rollout`
-    steps per batch; `value_optimizer` (`step_size -> optax transformation`) and
-    `value_epochs` of the baseline fit; `max_grad_norm` (global-norm clipping of Algorithm
-    1's estimate, inf: none); `discount_weights`: weigh step `t` by `gamma^t` (Algorithm 1)."""
+    """Static: `n_steps` batches; `policy` (a `dsorl.networks.MeanFieldPolicy` or
+    `MeanFieldGaussianPolicy`, which fixes N) and `value` (a `ValueMLP`, or None for no
+    baseline); `n_envs` copies x `n_rollout` steps per batch; `value_optimizer` (`step_size
+    -> optax transformation`) and `value_epochs` of the baseline fit; `max_grad_norm`
+    (global-norm clipping of Algorithm 1's estimate, inf: none); `discount_weights`: weigh
+    step `t` by `gamma^t` (Algorithm 1)."""
 
     n_steps: int
     policy: Any
@@ -96,8 +100,7 @@ class Trace(NamedTuple):
     params: Any = None
 
 
-def lions_field(policy: MeanFieldPolicy, particles, batch: C.Batch,
-                max_grad_norm: float = math.inf):
+def lions_field(policy, particles, batch: C.Batch, max_grad_norm: float = math.inf):
     """The sampled Lions derivative `N g_i` at every particle (a pytree like `particles`):
     `g = control.policy_gradient` (Algorithm 1), clipped to global norm `max_grad_norm`."""
     g = C.policy_gradient(policy, particles, batch)
@@ -108,15 +111,16 @@ def lions_field(policy: MeanFieldPolicy, particles, batch: C.Batch,
 
 def validate(problem, hparams: HParams, config: Config) -> None:
     """`ValueError` naming the offending argument: `config` not a `Config`, a policy that
-    is not a `MeanFieldPolicy`, and everything `control.validate` refuses (a problem that
-    is not a `ControlProblem`, a non-discrete action space or another number of actions,
+    is not a mean-field one, and everything `control.validate` refuses (a problem that
+    is not a `ControlProblem`, a categorical policy on real actions or a Gaussian on
+    finitely many, another number of actions,
     observations of another shape, gamma outside [0, 1), step sizes <= 0, counts < 1,
     `max_grad_norm` <= 0); `sigma` < 0. N >= 1 is checked by the policy itself."""
     if not isinstance(config, Config):
         raise ValueError(f"config must be a meanfield_control.Config, got {config!r}.")
-    if not isinstance(config.policy, MeanFieldPolicy):
-        raise ValueError(f"config.policy must be a dsorl.networks.MeanFieldPolicy, got"
-                         f" {config.policy!r}.")
+    if not isinstance(config.policy, (MeanFieldPolicy, MeanFieldGaussianPolicy)):
+        raise ValueError(f"config.policy must be a dsorl.networks.MeanFieldPolicy or"
+                         f" MeanFieldGaussianPolicy, got {config.policy!r}.")
     C.validate(problem, hparams, config)
     base.check_positive("sigma", hparams.sigma, allow_zero=True)
 
