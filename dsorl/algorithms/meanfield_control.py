@@ -111,11 +111,11 @@ def lions_field(policy, particles, batch: C.Batch, max_grad_norm: float = math.i
 
 def validate(problem, hparams: HParams, config: Config) -> None:
     """`ValueError` naming the offending argument: `config` not a `Config`, a policy that
-    is not a mean-field one, and everything `control.validate` refuses (a problem that
-    is not a `ControlProblem`, a categorical policy on real actions or a Gaussian on
-    finitely many, another number of actions,
-    observations of another shape, gamma outside [0, 1), step sizes <= 0, counts < 1,
-    `max_grad_norm` <= 0); `sigma` < 0. N >= 1 is checked by the policy itself."""
+    is not a mean-field one, and everything `control.validate` refuses (a problem that is
+    not a `ControlProblem`, a categorical policy on real actions or a Gaussian on finitely
+    many, another number of actions, observations of another shape, gamma outside [0, 1),
+    step sizes <= 0, counts < 1, `max_grad_norm` <= 0); `sigma` < 0. N >= 1 is checked
+    by the policy itself."""
     if not isinstance(config, Config):
         raise ValueError(f"config must be a meanfield_control.Config, got {config!r}.")
     if not isinstance(config.policy, (MeanFieldPolicy, MeanFieldGaussianPolicy)):
@@ -148,6 +148,7 @@ def step(problem, state: C.State, hparams: HParams, key, *, config: Config):
     """One batch (from `split(key)[0]`), then one Langevin step of all particles along
     `lions_field` with noise from `split(key)[1]`: `(new State, Trace row)`."""
     k_batch, k_noise = jax.random.split(key)
+    # the batch and (in _finish) the value refit are DSO's: only the policy update differs
     rollout, batch, v = C._collect(problem, state, hparams, k_batch, config)
     lions = lions_field(config.policy, state.params, batch, config.max_grad_norm)
     updates, opt_state = langevin_ascent(hparams.step_size, hparams.sigma).update(
