@@ -206,7 +206,6 @@ def test_bad_inputs_are_named():
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="CategoricalPolicy needs a discrete action space"):
         C.dso(pend, params, hp, key, config=cfg)
-    gauss = networks.policy_for(pend)
     with pytest.raises(ValueError, match="GaussianPolicy needs a real"):
         wrong = networks.GaussianPolicy(1, (8,), (4,))
         C.dso(problem, wrong.init(key), hp, key, config=C.Config(n_steps=1, policy=wrong))
@@ -504,6 +503,7 @@ def test_offchain_surrogate_gradient_at_the_anchor_has_its_stated_expectation(ta
     assert float(jnp.linalg.norm(refs[0] - refs[1])) > 5 * float(jnp.max(se))
 
 
+@pytest.mark.slow
 def test_on_chain_pco_is_a_direct_loop_over_batches_and_minibatches(tabular):
     """`n_behaviour = 1` (the default) is PCO as before off-chain PCO existed: a plain
     loop (no baseline, Adam on the negated gradient) with PCO's key schedule (step `i`:
@@ -544,6 +544,7 @@ def test_on_chain_pco_is_a_direct_loop_over_batches_and_minibatches(tabular):
             lambda x: x[i], trace.params))[0], ravel_pytree(theta)[0], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_offchain_replay_holds_the_last_batches_with_their_behaviours(tabular):
     """`n_behaviour = 2`, three steps, two seeds as one jitted vmap: the replay holds the
     batches of steps 2 and 1, each with the log-probabilities of the policy that sampled

@@ -60,11 +60,12 @@ the baseline of batch `k` was fitted on batches before it.
       (1/(M N)) sum_i sum_t w_t min(r_t A_t, clip(r_t, c_t - eps, c_t + eps) A_t),
       r_t = pi_theta(a_t|s_t) / beta_i(a_t|s_t),   c_t = pi_alpha(a_t|s_t) / beta_i(a_t|s_t),
 
-  (`offchain_surrogate`): the ratio to the behaviour is clipped around the anchor's, so a
-  step moves each chain-transition ratio `pi_theta/pi_alpha` by at most `eps` in the
-  behaviour's units. The anchor's advantages come from the behaviour's data by V-trace
-  (Espeholt et al. 2018) with truncated importance weights `c_t = min(c_bar, pi_alpha /
-  beta)` (`hparams.trace_clip` = `c_bar`, 1 by default as in GePPO; `inf`: untruncated):
+  (`offchain_surrogate`): the ratio to the behaviour is clipped around the anchor's, so the
+  surrogate gives no incentive to move `pi_theta / beta_i` more than `eps` away from
+  `pi_alpha / beta_i` (with `beta = alpha`: on-chain PCO's clip). The anchor's advantages
+  come from the behaviour's data by V-trace (Espeholt et al. 2018) with truncated
+  importance weights `c_t = min(c_bar, pi_alpha / beta)` (`hparams.trace_clip` = `c_bar`,
+  1 by default as in GePPO; `inf`: untruncated):
   `A_t = delta_t + gamma (1 - done_t) c_{t+1} A_{t+1}`, `delta_t = r_t + gamma (1 -
   done_t) v_hat(s_{t+1}) - v_hat(s_t)`, the value refitted to the V-trace targets `v_hat(s_t)
   + c_t A_t` of the whole replay (`prepare_offchain`). With `beta = alpha` both reduce to
@@ -73,11 +74,13 @@ the baseline of batch `k` was fitted on batches before it.
   pi_alpha(a|s) A_bar_t(s, a)`: the actions are reweighted to the anchor exactly, but the
   states come from the behaviour's occupancy `d^beta_t`, not the anchor's (GePPO's
   choice: correcting it needs products of ratios along whole episodes, whose variance
-  grows with their length; the policy improvement bound of GePPO's Theorem 1 charges the
-  mismatch to the clipped ratios), and `A_bar_t = E[A_t | s_t, a_t]` is the anchor's
-  advantage `Q^alpha_t - v_hat` only when `c_bar = inf` (with truncation it is that of a
-  policy between behaviour and anchor). GePPO also shrinks `eps` as `M` grows and adapts
-  the step size to the measured ratio spread; here both are the user's hyperparameters.
+  grows with their length; GePPO's generalised policy improvement lower bound charges the
+  mismatch to the total variation to each behaviour, which the clip keeps small), and
+  `A_bar_t = E[A_t | s_t, a_t]` is the anchor's advantage `Q^alpha_t - v_hat` only when
+  `c_bar = inf` (truncation trades that for variance: V-trace's fixed point is the value
+  of a policy between behaviour and anchor). tests/test_control.py checks this expectation
+  exactly on a finite MDP. GePPO's code also scales `eps` down from PPO's and adapts the
+  step size to the measured ratio spread; here both are plain hyperparameters.
 
 An optax optimiser (`config.optimizer(step_size)`, default Adam, with global-norm clipping
 at `config.max_grad_norm`) drives the policy and another (`config.value_optimizer`) the
@@ -89,11 +92,13 @@ Trace rows (after each batch): `episode_return` (mean undiscounted return of the
 episodes that ended in the batch, NaN if none), `interactions` (environment steps so
 far), `grad_norm` (of the step's direction: Algorithm 1's estimate, the natural direction, or
 PCO's first minibatch gradient), `value_loss` (before the refit), `clip_fraction` (PCO: share of the
-batch whose ratio left `[1 - eps, 1 + eps]` after the epochs; NaN otherwise), `params`.
+batch whose ratio left `[1 - eps, 1 + eps]` after the epochs, off-chain the replay's share
+with `|r - c| > eps`; NaN otherwise), `params`. Off-chain, `episode_return` and `value_loss`
+are the newest batch's.
 """
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
