@@ -549,13 +549,29 @@ def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConf
     obs, action, logp_old = flat(tr.obs), flat(tr.action), flat(tr.log_prob)
     coef = flat(lax.stop_gradient(batch.weight * batch.advantage))
     scale = m / N  # a minibatch's sum, scaled to estimate (1/N) sum over the whole batch
-    tx = _policy_tx(hparams, config)
+    surrogate_grad = lambda theta, idx: jax.grad(clipped_surrogate, argnums=1)(
+        config.policy, theta, obs[idx], action[idx], logp_old[idx], coef[idx], hparams.clip,
+        scale)
+    params, opt_state, grad_norm = _minibatch_epochs(surrogate_grad, state, hparams, k_perm,
+                                                     size, config)
+    log_ratio = config.policy.log_prob(params, obs, action) - logp_old
+    clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_ratio) - 1) > hparams.clip)
+    return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
+                   grad_norm, clip_fraction)
+
+
+def _minibatch_epochs(surrogate_grad, state: State, hparams, k_perm, size: int,
+                      config: PCOConfig):
+    """PCO's inner loop, on- and off-chain: `config.epochs` passes, each over a fresh
+    permutation (from `k_perm`) of the `size` samples in `config.n_minibatches` minibatches,
+    one optimiser step along `surrogate_grad(theta, indices)` per minibatch, from the
+    state's parameters and optimiser state. Returns `(params, opt_state, norm of the first
+    minibatch's gradient)`."""
+    m, tx = config.n_minibatches, _policy_tx(hparams, config)
 
     def minibatch(carry, idx):
         theta, opt = carry
-        grad = jax.grad(clipped_surrogate, argnums=1)(
-            config.policy, theta, obs[idx], action[idx], logp_old[idx], coef[idx],
-            hparams.clip, scale)
+        grad = surrogate_grad(theta, idx)
         updates, opt = tx.update(grad, opt, theta)
         return (optax.apply_updates(theta, updates), opt), base.tree_norm(grad)
 
@@ -565,10 +581,7 @@ def pco_step(problem, state: State, hparams: PCOHParams, key, *, config: PCOConf
 
     (params, opt_state), norms = lax.scan(epoch, (state.params, state.opt_state),
                                           jax.random.split(k_perm, config.epochs))
-    log_ratio = config.policy.log_prob(params, obs, action) - logp_old
-    clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_ratio) - 1) > hparams.clip)
-    return _finish(problem, state, params, opt_state, rollout, batch, v, hparams, config,
-                   norms[0, 0], clip_fraction)
+    return params, opt_state, norms[0, 0]
 
 
 def offchain_pco_step(problem, state: State, hparams: PCOHParams, key, *,
@@ -598,29 +611,18 @@ def offchain_pco_step(problem, state: State, hparams: PCOHParams, key, *,
     coef = flat(jnp.where(mask, lax.stop_gradient(batch.weight * batch.advantage), 0))
     # a minibatch's sum, scaled to estimate the mean over the filled slots' episodes
     scale = m / (jnp.sum(replay.filled).astype(dtype) * N)
-    tx = _policy_tx(hparams, config)
-
-    def minibatch(carry, idx):
-        theta, opt = carry
-        grad = jax.grad(offchain_surrogate, argnums=1)(
-            policy, theta, obs[idx], action[idx], log_beta[idx], log_alpha[idx], coef[idx],
-            hparams.clip, scale)
-        updates, opt = tx.update(grad, opt, theta)
-        return (optax.apply_updates(theta, updates), opt), base.tree_norm(grad)
-
-    def epoch(carry, k):
-        order = jax.random.permutation(k, size).reshape(m, size // m)
-        return lax.scan(minibatch, carry, order)
-
-    (params, opt_state), norms = lax.scan(epoch, (state.params, state.opt_state),
-                                          jax.random.split(k_perm, config.epochs))
+    surrogate_grad = lambda theta, idx: jax.grad(offchain_surrogate, argnums=1)(
+        policy, theta, obs[idx], action[idx], log_beta[idx], log_alpha[idx], coef[idx],
+        hparams.clip, scale)
+    params, opt_state, grad_norm = _minibatch_epochs(surrogate_grad, state, hparams, k_perm,
+                                                     size, config)
     spread = jnp.abs(jnp.exp(policy.log_prob(params, obs, action) - log_beta)
                      - jnp.exp(log_alpha - log_beta))
     valid = flat(mask)
     clip_fraction = jnp.sum(valid & (spread > hparams.clip)) / jnp.sum(valid)
     fit = _fit_value(state, batch, hparams, config, mask)
     return _finish(problem, state, params, opt_state, rollout, newest, v_newest, hparams,
-                   config, norms[0, 0], clip_fraction, fit=fit, replay=replay)
+                   config, grad_norm, clip_fraction, fit=fit, replay=replay)
 
 
 REINFORCE = base.Algorithm(
