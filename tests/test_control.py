@@ -119,12 +119,18 @@ def test_reinforce_weights_estimate_their_own_expectation_not_the_gradient(tabul
     assert float(jnp.linalg.norm(reference - exact)) > 5 * float(se.max())
 
 
+def _cut_batch(problem, policy, value, params, n_envs):
+    """`(transitions, value params)`: `n_envs` copies for 12 steps from fixed keys, episodes
+    cut mid-way (bootstrapped), and a freshly initialised value."""
+    state = rollouts.start(problem, jax.random.key(0), n_envs)
+    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
+                             jax.random.key(1), 12)
+    return tr, value.init(jax.random.key(2))
+
+
 def test_pco_surrogate_gradient_at_the_anchor_is_algorithm1(tabular):
     mdp, problem, policy, value, params = tabular
-    state = rollouts.start(problem, jax.random.key(0), 16)
-    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
-                             jax.random.key(1), 12)  # episodes cut mid-way: bootstrapped
-    v_params = value.init(jax.random.key(2))
+    tr, v_params = _cut_batch(problem, policy, value, params, 16)
     batch = C.prepare(tr, value(v_params, tr.obs), value(v_params, tr.last_obs), GAMMA, True)
     g1 = ravel_pytree(C.policy_gradient(policy, params, batch))[0]
     coef = batch.weight * batch.advantage
@@ -438,10 +444,7 @@ def _offchain_expectation(mdp, policy, alpha, beta, v_table, trace_clip):
 
 def test_offchain_pieces_reduce_to_on_chain_when_the_behaviour_is_the_anchor(tabular):
     mdp, problem, policy, value, params = tabular
-    state = rollouts.start(problem, jax.random.key(0), 6)
-    _, tr = rollouts.collect(problem, lambda o, k: policy.sample(params, o, k), state,
-                             jax.random.key(1), 12)  # episodes cut mid-way: bootstrapped
-    v_params = value.init(jax.random.key(2))
+    tr, v_params = _cut_batch(problem, policy, value, params, 6)
     v, v_last = value(v_params, tr.obs), value(v_params, tr.last_obs)
     on = C.prepare(tr, v, v_last, GAMMA, True)
     off = C.prepare_offchain(tr, v, v_last, policy.log_prob(params, tr.obs, tr.action), GAMMA,

@@ -424,9 +424,11 @@ def _value_tx(hparams, config: Config):
     return config.value_optimizer(hparams.value_step_size)
 
 
-def init(problem, params0, hparams, key, *, config: Config) -> State:
+def init(problem, params0, hparams, key, *, config: Config, policy_tx=None) -> State:
     """Value parameters from `fold_in(key, 0)`, the environment copies from
-    `fold_in(key, 1)`; optimiser states."""
+    `fold_in(key, 1)`; optimiser states. `policy_tx`: the policy's optax transformation
+    (default `config.optimizer(hparams.step_size)` with the gradient clipping; the
+    mean-field method passes its Langevin step)."""
     dtype = base.problem_dtype(None, params0)
     value_params = (None if config.value is None
                     else config.value.init(jax.random.fold_in(key, 0), dtype))
@@ -435,8 +437,9 @@ def init(problem, params0, hparams, key, *, config: Config) -> State:
     replay = None
     if getattr(config, "n_behaviour", 1) > 1:
         replay = _empty_replay(problem, params0, rollout, config)
-    return State(params0, value_params, _policy_tx(hparams, config).init(params0), value_opt,
-                 rollout, jnp.int32(0), replay)
+    policy_tx = _policy_tx(hparams, config) if policy_tx is None else policy_tx
+    return State(params0, value_params, policy_tx.init(params0), value_opt, rollout,
+                 jnp.int32(0), replay)
 
 
 def _empty_replay(problem, params0, rollout: RolloutState, config: PCOConfig) -> Replay:

@@ -374,10 +374,16 @@ def evaluate(problem: MeanFieldProblem, particles, hparams: HParams) -> Trace:
     return _statistics(problem, particles, pi, value_tau, hparams)
 
 
-def _statistics(problem, particles, pi, value_tau, hparams) -> Trace:
+def particle_moments(particles) -> tuple:
+    """`(mean[D], var[D])`: each of the D parameter coordinates' mean and variance over the
+    N particles (leading axis of every leaf); `mean(var)` is the trace's `dispersion`."""
     flat = jnp.concatenate([x.reshape(x.shape[0], -1)
                             for x in jax.tree_util.tree_leaves(particles)], axis=1)
-    mean, var = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
+    return jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
+
+
+def _statistics(problem, particles, pi, value_tau, hparams) -> Trace:
+    mean, var = particle_moments(particles)
     kl_gaussian = 0.5 * jnp.sum(var + mean ** 2 - 1 - jnp.log(var))
     # sigma = 0 drops the term even where KL_G = inf (a coordinate without spread, N = 1)
     penalty = jnp.where(hparams.sigma > 0, hparams.sigma ** 2 / 2 * kl_gaussian, 0)
@@ -460,6 +466,6 @@ def _check_method(method: str) -> None:
 
 
 __all__ = ["MeanFieldProblem", "mean_field_policy", "regularised_value", "lions_derivative",
-           "HParams", "Config", "State", "Trace", "langevin_ascent", "validate",
-           "expected_params", "init", "step", "run", "evaluate", "check_divergence",
+           "HParams", "Config", "State", "Trace", "langevin_ascent", "particle_moments",
+           "validate", "expected_params", "init", "step", "run", "evaluate", "check_divergence",
            "DivergenceError", "GRADIENTS"]

@@ -49,9 +49,8 @@ import optax
 
 from dsorl.algorithms import base
 from dsorl.algorithms import control as C
-from dsorl.algorithms.meanfield import langevin_ascent
+from dsorl.algorithms.meanfield import langevin_ascent, particle_moments
 from dsorl.networks import MeanFieldGaussianPolicy, MeanFieldPolicy
-from dsorl.rollouts import start
 
 Array = jax.Array
 
@@ -132,16 +131,10 @@ def expected_params(problem, config: Config):
 
 
 def init(problem, params0, hparams: HParams, key, *, config: Config) -> C.State:
-    """Value parameters from `fold_in(key, 0)`, the environment copies from `fold_in(key,
-    1)` (as `control.init`), the value optimiser's state; the Langevin step is stateless."""
-    dtype = base.problem_dtype(None, params0)
-    value_params = (None if config.value is None
-                    else config.value.init(jax.random.fold_in(key, 0), dtype))
-    value_opt = (None if value_params is None
-                 else config.value_optimizer(hparams.value_step_size).init(value_params))
-    rollout = start(problem, jax.random.fold_in(key, 1), config.n_envs, dtype)
-    opt_state = langevin_ascent(hparams.step_size, hparams.sigma).init(params0)
-    return C.State(params0, value_params, opt_state, value_opt, rollout, jnp.int32(0))
+    """`control.init` with the (stateless) Langevin step as the policy's transformation:
+    value parameters from `fold_in(key, 0)`, the environment copies from `fold_in(key, 1)`."""
+    return C.init(problem, params0, hparams, key, config=config,
+                  policy_tx=langevin_ascent(hparams.step_size, hparams.sigma))
 
 
 def step(problem, state: C.State, hparams: HParams, key, *, config: Config):
@@ -157,14 +150,7 @@ def step(problem, state: C.State, hparams: HParams, key, *, config: Config):
     new, row = C._finish(problem, state, particles, opt_state, rollout, batch, v, hparams,
                          config, base.tree_norm(lions), base.nan_like(batch.returns.dtype))
     return new, Trace(row.episode_return, row.interactions, row.grad_norm, row.value_loss,
-                      _dispersion(particles))
-
-
-def _dispersion(particles) -> Array:
-    """`(1/(N D)) sum_i |theta_i - mean|^2`, as `meanfield`'s trace."""
-    flat = jnp.concatenate([x.reshape(x.shape[0], -1)
-                            for x in jax.tree_util.tree_leaves(particles)], axis=1)
-    return jnp.mean(jnp.var(flat, axis=0))
+                      jnp.mean(particle_moments(particles)[1]))
 
 
 MEANFIELD_PG = base.Algorithm(
